@@ -1,0 +1,32 @@
+# The two README commands: `make demo` (set up, then train/sample the tiny model on the embedded
+# dataset) and `make test` (set up, then run the test suite). Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Offline, CPU-friendly defaults; override on the command line (e.g. `make demo WANDB_MODE=online`).
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export DS_ACCELERATOR ?= cpu
+export WDS_SECURE ?= 1
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -c requirements/constraints-cpu.txt -e ".[cpu,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/animatex-train demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check animatex_train tests benchmarks
+
+clean:
+	rm -rf $(VENV) demo_run .pytest_cache

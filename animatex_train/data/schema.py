@@ -1,0 +1,235 @@
+"""The training-shard schema: one clip per WebDataset sample, safe encodings only.
+
+``data/SCHEMA.md`` documents the same contract for people; this module is the code side. Writers
+(``preprocess/`` and the synthetic dataset) build samples with ``encode_clip``; the loader reads
+them with ``decode_clip``, which decodes only the members listed here, with decoders that cannot
+execute code (``np.load(allow_pickle=False)``, ``json``, JPEG bytes left for PIL). Any other member
+(``.pyd``, ``.pickle``, ``.pth``, ...) is never decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from animatex_train.data.keypoints import NUM_POINTS, PoseSequence
+
+SCHEMA_VERSION = 1
+VAE_DOWNSAMPLE = 8
+LATENT_CHANNELS = 4
+
+META = "meta.json"
+LATENT_MEAN = "latent_mean.npy"
+LATENT_STD = "latent_std.npy"
+CLIP_EMBEDS = "clip.npy"
+POSE = "pose.npy"
+FRAMES_MP4 = "frames.mp4"
+_REF_JPG = re.compile(r"^ref(\d+)\.jpg$")
+REQUIRED_MEMBERS = (META, LATENT_MEAN, LATENT_STD, CLIP_EMBEDS, POSE)
+OPTIONAL_MEMBERS = (FRAMES_MP4,)
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class SampleError(ValueError):
+    """A sample that does not follow the schema; the message names the sample key and the member."""
+
+
+@dataclass(frozen=True)
+class ClipMeta:
+    """``meta.json``: where a clip comes from and how it was sampled.
+
+    Attributes:
+        video_id: stable id of the source video (letters, digits, ``_``, ``-``).
+        clip_index: index of this clip within its video.
+        frame_indices: source-video frame index of every stored frame (exact decode positions).
+        fps: frame rate of the stored frames (after resampling).
+        source_fps: frame rate of the source video.
+        height: pixel height of the frames the latents, CLIP features and keypoints were made from.
+        width: pixel width of the same.
+        ref_frames: clip-frame indices of the candidate reference frames stored as ``ref{k}.jpg``.
+        pose_source: what produced the keypoints (``dwpose``, ``mediapipe``, ``pkl``, ``synthetic``).
+        split: dataset split (``train``, ``val``, ``test``).
+        source: free text: where the video came from.
+        licence: free text: the video's licence.
+        schema_version: the schema this sample follows.
+    """
+
+    video_id: str
+    clip_index: int
+    frame_indices: list[int]
+    fps: float
+    source_fps: float
+    height: int
+    width: int
+    ref_frames: list[int]
+    pose_source: str
+    split: str = "train"
+    source: str = ""
+    licence: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frame_indices)
+
+    @property
+    def key(self) -> str:
+        return clip_key(self.video_id, self.clip_index)
+
+
+def clip_key(video_id: str, clip_index: int) -> str:
+    """The WebDataset ``__key__`` of a clip; it never contains a dot (WebDataset splits keys there)."""
+    if not _KEY.match(video_id):
+        raise SampleError(f"video id {video_id!r} may only contain letters, digits, '_' and '-'")
+    return f"{video_id}-c{clip_index:05d}"
+
+
+@dataclass
+class ClipRecord:
+    """One decoded training sample (a clip).
+
+    Attributes:
+        key: the sample key.
+        meta: the clip's metadata.
+        latent_mean: ``(t, 4, h/8, w/8)`` float16, the VAE posterior mean (raw, not scaled).
+        latent_std: ``(t, 4, h/8, w/8)`` float16, the VAE posterior standard deviation.
+        clip_embeds: ``(t, d)`` float16, pooled CLIP image embedding of every frame.
+        pose: keypoints of every frame.
+        ref_jpegs: JPEG bytes of each candidate reference frame, in ``meta.ref_frames`` order.
+        frames_mp4: optional H.264 bytes of the clip's frames.
+        source_url: the shard this sample was read from (set by the reader).
+    """
+
+    key: str
+    meta: ClipMeta
+    latent_mean: np.ndarray
+    latent_std: np.ndarray
+    clip_embeds: np.ndarray
+    pose: PoseSequence
+    ref_jpegs: list[bytes]
+    frames_mp4: bytes | None = None
+    source_url: str = field(default="", compare=False)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _load_npy(data: bytes, key: str, member: str) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise SampleError(f"sample {key!r}: member {member!r} is not a readable .npy array ({error})") from error
+
+
+def encode_clip(record: ClipRecord) -> dict[str, Any]:
+    """Encode a clip as a WebDataset sample dict (``__key__`` plus member name -> bytes).
+
+    Validates the record first, so a writer can never emit a sample the loader would reject.
+    """
+    validate_clip(record)
+    sample: dict[str, Any] = {
+        "__key__": record.key,
+        META: json.dumps(asdict(record.meta), sort_keys=True).encode(),
+        LATENT_MEAN: _npy_bytes(record.latent_mean.astype(np.float16)),
+        LATENT_STD: _npy_bytes(record.latent_std.astype(np.float16)),
+        CLIP_EMBEDS: _npy_bytes(record.clip_embeds.astype(np.float16)),
+        POSE: _npy_bytes(record.pose.to_array()),
+    }
+    for k, jpeg in enumerate(record.ref_jpegs):
+        sample[f"ref{k}.jpg"] = jpeg
+    if record.frames_mp4 is not None:
+        sample[FRAMES_MP4] = record.frames_mp4
+    return sample
+
+
+def decode_clip(raw: dict[str, Any]) -> ClipRecord:
+    """Decode a raw WebDataset sample (member name -> bytes) into a ``ClipRecord``.
+
+    Raises:
+        SampleError: a required member is missing or malformed; the message names key and member.
+    """
+    key = str(raw.get("__key__", "<no key>"))
+    missing = [m for m in REQUIRED_MEMBERS if m not in raw]
+    if missing:
+        raise SampleError(f"sample {key!r}: missing member(s) {missing}; every sample needs {list(REQUIRED_MEMBERS)}")
+    try:
+        meta_dict = json.loads(bytes(raw[META]).decode())
+        meta = ClipMeta(**meta_dict)
+    except (ValueError, TypeError) as error:
+        raise SampleError(f"sample {key!r}: member {META!r} is not valid clip metadata ({error})") from error
+    if meta.schema_version != SCHEMA_VERSION:
+        raise SampleError(
+            f"sample {key!r}: schema version {meta.schema_version}, this code reads version {SCHEMA_VERSION}; "
+            "re-run `animatex-train prepare` with this version"
+        )
+    refs = []
+    for k in range(len(meta.ref_frames)):
+        member = f"ref{k}.jpg"
+        if member not in raw:
+            raise SampleError(f"sample {key!r}: missing member {member!r} (meta.json lists {len(meta.ref_frames)} refs)")
+        refs.append(bytes(raw[member]))
+    pose_array = _load_npy(raw[POSE], key, POSE)
+    try:
+        pose = PoseSequence.from_array(pose_array, (meta.height, meta.width), name=f"sample {key!r} {POSE}")
+    except ValueError as error:
+        raise SampleError(str(error)) from error
+    record = ClipRecord(
+        key=key,
+        meta=meta,
+        latent_mean=_load_npy(raw[LATENT_MEAN], key, LATENT_MEAN),
+        latent_std=_load_npy(raw[LATENT_STD], key, LATENT_STD),
+        clip_embeds=_load_npy(raw[CLIP_EMBEDS], key, CLIP_EMBEDS),
+        pose=pose,
+        ref_jpegs=refs,
+        frames_mp4=bytes(raw[FRAMES_MP4]) if FRAMES_MP4 in raw else None,
+        source_url=str(raw.get("__url__", "")),
+    )
+    validate_clip(record)
+    return record
+
+
+def validate_clip(record: ClipRecord) -> None:
+    """Check shapes, dtypes and cross-member consistency; raise ``SampleError`` naming key and member."""
+    key, meta, t = record.key, record.meta, record.meta.num_frames
+    if key != meta.key:
+        raise SampleError(f"sample {key!r}: key does not match meta.json (video_id/clip_index give {meta.key!r})")
+    if t < 1:
+        raise SampleError(f"sample {key!r}: {META} lists no frames")
+    if meta.height % VAE_DOWNSAMPLE or meta.width % VAE_DOWNSAMPLE:
+        raise SampleError(
+            f"sample {key!r}: resolution {meta.height}x{meta.width} is not divisible by the VAE factor {VAE_DOWNSAMPLE}"
+        )
+    latent_shape = (t, LATENT_CHANNELS, meta.height // VAE_DOWNSAMPLE, meta.width // VAE_DOWNSAMPLE)
+    for member, array in ((LATENT_MEAN, record.latent_mean), (LATENT_STD, record.latent_std)):
+        if tuple(array.shape) != latent_shape:
+            raise SampleError(f"sample {key!r}: {member} has shape {tuple(array.shape)}, expected {latent_shape}")
+        if not np.isfinite(array).all():
+            raise SampleError(f"sample {key!r}: {member} contains NaN or inf")
+    if record.latent_std.size and float(record.latent_std.min()) < 0:
+        raise SampleError(f"sample {key!r}: {LATENT_STD} has negative values")
+    if record.clip_embeds.ndim != 2 or record.clip_embeds.shape[0] != t:
+        raise SampleError(f"sample {key!r}: {CLIP_EMBEDS} has shape {tuple(record.clip_embeds.shape)}, expected ({t}, d)")
+    if not np.isfinite(record.clip_embeds).all():
+        raise SampleError(f"sample {key!r}: {CLIP_EMBEDS} contains NaN or inf")
+    if record.pose.num_frames != t:
+        raise SampleError(f"sample {key!r}: {POSE} has {record.pose.num_frames} frames, expected {t}")
+    if len(record.ref_jpegs) != len(meta.ref_frames):
+        raise SampleError(f"sample {key!r}: {len(record.ref_jpegs)} reference JPEGs for {len(meta.ref_frames)} refs")
+    if any(not 0 <= r < t for r in meta.ref_frames):
+        raise SampleError(f"sample {key!r}: reference frame index out of range 0..{t - 1}: {meta.ref_frames}")
+    if not meta.ref_frames:
+        raise SampleError(f"sample {key!r}: no reference frame stored (need at least one ref0.jpg)")
+
+
+__all__ = [
+    "CLIP_EMBEDS", "FRAMES_MP4", "LATENT_MEAN", "LATENT_STD", "META", "NUM_POINTS", "POSE", "SCHEMA_VERSION",
+    "ClipMeta", "ClipRecord", "SampleError", "clip_key", "decode_clip", "encode_clip", "validate_clip",
+]  # fmt: skip

@@ -1,0 +1,1 @@
+"""Diffusion math: noise schedule, training loss, DDIM sampling with classifier-free guidance."""

@@ -1,0 +1,1 @@
+"""Evaluation: sampling from checkpoints and video metrics."""

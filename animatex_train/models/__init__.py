@@ -1,0 +1,1 @@
+"""The Animate-X denoiser as pure nn.Modules (torch only: no Lightning, DeepSpeed, W&B, WebDataset)."""

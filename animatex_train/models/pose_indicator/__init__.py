@@ -1,0 +1,1 @@
+"""The implicit pose indicator (IPI): keypoints + driving CLIP features -> motion tokens."""

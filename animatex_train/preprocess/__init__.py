@@ -1,0 +1,1 @@
+"""Offline data preparation: videos -> poses, CLIP features, VAE latents -> WebDataset shards."""

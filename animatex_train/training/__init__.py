@@ -1,0 +1,1 @@
+"""Training infrastructure applied from outside the model: strategies, checkpoints, callbacks, optimizers."""

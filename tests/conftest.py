@@ -1,0 +1,34 @@
+"""Shared test setup: offline, CPU-only, deterministic; tiny configurations as fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before anything imports wandb, huggingface_hub or deepspeed.
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WDS_SECURE", "1")
+
+import animatex_train  # noqa: E402,F401  (installs the torchvision compat shim before lightning imports)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    """Each test starts from the same global RNG state and default dtype."""
+    torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES
