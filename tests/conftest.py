@@ -12,11 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WDS_SECURE", "1")
 
+import sys  # noqa: E402
+
 import animatex_train  # noqa: E402,F401  (installs the torchvision compat shim before lightning imports)
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Shared test helpers live in tests/support/ (imported as `support`); test modules are imported with
+# --import-mode=importlib, so same-named test files in different folders do not collide.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 

@@ -1,0 +1,36 @@
+"""The attention entry point: SDPA equals the naive reference in fp32; dispatch rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from animatex_train.models import attention as attn
+
+
+@pytest.mark.parametrize("shape", [(3, 33, 5, 64), (2, 77, 4, 16), (6, 5, 16, 64)])
+def test_sdpa_matches_naive_in_fp32(shape):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(shape, generator=g) for _ in range(3))
+    k, v = k[:, : shape[1] // 2 + 1], v[:, : shape[1] // 2 + 1]  # cross-attention lengths differ
+    assert torch.allclose(attn.attention(q, k, v), attn.naive_attention(q, k, v), atol=2e-6)
+
+
+def test_flash_is_not_used_on_cpu_or_fp32():
+    q = torch.randn(1, 4, 2, 64)
+    assert not attn.flash_applicable(q)
+    assert not attn.flash_applicable(q.bfloat16())
+
+
+def test_backend_override():
+    q = torch.randn(2, 9, 3, 8)
+    with attn.use_attention_backend("naive"):
+        naive = attn.attention(q, q, q)
+    assert torch.allclose(naive, attn.attention(q, q, q), atol=1e-6)
+    with pytest.raises(ValueError):
+        with attn.use_attention_backend("xformers"):  # type: ignore[arg-type]
+            pass
+    if not attn.HAS_FLASH_ATTN:
+        with pytest.raises(RuntimeError, match="flash-attn is not installed"):
+            with attn.use_attention_backend("flash"):
+                pass
