@@ -1,0 +1,167 @@
+"""The iterable dataset each loader worker runs: read its planned samples, assemble them, yield batches.
+
+A worker rebuilds the epoch plan (``epoch_plan``), takes its own stream, skips the batches consumed
+before a resume, reads its segments sequentially through ``shard_reader`` and emits batches in the
+planned (shuffle-buffer) order, holding at most a buffer's worth of read-but-not-emitted samples.
+
+Bad data never stops the epoch or unbalances ranks: an unreadable shard, a truncated tail, a sample
+with a missing or malformed member, or a key that does not match the manifest becomes a placeholder
+slot (``valid=False``, loss masked out) and one warning naming the shard and the key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from torch.utils.data import IterableDataset, get_worker_info
+
+from animatex_train.data.anchor_pool import AnchorPool
+from animatex_train.data.batch import Batch, collate
+from animatex_train.data.epi import EPIConfig, EPITransform
+from animatex_train.data.epoch_plan import (
+    DataIndex,
+    Layout,
+    PlanSegment,
+    SampleRef,
+    consumed_batches_of_worker,
+    plan_epoch,
+)
+from animatex_train.data.sample_assembly import WindowConfig, assemble_sample, placeholder_sample
+from animatex_train.data.schema import decode_clip
+from animatex_train.data.shard_reader import ShardReadError, iter_samples
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StreamPosition:
+    """Where the next iteration starts: ``epoch``, earlier parts of it, and batches consumed in this part."""
+
+    epoch: int = 0
+    history: list[PlanSegment] = field(default_factory=list)
+    batches_yielded: int = 0
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """Everything a worker needs (pickled into each worker process).
+
+    Attributes:
+        index: the datasets.
+        layout: world size, workers per rank, batch size, shuffle buffer, seed.
+        rank: this process's rank.
+        window: frames per sample and stride.
+        clip_dim: CLIP width (placeholder shapes).
+        epi: explicit pose indicator config, or None to draw poses untransformed (validation).
+        anchor_pool: path of the EPI anchor pool, if the EPI config needs one.
+        allow_remote_urls: allow ``pipe:``/remote shard URLs.
+    """
+
+    index: DataIndex
+    layout: Layout
+    rank: int
+    window: WindowConfig
+    clip_dim: int
+    epi: EPIConfig | None = None
+    anchor_pool: str | None = None
+    allow_remote_urls: bool = False
+
+
+class ShardStream(IterableDataset):
+    """Yields the ``Batch`` es of one rank's worker for the epoch in ``position``."""
+
+    def __init__(self, settings: StreamSettings):
+        super().__init__()
+        self.settings = settings
+        self.position = StreamPosition()
+        self._epi: EPITransform | None = None
+
+    def _transform(self) -> EPITransform | None:
+        s = self.settings
+        if s.epi is None or not s.epi.does_anything:
+            return None
+        if self._epi is None:  # once per worker process
+            anchors = AnchorPool.load(s.anchor_pool) if s.anchor_pool else None
+            self._epi = EPITransform(s.epi, anchors, s.layout.seed)
+        return self._epi
+
+    def __iter__(self) -> Iterator[Batch]:
+        s, pos = self.settings, self.position
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        workers = info.num_workers if info is not None else 1
+        if workers != s.layout.workers:
+            raise RuntimeError(f"the loader layout expects {s.layout.workers} worker streams per rank, got {workers}")
+        streams = plan_epoch(s.index, pos.epoch, s.window.span, pos.history, s.layout)
+        # A DataLoader always asks worker 0 first; after a resume the next batch belongs to the stream
+        # (batches_yielded mod workers), so loader worker w plays that stream's role, and so on in turn.
+        role = (worker + pos.batches_yielded) % workers
+        plan = streams[s.rank * workers + role]
+        batches = plan.batches[consumed_batches_of_worker(pos.batches_yielded, workers, role) :]
+        needed = {(ref.occurrence, ref.index) for batch in batches for ref in batch}
+        readers = {bucket: self._read_segment(segment, needed) for bucket, segment in plan.segments.items()}
+        pending: dict[tuple[int, int], dict] = {}
+        epi = self._transform()
+        for batch in batches:
+            samples = []
+            for ref in batch:
+                while (ref.occurrence, ref.index) not in pending:
+                    got_ref, sample = next(readers[ref.bucket])
+                    pending[(got_ref.occurrence, got_ref.index)] = sample
+                raw = pending.pop((ref.occurrence, ref.index))
+                samples.append(self._assemble(ref, raw, pos.epoch, epi))
+            yield collate(samples)
+
+    def _read_segment(self, segment: list[SampleRef], needed: set[tuple[int, int]]):
+        """Yield ``(ref, members | error message)`` for the needed samples of a segment, in read order."""
+        s = self.settings
+        i = 0
+        while i < len(segment):
+            first = segment[i]
+            run = [first]
+            while i + len(run) < len(segment) and segment[i + len(run)].occurrence == first.occurrence:
+                run.append(segment[i + len(run)])
+            i += len(run)
+            url = s.index.datasets[first.dataset][first.shard].url
+            remaining = [ref for ref in run if (ref.occurrence, ref.index) in needed]
+            if not remaining:
+                continue
+            yield from self._read_run(url, remaining)
+
+    def _read_run(self, url: str, refs: list[SampleRef]):
+        it = iter(refs)
+        ref = next(it)
+        position = -1
+        try:
+            for key, members in iter_samples(url, self.settings.allow_remote_urls):
+                position += 1
+                if position < ref.index:
+                    continue
+                if key != ref.key:
+                    message = f"shard {url!r}: expected sample {ref.key!r} at position {ref.index}, found {key!r}"
+                    yield ref, message
+                else:
+                    yield ref, {"__key__": key, "__url__": url, **members}
+                ref = next(it, None)
+                if ref is None:
+                    return
+            error = f"shard {url!r} ended before sample {ref.key!r} (position {ref.index})"
+        except ShardReadError as failure:
+            error = str(failure)
+        rest = list(it)
+        log.warning("%s; %d planned sample(s) of it become placeholders", error, 1 + len(rest))
+        for missing in [ref, *rest]:
+            yield missing, error
+
+    def _assemble(self, ref: SampleRef, raw: dict | str, epoch: int, epi: EPITransform | None) -> dict:
+        s = self.settings
+        if isinstance(raw, dict):
+            try:
+                record = decode_clip(raw)
+                return assemble_sample(record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi)
+            except (ValueError, KeyError, OSError) as error:  # SampleError/KeypointError are ValueErrors
+                raw = f"shard {raw.get('__url__', '?')!r}, sample {ref.key!r}: {error}"
+        log.warning("skipping unreadable sample (placeholder, loss masked): %s", raw)
+        return placeholder_sample(ref.key, ref.bucket, s.window, s.clip_dim)
