@@ -1,5 +1,58 @@
-"""Command-line entry point (filled in below)."""
+"""``animatex-train``: the command line.
+
+``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI (recipes are ``--config`` files overlaid
+in order, e.g. an experiment recipe then a cluster overlay; ``--print_config`` shows the resolved run).
+The project's own subcommands (data preparation, previews, the demo, export, ablations, ...) dispatch to
+their modules' ``*_main(argv)`` functions. ``python -m animatex_train`` is the same program.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# subcommand -> "module:function" taking argv (list[str]) and returning an exit code.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("animatex_train.demo:demo_main", "tiny end-to-end run on the embedded synthetic dataset (CPU)"),
+    "prepare": ("animatex_train.preprocess.cli:prepare_main", "videos -> poses, CLIP, VAE latents -> shards"),
+    "synth": ("animatex_train.data.synthetic:synthetic_main", "write the synthetic character-animation videos"),
+    "anchor-pool": ("animatex_train.data.anchor_pool:anchor_pool_main", "build the EPI anchor pool from shards"),
+    "epi-preview": ("animatex_train.data.epi_preview:epi_preview_main", "PNG grid: original | realigned | rescaled"),
+}
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
-def main() -> int:
-    raise SystemExit("not yet")
+def _offline_defaults() -> None:
+    """Never reach a model hub by accident; W&B offline unless the user chose a mode."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
+        os.environ["WANDB_MODE"] = "offline"
+
+
+def lightning_main(argv: list[str] | None) -> int:
+    """LightningCLI on ``argv`` (None: the process's own command line)."""
+    from animatex_train.training.lightning_cli import AnimateXCLI
+
+    AnimateXCLI(args=argv)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from_command_line = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _offline_defaults()
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: animatex-train {" + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS)) + "} ...\n")
+        print("  fit | validate | test | predict   LightningCLI: --config recipe.yaml [--config overlay.yaml] ...")
+        for name, (_, help_text) in SUBCOMMANDS.items():
+            print(f"  {name:<32} {help_text}")
+        return 0
+    if argv[0] in SUBCOMMANDS:
+        module, function = SUBCOMMANDS[argv[0]][0].split(":")
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+    return lightning_main(None if from_command_line else argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

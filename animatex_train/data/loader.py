@@ -33,7 +33,7 @@ class ShardStreamLoader(DataLoader):
     """Batches of one rank; ``len()`` is the batches of the current epoch (equal on every rank)."""
 
     def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool = False, timeout_s: float = 0.0,
-                 prefetch_factor: int | None = None):  # fmt: skip
+                 prefetch_factor: int | None = None, repeat_first_epoch: bool = False):  # fmt: skip
         super().__init__(
             dataset,
             batch_size=None,  # batches are collated in the workers
@@ -44,6 +44,7 @@ class ShardStreamLoader(DataLoader):
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )
         self.stream = dataset
+        self.repeat_first_epoch = repeat_first_epoch  # validation: the same samples every time
 
     def _part_length(self) -> int:
         s, pos = self.stream.settings, self.stream.position
@@ -60,7 +61,9 @@ class ShardStreamLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Batch]:
         pos = self.stream.position
-        if pos.batches_yielded >= self._part_length():  # the current epoch is used up: start the next one
+        if self.repeat_first_epoch:
+            pos.epoch, pos.history, pos.batches_yielded = 0, [], 0
+        elif pos.batches_yielded >= self._part_length():  # the current epoch is used up: start the next one
             pos.epoch, pos.history, pos.batches_yielded = pos.epoch + 1, [], 0
         return self._counting(super().__iter__())
 

@@ -41,7 +41,9 @@ def use_attention_backend(backend: AttentionBackend) -> Iterator[None]:
     if backend not in ("auto", "flash", "sdpa", "naive"):
         raise ValueError(f"attention backend must be auto, flash, sdpa or naive; got {backend!r}")
     if backend == "flash" and not HAS_FLASH_ATTN:
-        raise RuntimeError("attention backend 'flash' requested but flash-attn is not installed (pip install '.[flash]')")
+        raise RuntimeError(
+            "attention backend 'flash' requested but flash-attn is not installed (pip install '.[flash]')"
+        )
     previous, _backend = _backend, backend
     try:
         yield
@@ -52,10 +54,7 @@ def use_attention_backend(backend: AttentionBackend) -> Iterator[None]:
 def flash_applicable(q: torch.Tensor) -> bool:
     """Whether flash-attn can run these inputs (installed, CUDA, half precision, supported head dim)."""
     return (
-        HAS_FLASH_ATTN
-        and q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and q.shape[-1] in _FLASH_HEAD_DIMS
+        HAS_FLASH_ATTN and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] in _FLASH_HEAD_DIMS
     )
 
 

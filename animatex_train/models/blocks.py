@@ -53,7 +53,9 @@ class TemporalConvBlock(nn.Module):
 class ResBlock(nn.Module):
     """SD ResBlock (timestep embedding added, not scale-shift) followed by its temporal conv block."""
 
-    def __init__(self, in_channels: int, out_channels: int, time_embed_dim: int, dropout: float, temporal_dropout: float):
+    def __init__(
+        self, in_channels: int, out_channels: int, time_embed_dim: int, dropout: float, temporal_dropout: float
+    ):
         super().__init__()
         self.in_layers = nn.Sequential(
             nn.GroupNorm(GROUP_NORM_GROUPS, in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)

@@ -40,10 +40,14 @@ class ConditionDropout(nn.Module):
         super().__init__()
         self.config = config
 
-    def forward(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None) -> ConditionKeepMasks:
+    def forward(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> ConditionKeepMasks:
         ones = torch.ones(batch_size, device=device)
         if not (self.training and self.config.enabled):
-            return ConditionKeepMasks(ones, ones.clone(), ones.clone(), torch.zeros(batch_size, dtype=torch.bool, device=device))
+            return ConditionKeepMasks(
+                ones, ones.clone(), ones.clone(), torch.zeros(batch_size, dtype=torch.bool, device=device)
+            )
         # Draw on the CPU from the given generator so the result does not depend on the device.
         cfg = self.config
         num_zero = int((torch.rand(batch_size, generator=generator) < cfg.p_all_zero).sum())

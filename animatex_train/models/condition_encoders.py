@@ -61,7 +61,9 @@ class _FrameSelfAttention(nn.Module):
 class _AdapterFeedForward(nn.Module):
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU()), nn.Dropout(dropout), nn.Linear(4 * dim, dim))
+        self.net = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU()), nn.Dropout(dropout), nn.Linear(4 * dim, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -100,7 +102,8 @@ class PixelConditionEncoder(nn.Module):
         features = self.down2(F.silu(self.down1(features)))
         if tuple(features.shape[-2:]) != tuple(latent_size):
             raise ValueError(
-                f"condition features land on a {tuple(features.shape[-2:])} grid but the latents are {tuple(latent_size)}; "
+                f"condition features land on a {tuple(features.shape[-2:])} grid but the latents are "
+                f"{tuple(latent_size)}; "
                 "model.condition_pool_size must be 4x the latent size (or null to derive it)"
             )
         return _adapt_over_frames(self.time_adapter, features, b)

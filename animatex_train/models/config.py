@@ -37,17 +37,26 @@ class ConditionDropoutConfig:
     ``p_all_keep`` fraction keep all; every other sample loses each condition independently with
     ``p_drop_each``. Droppable: the local-image embedding, the pose-image embedding, the CLIP image tokens.
 
+    The official scheme does not drop the reference slot or the IPI inputs, yet the unconditional branch
+    of classifier-free sampling has neither (spec section 4). The two ``all_dropped_*`` switches make the
+    all-dropped group lose them too, so that group trains exactly the unconditional branch [INFERRED];
+    they are off by default (official behaviour) and on in this project's training recipes.
+
     Attributes:
         enabled: False disables it (the denoiser then keeps every condition in train mode too).
         p_all_zero: fraction of the batch drawn into the all-dropped group.
         p_all_keep: fraction drawn into the all-kept group.
         p_drop_each: per-condition drop probability for the remaining samples.
+        all_dropped_loses_reference: the all-dropped group also loses the reference slot (ref latent + pose).
+        all_dropped_loses_ipi: the all-dropped group's IPI sees zero keypoints and zero CLIP features.
     """
 
     enabled: bool = True
     p_all_zero: float = 0.1
     p_all_keep: float = 0.1
     p_drop_each: float = 0.5
+    all_dropped_loses_reference: bool = False
+    all_dropped_loses_ipi: bool = False
 
     def __post_init__(self) -> None:
         for name in ("p_all_zero", "p_all_keep", "p_drop_each"):
@@ -109,9 +118,13 @@ class ImplicitPoseIndicatorConfig:
         if self.placement not in ("sequential", "parallel"):
             raise ValueError(f"model.ipi.placement must be sequential or parallel; got {self.placement!r}")
         if self.keypoint_row_order not in ("official", "per_sample"):
-            raise ValueError(f"model.ipi.keypoint_row_order must be official or per_sample; got {self.keypoint_row_order!r}")
+            raise ValueError(
+                f"model.ipi.keypoint_row_order must be official or per_sample; got {self.keypoint_row_order!r}"
+            )
         if self.width % self.keypoint_heads:
-            raise ValueError(f"model.ipi.width ({self.width}) must be divisible by keypoint_heads ({self.keypoint_heads})")
+            raise ValueError(
+                f"model.ipi.width ({self.width}) must be divisible by keypoint_heads ({self.keypoint_heads})"
+            )
         for name in ("width", "num_query_tokens", "num_keypoints", "max_frames", "extractor_heads", "clip_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.ipi.{name} must be >= 1, got {getattr(self, name)}")
@@ -187,12 +200,15 @@ class DenoiserConfig:
         valid_scales = {1.0 / 2**i for i in range(len(self.channel_mult))}
         if any(s not in valid_scales for s in self.attn_scales):
             raise ValueError(
-                f"model.attn_scales must be latent scales among {sorted(valid_scales, reverse=True)}; got {self.attn_scales}"
+                f"model.attn_scales must be latent scales among {sorted(valid_scales, reverse=True)}; "
+                f"got {self.attn_scales}"
             )
         if self.ipi.enabled and self.ipi.clip_dim < 1:
             raise ValueError("model.ipi.clip_dim must be >= 1")
         if self.condition_pool_size is not None and len(self.condition_pool_size) != 2:
-            raise ValueError(f"model.condition_pool_size must be [height, width] or null, got {self.condition_pool_size}")
+            raise ValueError(
+                f"model.condition_pool_size must be [height, width] or null, got {self.condition_pool_size}"
+            )
 
     @property
     def level_channels(self) -> list[int]:

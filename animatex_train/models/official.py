@@ -96,8 +96,10 @@ _OFFICIAL_DEFAULTS: dict[str, Any] = dict(
     temporal_attention=True, use_image_dataset=False, use_fps_condition=False, misc_dropout=0.5, p_all_zero=0.1,
     p_all_keep=0.1, adapter_transformer_layers=1, num_tokens=4, no_hand=False, num=0, our_weight=1, seq_len=None,
 )  # fmt: skip
-_DWPOSE_DEFAULTS = dict(d_model=1024, nhead=8, num_encoder_layers=3, dim_feedforward=1024, dropout=0.1,
-                        activation="relu", normalize_before=False, pos_embed_len=33, input_dim=36, num_tokens=4)  # fmt: skip
+_DWPOSE_DEFAULTS = dict(
+    d_model=1024, nhead=8, num_encoder_layers=3, dim_feedforward=1024, dropout=0.1, activation="relu",
+    normalize_before=False, pos_embed_len=33, input_dim=36, num_tokens=4,
+)  # fmt: skip
 _RESAMPLER_DEFAULTS = dict(dim=1024, depth=8, dim_head=64, heads=16, embedding_dim=1024, output_dim=1024, ff_mult=4)
 # The released model: default_config's UNet dict updated with configs/Animate_X_infer.yaml (spec 1.5).
 RELEASED_UNET_KWARGS: dict[str, Any] = dict(
@@ -106,8 +108,10 @@ RELEASED_UNET_KWARGS: dict[str, Any] = dict(
     use_checkpoint=True, use_fps_condition=False, use_sim_mask=False, num_tokens=4, no_hand=True, num=0,
 )  # fmt: skip
 # Accepted and ignored: they have no effect on this architecture or are handled elsewhere.
-_IGNORED = {"config", "y_dim", "hist_dim", "use_scale_shift_norm", "temporal_attn_times", "use_checkpoint",
-            "use_sim_mask", "training", "inpainting", "zero_y", "black_image_feature", "use_pose_transformer", "type"}  # fmt: skip
+_IGNORED = {
+    "config", "y_dim", "hist_dim", "use_scale_shift_norm", "temporal_attn_times", "use_checkpoint", "use_sim_mask",
+    "training", "inpainting", "zero_y", "black_image_feature", "use_pose_transformer", "type",
+}  # fmt: skip
 
 
 def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
@@ -144,7 +148,9 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
     if k["in_dim"] != k["out_dim"]:
         raise ValueError(f"config_from_official: in_dim ({k['in_dim']}) must equal out_dim ({k['out_dim']})")
     if dwpose["d_model"] != resampler["dim"]:
-        raise ValueError("config_from_official: DwposeEncoder.d_model must equal Resampler.dim (their outputs are added)")
+        raise ValueError(
+            "config_from_official: DwposeEncoder.d_model must equal Resampler.dim (their outputs are added)"
+        )
     if resampler["output_dim"] != k["context_dim"]:
         raise ValueError("config_from_official: Resampler.output_dim must equal context_dim (pose attention reads it)")
     if dwpose["input_dim"] % 2 or dwpose["activation"] != "relu" or dwpose["normalize_before"]:
@@ -161,7 +167,8 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
     )  # fmt: skip
     dim = k["dim"]
     return DenoiserConfig(
-        latent_channels=k["in_dim"], concat_channels=k["concat_dim"], base_channels=dim, channel_mult=list(k["dim_mult"]),
+        latent_channels=k["in_dim"], concat_channels=k["concat_dim"], base_channels=dim,
+        channel_mult=list(k["dim_mult"]),
         num_res_blocks=k["num_res_blocks"], head_dim=k["head_dim"],
         first_temporal_heads=k["num_heads"] if k["num_heads"] else dim // 32,
         attn_scales=[float(s) for s in k["attn_scales"]], temporal_attention=bool(k["temporal_attention"]),

@@ -38,6 +38,9 @@ class DenoiserConditions:
         pose_keypoints: ``(b, f + 1, 2, 18)`` normalised body keypoints (x row, y row; -1 = missing);
             frame 0 is the reference's.
         driving_clip: ``(b, f + 1, clip_dim)`` pooled CLIP features; frame 0 is the reference image's.
+        local_image_keep: optional ``(b,)`` {0, 1}: per-sample presence of ``local_image`` (0 = as if None).
+        ref_latent_keep: optional ``(b,)`` {0, 1}: per-sample presence of the reference slot.
+        ipi_keep: optional ``(b,)`` {0, 1}: per-sample presence of the IPI inputs (0 = zero inputs, as if None).
     """
 
     image_embedding: torch.Tensor | None = None
@@ -46,6 +49,16 @@ class DenoiserConditions:
     ref_latent: torch.Tensor | None = None
     pose_keypoints: torch.Tensor | None = None
     driving_clip: torch.Tensor | None = None
+    local_image_keep: torch.Tensor | None = None
+    ref_latent_keep: torch.Tensor | None = None
+    ipi_keep: torch.Tensor | None = None
+
+
+def _combine(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """Product of two optional per-sample keep masks."""
+    if a is None or b is None:
+        return a if b is None else b
+    return a * b.to(a)
 
 
 class UNetStage(nn.ModuleList):
@@ -92,8 +105,15 @@ class AnimateXDenoiser(nn.Module):
         def attn(ch: int) -> list[nn.Module]:
             heads = ch // c.head_dim
             layers: list[nn.Module] = [
-                SpatialTransformer(ch, heads, c.head_dim, c.context_dim, with_pose_attention=c.ipi.enabled,
-                                   placement=c.ipi.placement, residual_weight=c.ipi.residual_weight)  # fmt: skip
+                SpatialTransformer(
+                    ch,
+                    heads,
+                    c.head_dim,
+                    c.context_dim,
+                    with_pose_attention=c.ipi.enabled,
+                    placement=c.ipi.placement,
+                    residual_weight=c.ipi.residual_weight,
+                )  # fmt: skip
             ]
             if c.temporal_attention:
                 layers.append(TemporalTransformer(ch, heads, c.head_dim))
@@ -166,23 +186,31 @@ class AnimateXDenoiser(nn.Module):
         b, _, f, h, w = self._check_latents(latents, timesteps)
         frames = f + 1
         keep = self.condition_dropout(b, latents.device, dropout_generator)
+        not_all_dropped = (~keep.all_dropped).float()
+        dropout_config = self.config.condition_dropout
+        ref_keep = _combine(
+            cond.ref_latent_keep, not_all_dropped if dropout_config.all_dropped_loses_reference else None
+        )
+        ipi_keep = _combine(cond.ipi_keep, not_all_dropped if dropout_config.all_dropped_loses_ipi else None)
 
-        def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            return x * mask.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            return x if mask is None else x * mask.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
 
         concat = latents.new_zeros(b, self.config.concat_channels, f, h, w)
         if cond.local_image is not None:
             local = self._check_pixels("local_image", cond.local_image, b, (1, f))
             embedded = self.local_image_encoder(local, (h, w))
-            concat = concat + masked(embedded.expand(-1, -1, f, -1, -1), keep.local_image)
+            local_keep = _combine(keep.local_image, cond.local_image_keep)
+            concat = concat + masked(embedded.expand(-1, -1, f, -1, -1), local_keep)
         if cond.pose_images is not None:
             pose = self._check_pixels("pose_images", cond.pose_images, b, (frames,))
             concat = concat + masked(self.pose_image_encoder(pose[:, :, 1:], (h, w)), keep.pose_images)
         ref_slot = latents.new_zeros(b, self.config.latent_channels + self.config.concat_channels, 1, h, w)
         if cond.ref_latent is not None:
-            ref_slot = ref_slot + self.ref_latent_encoder(cond.ref_latent[:, :, :1])
+            ref_embedding = self.ref_latent_encoder(cond.ref_latent[:, :, :1])
             if cond.pose_images is not None:
-                ref_slot = ref_slot + self.ref_pose_encoder(cond.pose_images[:, :, :1], (h, w))
+                ref_embedding = ref_embedding + self.ref_pose_encoder(cond.pose_images[:, :, :1], (h, w))
+            ref_slot = ref_slot + masked(ref_embedding, ref_keep)
         x = torch.cat([ref_slot, torch.cat([latents, concat], dim=1)], dim=2)  # (b, 4+concat, f+1, h, w)
         x = x.transpose(1, 2).reshape(b * frames, -1, h, w)
 
@@ -195,7 +223,11 @@ class AnimateXDenoiser(nn.Module):
         context = torch.cat([self.zero_y.to(image_tokens.dtype).expand(b, -1, -1), image_tokens], dim=1)
         motion_tokens = None
         if self.ipi is not None:
-            motion_tokens = self.ipi(cond.pose_keypoints, cond.driving_clip, b, frames)
+            keypoints, driving_clip = cond.pose_keypoints, cond.driving_clip
+            if ipi_keep is not None:  # absent for some samples = the zero inputs of the unconditional branch
+                keypoints = None if keypoints is None else masked(keypoints, ipi_keep)
+                driving_clip = None if driving_clip is None else masked(driving_clip, ipi_keep)
+            motion_tokens = self.ipi(keypoints, driving_clip, b, frames)
         ctx = BlockContext(time_embedding, context, motion_tokens, b, frames)
 
         skips = []
@@ -210,15 +242,13 @@ class AnimateXDenoiser(nn.Module):
 
     def _check_latents(self, latents: torch.Tensor, timesteps: torch.Tensor) -> tuple[int, int, int, int, int]:
         if latents.dim() != 5 or latents.shape[1] != self.config.latent_channels:
-            raise ValueError(
-                f"latents must be (b, {self.config.latent_channels}, f, h, w), got {tuple(latents.shape)}"
-            )
+            raise ValueError(f"latents must be (b, {self.config.latent_channels}, f, h, w), got {tuple(latents.shape)}")
         b, c, f, h, w = latents.shape
         factor = self.config.latent_downsample
         if h % factor or w % factor:
             raise ValueError(
-                f"latent grid {h}x{w} must be divisible by {factor} (the UNet halves it {len(self.config.channel_mult) - 1} "
-                f"times); choose a pixel resolution divisible by {8 * factor}"
+                f"latent grid {h}x{w} must be divisible by {factor} (the UNet halves it "
+                f"{len(self.config.channel_mult) - 1} times); choose a pixel resolution divisible by {8 * factor}"
             )
         if timesteps.shape != (b,):
             raise ValueError(f"timesteps must have shape ({b},), got {tuple(timesteps.shape)}")

@@ -87,7 +87,9 @@ class KeypointEncoder(nn.Module):
         self.pos_embed = _PositionTable(config.max_frames, width)
         input_dim = 2 * config.num_keypoints
         self.increase_embed_dim = nn.Sequential(nn.Linear(input_dim, width // 2), nn.Linear(width // 2, width))
-        self.token_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width * config.num_query_tokens))
+        self.token_mlp = nn.Sequential(
+            nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width * config.num_query_tokens)
+        )
         nn.init.zeros_(self.token_mlp[-1].weight)  # zero init: the keypoint query is 0 at step 0
         nn.init.zeros_(self.token_mlp[-1].bias)
 
@@ -121,7 +123,9 @@ class _PerceiverAttention(nn.Module):
     def forward(self, features: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         latents = self.norm2(latents)
         k, v = self.to_kv(torch.cat([self.norm1(features), latents], dim=1)).chunk(2, dim=-1)
-        out = attention(split_heads(self.to_q(latents), self.heads), split_heads(k, self.heads), split_heads(v, self.heads))
+        out = attention(
+            split_heads(self.to_q(latents), self.heads), split_heads(k, self.heads), split_heads(v, self.heads)
+        )
         return self.to_out(out.flatten(2))
 
 
@@ -144,8 +148,12 @@ class MotionExtractor(nn.Module):
         self.proj_out = nn.Linear(width, output_dim)
         self.norm_out = nn.LayerNorm(output_dim)
         self.layers = nn.ModuleList(
-            nn.ModuleList([_PerceiverAttention(width, config.extractor_heads, config.extractor_head_dim),
-                           _feed_forward(width, config.extractor_ff_mult)])  # fmt: skip
+            nn.ModuleList(
+                [
+                    _PerceiverAttention(width, config.extractor_heads, config.extractor_head_dim),
+                    _feed_forward(width, config.extractor_ff_mult),
+                ]
+            )  # fmt: skip
             for _ in range(config.extractor_depth)
         )
 

@@ -1,0 +1,241 @@
+"""The Lightning system: wires the frozen encoders, the Animate-X denoiser and the diffusion objective.
+
+Models stay pure ``nn.Module`` s; this module owns the step. Parallelism, checkpointing, EMA, logging
+and throughput are applied from outside (``training/``). The frozen VAE and CLIP are held outside the
+module registry (``self._frozen``), so they are never in the optimizer, in our checkpoints or in a
+ZeRO-partitioned state; training needs neither (latents and CLIP features are precomputed), except the
+CLIP text tower's empty-prompt tokens, computed once at setup, and the VAE for decoding validation samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from animatex_train.conditioning import ConditioningConfig, batch_conditions, model_latents
+from animatex_train.data.batch import Batch
+from animatex_train.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
+from animatex_train.diffusion.sampling import DDIMSampler, SamplerConfig
+from animatex_train.encoders.clip import CLIPConfig, FrozenCLIPImageEncoder
+from animatex_train.encoders.vae import FrozenVAE, VAEConfig
+from animatex_train.eval.generate import decode_frames, sample_latents
+from animatex_train.models.config import DenoiserConfig
+from animatex_train.models.unet import AnimateXDenoiser
+from animatex_train.training.ema import EMA, EMAConfig
+from animatex_train.training.init_weights import InitConfig, load_initial_weights
+from animatex_train.training.optim import OptimConfig, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+TIMESTEP_BUCKETS = (0, 250, 500, 750, 1000)
+
+
+@dataclass
+class ValidationConfig:
+    """What validation does besides the validation loss.
+
+    Attributes:
+        sample_clips: render a sample clip (DDIM + CFG) from the first validation batch on rank 0.
+        num_samples: how many clips of that batch to render.
+        output_dir: where clips go; defaults to ``<log dir>/samples``.
+        fps: frame rate of the written mp4s.
+    """
+
+    sample_clips: bool = True
+    num_samples: int = 1
+    output_dir: str | None = None
+    fps: float = 8.0
+
+
+@dataclass
+class SystemConfig:
+    """Everything ``AnimateXSystem`` is built from (the ``model:`` section of a recipe)."""
+
+    denoiser: DenoiserConfig
+    diffusion: DiffusionConfig
+    sampler: SamplerConfig
+    vae: VAEConfig
+    clip: CLIPConfig
+    optim: OptimConfig
+    ema: EMAConfig
+    conditioning: ConditioningConfig
+    init: InitConfig
+    validation: ValidationConfig
+
+
+class AnimateXSystem(pl.LightningModule):
+    """Training, validation and sampling of the Animate-X denoiser.
+
+    Args:
+        denoiser: the network (``models/config.py``).
+        diffusion: schedule, prediction target, offset noise.
+        sampler: DDIM steps and guidance scale used for validation samples.
+        vae: the frozen SD 2.1 VAE (user-supplied checkpoint, or ``tiny: true``).
+        clip: the frozen OpenCLIP ViT-H-14 (user-supplied checkpoint, or ``tiny: true``).
+        optim: AdamW groups and learning-rate schedule.
+        ema: exponential moving average of the weights (``training/ema.py`` callback reads it).
+        conditioning: how the reference enters the denoiser.
+        init: initial weights (official Animate-X / UniAnimate checkpoint or our export).
+        validation: sample rendering during validation.
+        seed: seed of every random draw of the step (timesteps, noise, condition dropout, reference mode).
+        empty_prompt_cache: file caching the CLIP empty-prompt tokens (``zero_y``); computed when absent.
+    """
+
+    def __init__(
+        self,
+        denoiser: DenoiserConfig | None = None,
+        diffusion: DiffusionConfig | None = None,
+        sampler: SamplerConfig | None = None,
+        vae: VAEConfig | None = None,
+        clip: CLIPConfig | None = None,
+        optim: OptimConfig | None = None,
+        ema: EMAConfig | None = None,
+        conditioning: ConditioningConfig | None = None,
+        init: InitConfig | None = None,
+        validation: ValidationConfig | None = None,
+        seed: int = 0,
+        empty_prompt_cache: str | None = None,
+    ):
+        super().__init__()
+        self.config = SystemConfig(
+            denoiser=denoiser or DenoiserConfig(), diffusion=diffusion or DiffusionConfig(),
+            sampler=sampler or SamplerConfig(), vae=vae or VAEConfig(), clip=clip or CLIPConfig(),
+            optim=optim or OptimConfig(), ema=ema or EMAConfig(), conditioning=conditioning or ConditioningConfig(),
+            init=init or InitConfig(), validation=validation or ValidationConfig(),
+        )  # fmt: skip
+        self.seed = seed
+        self.empty_prompt_cache = empty_prompt_cache
+        # Plain dicts of primitives only: checkpoints stay loadable with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": asdict(self.config), "seed": seed})
+        self.denoiser = AnimateXDenoiser(self.config.denoiser)
+        load_initial_weights(self.denoiser, self.config.init)
+        self.diffusion = GaussianDiffusion(self.config.diffusion)
+        self._frozen: dict[str, torch.nn.Module] = {}  # outside the registry: never trained or saved
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str) -> None:
+        self.denoiser.set_empty_prompt_tokens(self._empty_prompt_tokens())
+
+    def _empty_prompt_tokens(self) -> torch.Tensor:
+        cache = Path(self.empty_prompt_cache) if self.empty_prompt_cache else None
+        if cache is not None and cache.exists():
+            zero_y = FrozenCLIPImageEncoder.load_zero_y(cache)
+        else:
+            encoder = FrozenCLIPImageEncoder(self.config.clip)
+            zero_y = encoder.empty_prompt_tokens()
+            if cache is not None and self.global_rank == 0:
+                encoder.save_zero_y(cache)
+            del encoder
+        expected = self.config.denoiser.context_dim
+        if zero_y.shape[-1] != expected:
+            raise ValueError(
+                f"the CLIP text tower gives {zero_y.shape[-1]}-wide empty-prompt tokens but model.denoiser.context_dim "
+                f"is {expected}; pick a CLIP config whose text width equals the context width (ViT-H-14: 1024)"
+            )
+        return zero_y
+
+    def vae(self) -> FrozenVAE:
+        """The frozen VAE, built on first use (only validation sampling and the sample command decode)."""
+        if "vae" not in self._frozen:
+            self._frozen["vae"] = FrozenVAE(self.config.vae).to(self.device)
+        return self._frozen["vae"]
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, batch: Batch, num_samples: int | None = None, progress: bool = False) -> torch.Tensor:
+        """Sample clips for the first ``num_samples`` of ``batch``: uint8 frames ``(n, f, H, W, 3)``."""
+        n = num_samples or batch.batch_size
+        batch = _head(batch, n)
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False)
+        generator = torch.Generator().manual_seed(_seed_of(self.seed, "sample", *batch.keys))
+        sampler = DDIMSampler(self.diffusion, self.config.sampler)
+        latents = sample_latents(self.denoiser, conditions, tuple(batch.latents.shape), sampler, generator, progress)
+        return decode_frames(self.vae(), latents)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(_seed_of(self.seed, "train", self.current_epoch, *batch.keys))
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, True, generator)
+        per_sample, info = self.diffusion.training_loss(
+            lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator),
+            model_latents(batch, self.config.vae.scale_factor),
+            generator,
+        )
+        loss = _masked_mean(per_sample, batch.valid)
+        self._log_step("train", loss, per_sample, info.t, batch)
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False)
+        per_sample, info = self.diffusion.training_loss(
+            lambda xt, t: self.denoiser(xt, t, conditions), model_latents(batch, self.config.vae.scale_factor), generator
+        )
+        self._log_step("val", _masked_mean(per_sample, batch.valid), per_sample, info.t, batch)
+        if batch_idx == 0 and self.config.validation.sample_clips and self.global_rank == 0:
+            self._render_samples(batch)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.denoiser, self.config.optim)
+        total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
+        scheduler = build_scheduler(optimizer, self.config.optim, total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ helpers
+    def _log_step(self, stage: str, loss: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, batch: Batch):
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, sync_dist=True,
+                 batch_size=batch.batch_size)  # fmt: skip
+        self.log(f"{stage}/bad_samples", (~batch.valid).sum().float(), on_step=on_step, on_epoch=True,
+                 reduce_fx="sum", sync_dist=True, batch_size=batch.batch_size)  # fmt: skip
+        if on_step:
+            self.log("train/epi_applied", batch.epi_applied.float().mean(), batch_size=batch.batch_size)
+        valid = batch.valid.to(per_sample.device)
+        for low, high in zip(TIMESTEP_BUCKETS[:-1], TIMESTEP_BUCKETS[1:], strict=True):
+            in_bucket = (t >= low) & (t < high) & valid
+            if in_bucket.any():  # this rank's value only: the buckets present differ between ranks
+                self.log(f"{stage}/loss_t{low:03d}-{high - 1:03d}", per_sample[in_bucket].mean(), on_step=on_step,
+                         on_epoch=not on_step, batch_size=int(in_bucket.sum()), rank_zero_only=True)  # fmt: skip
+
+    def _render_samples(self, batch: Batch) -> None:
+        from animatex_train.eval.video_io import side_by_side, write_mp4, write_strip
+
+        ema = next((c for c in self.trainer.callbacks if isinstance(c, EMA)), None)
+        n = min(self.config.validation.num_samples, batch.batch_size)
+        with ema.swapped_in(self) if ema else contextlib.nullcontext():
+            generated = self(batch, num_samples=n).numpy()
+        truth = decode_frames(self.vae(), model_latents(_head(batch, n), self.config.vae.scale_factor)).numpy()
+        out_dir = Path(self.config.validation.output_dir or Path(self.trainer.log_dir or ".") / "samples")
+        for i in range(n):
+            pose = batch.pose_images[i, :, 1:].permute(1, 2, 3, 0).cpu().numpy()
+            ref = np.repeat(batch.ref_image[i].permute(1, 2, 0).cpu().numpy()[None], pose.shape[0], axis=0)
+            clip = side_by_side(ref, pose, generated[i], truth[i])  # ref | pose | generated | ground truth
+            stem = out_dir / f"step{self.global_step:07d}-{batch.keys[i]}"
+            write_mp4(stem.with_suffix(".mp4"), clip, fps=self.config.validation.fps)
+            write_strip(stem.with_suffix(".png"), [ref, pose, generated[i], truth[i]])
+            for logger in self.loggers:
+                if hasattr(logger, "log_video"):
+                    logger.log_video("val/sample", [str(stem.with_suffix(".mp4"))], step=self.global_step,
+                                     caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"])  # fmt: skip
+        log.info("validation samples written to %s", out_dir)
+
+
+def _seed_of(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` alone (never from process, rank order or time)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over valid samples; 0 (with a graph) when none is valid, so every rank still steps."""
+    weights = valid.to(values)
+    return (values * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def _head(batch: Batch, n: int) -> Batch:
+    from dataclasses import fields
+
+    return Batch(**{f.name: getattr(batch, f.name)[:n] for f in fields(batch)})
