@@ -30,6 +30,7 @@ from animatex_train.models.config import DenoiserConfig
 from animatex_train.models.unet import AnimateXDenoiser
 from animatex_train.training.ema import EMA, EMAConfig
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
+from animatex_train.training.numerics import NumericsConfig, NumericsGuard, SkipStep
 from animatex_train.training.optim import OptimConfig, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class SystemConfig:
     conditioning: ConditioningConfig
     init: InitConfig
     validation: ValidationConfig
+    numerics: NumericsConfig
 
 
 class AnimateXSystem(pl.LightningModule):
@@ -83,6 +85,7 @@ class AnimateXSystem(pl.LightningModule):
         conditioning: how the reference enters the denoiser.
         init: initial weights (official Animate-X / UniAnimate checkpoint or our export).
         validation: sample rendering during validation.
+        numerics: non-finite loss/gradient policy and loss-spike warning.
         seed: seed of every random draw of the step (timesteps, noise, condition dropout, reference mode).
         empty_prompt_cache: file caching the CLIP empty-prompt tokens (``zero_y``); computed when absent.
     """
@@ -99,6 +102,7 @@ class AnimateXSystem(pl.LightningModule):
         conditioning: ConditioningConfig | None = None,
         init: InitConfig | None = None,
         validation: ValidationConfig | None = None,
+        numerics: NumericsConfig | None = None,
         seed: int = 0,
         empty_prompt_cache: str | None = None,
     ):
@@ -108,6 +112,7 @@ class AnimateXSystem(pl.LightningModule):
             sampler=sampler or SamplerConfig(), vae=vae or VAEConfig(), clip=clip or CLIPConfig(),
             optim=optim or OptimConfig(), ema=ema or EMAConfig(), conditioning=conditioning or ConditioningConfig(),
             init=init or InitConfig(), validation=validation or ValidationConfig(),
+            numerics=numerics or NumericsConfig(),
         )  # fmt: skip
         self.seed = seed
         self.empty_prompt_cache = empty_prompt_cache
@@ -117,10 +122,17 @@ class AnimateXSystem(pl.LightningModule):
         load_initial_weights(self.denoiser, self.config.init)
         self.diffusion = GaussianDiffusion(self.config.diffusion)
         self._frozen: dict[str, torch.nn.Module] = {}  # outside the registry: never trained or saved
+        self.numerics = NumericsGuard(self.config.numerics)
+        self._step_keys: list[str] = []
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         self.denoiser.set_empty_prompt_tokens(self._empty_prompt_tokens())
+        if self.config.numerics.policy == "skip" and "deepspeed" in type(self.trainer.strategy).__name__.lower():
+            raise ValueError(
+                "model.numerics.policy: skip is not supported under DeepSpeed (its engine cannot abandon a started "
+                "step); use policy: stop, or a DDP/FSDP strategy"
+            )
 
     def _empty_prompt_tokens(self) -> torch.Tensor:
         cache = Path(self.empty_prompt_cache) if self.empty_prompt_cache else None
@@ -157,8 +169,15 @@ class AnimateXSystem(pl.LightningModule):
         latents = sample_latents(self.denoiser, conditions, tuple(batch.latents.shape), sampler, generator, progress)
         return decode_frames(self.vae(), latents)
 
+    def configure_callbacks(self) -> list[pl.Callback]:
+        return [EMA(self.config.ema)] if self.config.ema.enabled else []
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(_seed_of(self.seed, "train", self.current_epoch, *batch.keys))
+        step_seed = _seed_of(self.seed, "train", self.current_epoch, *batch.keys)
+        generator = torch.Generator().manual_seed(step_seed)
+        # Dropout layers draw from the global RNG: reseeding it per batch makes a resumed run draw exactly
+        # what an uninterrupted one draws, without saving RNG states (and independently of the world size).
+        torch.manual_seed(step_seed ^ 0x5EED)
         conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, True, generator)
         per_sample, info = self.diffusion.training_loss(
             lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator),
@@ -166,8 +185,31 @@ class AnimateXSystem(pl.LightningModule):
             generator,
         )
         loss = _masked_mean(per_sample, batch.valid)
+        self._step_keys = batch.keys
+        if not self.numerics.check_loss(loss, self.global_step, self.global_rank, batch.keys):
+            return None  # every rank skips together (the guard all-reduced the decision)
         self._log_step("train", loss, per_sample, info.t, batch)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        """The default step, with the gradient check between backward and the parameter update."""
+
+        def guarded_closure():
+            result = optimizer_closure()
+            if not self.numerics.check_gradients(self.denoiser.parameters(), self.global_step, self.global_rank,
+                                                 self._step_keys):  # fmt: skip
+                raise SkipStep
+            return result
+
+        try:
+            optimizer.step(closure=guarded_closure)
+        except SkipStep:  # raised before the optimizer changed anything
+            optimizer.zero_grad(set_to_none=True)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
@@ -184,6 +226,12 @@ class AnimateXSystem(pl.LightningModule):
         total = self.trainer.max_steps if self.trainer.max_steps and self.trainer.max_steps > 0 else None
         scheduler = build_scheduler(optimizer, self.config.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["numerics"] = self.numerics.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.numerics.load_state_dict(checkpoint.get("numerics", {}))
 
     # ------------------------------------------------------------------ helpers
     def _log_step(self, stage: str, loss: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, batch: Batch):
