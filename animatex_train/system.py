@@ -44,7 +44,7 @@ class ValidationConfig:
     Attributes:
         sample_clips: render a sample clip (DDIM + CFG) from the first validation batch on rank 0.
         num_samples: how many clips of that batch to render.
-        output_dir: where clips go; defaults to ``<log dir>/samples``.
+        output_dir: where clips go; defaults to ``<trainer.default_root_dir>/samples``.
         fps: frame rate of the written mp4s.
     """
 
@@ -257,7 +257,7 @@ class AnimateXSystem(pl.LightningModule):
         with ema.swapped_in(self) if ema else contextlib.nullcontext():
             generated = self(batch, num_samples=n).numpy()
         truth = decode_frames(self.vae(), model_latents(_head(batch, n), self.config.vae.scale_factor)).numpy()
-        out_dir = Path(self.config.validation.output_dir or Path(self.trainer.log_dir or ".") / "samples")
+        out_dir = Path(self.config.validation.output_dir or Path(self.trainer.default_root_dir) / "samples")
         for i in range(n):
             pose = batch.pose_images[i, :, 1:].permute(1, 2, 3, 0).cpu().numpy()
             ref = np.repeat(batch.ref_image[i].permute(1, 2, 0).cpu().numpy()[None], pose.shape[0], axis=0)
