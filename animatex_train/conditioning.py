@@ -53,19 +53,28 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
         local = (torch.rand(b, generator=generator) < config.local_image_prob).float()
         ref = (torch.rand(b, generator=generator) < config.ref_latent_prob).float()
         local = torch.maximum(local, 1.0 - ref)  # neither drawn -> local image
-    else:
-        mode = config.sampling_reference_mode
-        local = torch.full((b,), float(mode in ("local_image", "both")))
-        ref = torch.full((b,), float(mode in ("ref_latent", "both")))
+        # Every branch is always computed in training (absent = a zero keep-mask, not None), so every rank
+        # runs the same graph: under DDP a branch that no sample of one rank's batch used would leave its
+        # parameters without gradients there, and the gradient all-reduce would wait forever.
+        return DenoiserConditions(
+            image_embedding=batch.ref_clip,
+            local_image=(batch.ref_image.float() / 255.0).unsqueeze(2),
+            pose_images=batch.pose_images.float() / 255.0,
+            ref_latent=batch.ref_latents * latent_scale,
+            pose_keypoints=batch.ipi_keypoints,
+            driving_clip=batch.driving_clip,
+            local_image_keep=local.to(device),
+            ref_latent_keep=ref.to(device),
+        )
+    mode = config.sampling_reference_mode
+    use_local, use_ref = mode in ("local_image", "both"), mode in ("ref_latent", "both")
     return DenoiserConditions(
         image_embedding=batch.ref_clip,
-        local_image=None if not local.any() else (batch.ref_image.float() / 255.0).unsqueeze(2),
+        local_image=(batch.ref_image.float() / 255.0).unsqueeze(2) if use_local else None,
         pose_images=batch.pose_images.float() / 255.0,
-        ref_latent=None if not ref.any() else batch.ref_latents * latent_scale,
+        ref_latent=batch.ref_latents * latent_scale if use_ref else None,
         pose_keypoints=batch.ipi_keypoints,
         driving_clip=batch.driving_clip,
-        local_image_keep=None if local.all() else local.to(device),
-        ref_latent_keep=None if ref.all() else ref.to(device),
     )
 
 
