@@ -51,39 +51,11 @@ def demo_main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     timings: dict[str, float] = {}
 
-    start = time.perf_counter()
-    console.rule("[bold]1/5 synthetic dataset")
-    videos_dir = out / "videos"
-    if not (videos_dir / "metadata.jsonl").exists():
-        from animatex_train.data.synthetic import SyntheticDatasetConfig, write_synthetic_dataset
-
-        config = SyntheticDatasetConfig.from_yaml(_repo_file("data/embedded_dataset.yaml"))
-        write_synthetic_dataset(videos_dir, config)
-    timings["synthetic videos"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    console.rule("[bold]2/5 prepare shards")
     data_dir = out / "data"
-    if not (data_dir / "manifest.json").exists():
-        from animatex_train.preprocess.cli import prepare_main
-
-        code = prepare_main(["--config", str(_repo_file("data/embedded_prepare.yaml")), "--videos", str(videos_dir),
-                             "--metadata", str(videos_dir / "metadata.jsonl"), "--output_dir", str(data_dir)])  # fmt: skip
-        if code:
-            return code
-    timings["prepare"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    console.rule("[bold]3/5 anchor pool")
-    anchors = data_dir / "anchors.npy"
-    if not anchors.exists():
-        from animatex_train.data.anchor_pool import anchor_pool_main
-
-        code = anchor_pool_main(["--shards", str(data_dir), "--output", str(anchors), "--num-anchors",
-                                 "32", "--seed", str(args.seed)])  # fmt: skip
-        if code:
-            return code
-    timings["anchor pool"] = time.perf_counter() - start
+    code = build_embedded_dataset(out / "videos", data_dir, seed=args.seed, console=console, timings=timings,
+                                  num_stages=5)  # fmt: skip
+    if code:
+        return code
 
     start = time.perf_counter()
     console.rule("[bold]4/5 train (tiny denoiser, CPU)")
@@ -92,10 +64,8 @@ def demo_main(argv: list[str] | None = None) -> int:
     overrides = [
         f"--trainer.default_root_dir={run_dir}", f"--trainer.max_steps={args.max_steps}",
         f"--trainer.val_check_interval={args.max_steps}", f"--seed_everything={args.seed}",
-        f"--data.train=[{{manifest: {data_dir / 'manifest.json'}}}]",
-        f"--data.val=[{{manifest: {data_dir / 'manifest.json'}, split: val}}]",
-        f"--data.anchor_pool={anchors}", f"--model.empty_prompt_cache={data_dir / 'zero_y.safetensors'}",
-        "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger",
+        *embedded_dataset_overrides(data_dir),
+        "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger", f"--tracking.mode={args.wandb}",
     ]  # fmt: skip
     from animatex_train.training.lightning_cli import AnimateXCLI
 
@@ -111,6 +81,68 @@ def demo_main(argv: list[str] | None = None) -> int:
     timings["sample"] = time.perf_counter() - start
     _summary(console, out, run_dir, checkpoint, sample_mp4, sample_png, timings)
     return 0
+
+
+def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, console: Console | None = None,
+                           timings: dict[str, float] | None = None, num_stages: int = 3) -> int:  # fmt: skip
+    """Steps 1-3 of the demo: synthetic videos -> prepared shards -> EPI anchor pool; returns an exit code.
+
+    Each step is skipped when its output exists, so a rerun (or a second user, e.g. ``ablate --local``) reuses
+    the dataset. Stage titles are numbered ``i/num_stages`` to fit the caller's own progress.
+
+    Args:
+        videos_dir: where the synthetic videos and their ``metadata.jsonl`` go.
+        data_dir: where the shards, ``manifest.json`` and ``anchors.npy`` go.
+        seed: seed of the anchor-pool sampling.
+        console: where the stage titles are printed.
+        timings: filled with the seconds each stage took.
+        num_stages: the total number of stages the caller shows.
+    """
+    console = console or Console()
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
+    console.rule(f"[bold]1/{num_stages} synthetic dataset")
+    if not (videos_dir / "metadata.jsonl").exists():
+        from animatex_train.data.synthetic import SyntheticDatasetConfig, write_synthetic_dataset
+
+        config = SyntheticDatasetConfig.from_yaml(_repo_file("data/embedded_dataset.yaml"))
+        write_synthetic_dataset(videos_dir, config)
+    timings["synthetic videos"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    console.rule(f"[bold]2/{num_stages} prepare shards")
+    if not (data_dir / "manifest.json").exists():
+        from animatex_train.preprocess.cli import prepare_main
+
+        prepare_args = ["--config", str(_repo_file("data/embedded_prepare.yaml")), "--videos", str(videos_dir),
+                        "--metadata", str(videos_dir / "metadata.jsonl"), "--output_dir", str(data_dir)]  # fmt: skip
+        code = prepare_main(prepare_args)
+        if code:
+            return code
+    timings["prepare"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    console.rule(f"[bold]3/{num_stages} anchor pool")
+    anchors = data_dir / "anchors.npy"
+    if not anchors.exists():
+        from animatex_train.data.anchor_pool import anchor_pool_main
+
+        code = anchor_pool_main(["--shards", str(data_dir), "--output", str(anchors), "--num-anchors",
+                                 "32", "--seed", str(seed)])  # fmt: skip
+        if code:
+            return code
+    timings["anchor pool"] = time.perf_counter() - start
+    return 0
+
+
+def embedded_dataset_overrides(data_dir: Path) -> list[str]:
+    """``fit`` arguments that point the tiny recipe at a dataset built by ``build_embedded_dataset``."""
+    return [
+        f"--data.train=[{{manifest: {data_dir / 'manifest.json'}}}]",
+        f"--data.val=[{{manifest: {data_dir / 'manifest.json'}, split: val}}]",
+        f"--data.anchor_pool={data_dir / 'anchors.npy'}",
+        f"--model.empty_prompt_cache={data_dir / 'zero_y.safetensors'}",
+    ]  # fmt: skip
 
 
 def _sample_from_checkpoint(cli, checkpoint: Path, out: Path) -> tuple[Path, Path]:

@@ -14,9 +14,10 @@ os.environ.setdefault("WDS_SECURE", "1")
 
 import sys  # noqa: E402
 
-import animatex_train  # noqa: E402,F401  (installs the torchvision compat shim before lightning imports)
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import animatex_train  # noqa: E402,F401  (installs the torchvision compat shim before lightning imports)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Shared test helpers live in tests/support/ (imported as `support`); test modules are imported with

@@ -1,4 +1,4 @@
-"""House rule: models/, encoders/ and diffusion/ import no Lightning, DeepSpeed, W&B or WebDataset; data/ never imports models/."""
+"""House rule: models/, encoders/, diffusion/ import no Lightning/DeepSpeed/W&B/WebDataset; data/ imports no models/."""
 
 from __future__ import annotations
 

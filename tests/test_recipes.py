@@ -20,6 +20,8 @@ def test_recipe_parses(recipe):
     args = ["--config", str(recipe)]
     if "debug" not in recipe.parts and "train" not in recipe.parts:  # overlays: on top of the tiny recipe
         args = ["--config", str(recipe.parents[1] / "debug" / "tiny_cpu.yaml"), *args]
+    if "train" in recipe.parts:  # full-size recipes name user-supplied weights: build the model from scratch
+        args += ["--model.init.checkpoint=null"]
     cli = AnimateXCLI(args=args, run=False)
     assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
 

@@ -68,7 +68,9 @@ class EMA(pl.Callback):
             params = self._params(pl_module)
             missing = set(params) - set(self.shadow)
             if missing:
-                raise RuntimeError(f"the checkpoint's EMA lacks {len(missing)} parameter(s), e.g. {sorted(missing)[:3]}")
+                raise RuntimeError(
+                    f"the checkpoint's EMA lacks {len(missing)} parameter(s), e.g. {sorted(missing)[:3]}"
+                )
             self.shadow = {n: self.shadow[n].to(params[n].device) for n in params}
 
     def _reset(self, pl_module: pl.LightningModule) -> None:

@@ -48,7 +48,8 @@ def read_state_dict(path: str | Path, config_key: str = "model.init.checkpoint")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - UnpicklingError and friends: refuse, with the reason
-        raise ValueError(f"{config_key}: {path} holds more than tensors and cannot be loaded safely ({error})") from error
+        message = f"{config_key}: {path} holds more than tensors and cannot be loaded safely ({error})"
+        raise ValueError(message) from error
     if isinstance(state, dict) and "state_dict" in state:  # a Lightning checkpoint of this project
         state = {k.removeprefix("denoiser."): v for k, v in state["state_dict"].items() if k.startswith("denoiser.")}
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -1,19 +1,40 @@
 """The LightningCLI of the project: ``AnimateXSystem`` + ``VideoDataModule`` from layered recipes.
 
-Besides Lightning's sections, a recipe has ``checkpoint:`` (the crash-safe checkpoint callback, always
-on). ``fit`` resumes by itself: without an explicit ``--ckpt_path`` it continues from the newest complete
-checkpoint of the run directory, so rerunning the same command after a crash or a preemption resumes.
+Besides Lightning's sections, a recipe has:
+
+* ``checkpoint:`` the crash-safe checkpoint callback (always on). ``fit`` resumes by itself: without an
+  explicit ``--ckpt_path`` it continues from the newest complete checkpoint of the run directory, so
+  rerunning the same command after a crash or a preemption resumes.
+* ``preemption:`` the signal -> checkpoint -> Slurm requeue -> exit callback (always on; outside Slurm it
+  only checkpoints and stops). Under Slurm, Lightning's own auto-requeue is switched off so the two never race.
+* ``throughput:`` samples/s, MFU, data wait, memory (always on).
+* ``tracking:`` Weights & Biases (``training/tracking.py``); with a logger, the learning rate of every
+  parameter group is logged too (``LearningRateMonitor``).
+* ``distributed:`` the process-group timeout applied to strategies given by name.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
+from lightning.fabric.plugins.environments import SLURMEnvironment
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from animatex_train.data.datamodule import VideoDataModule
 from animatex_train.system import AnimateXSystem
 from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint
+from animatex_train.training.preemption import (
+    DistributedConfig,
+    PreemptionHandler,
+    multi_process_run,
+    strategy_with_timeout,
+)
+from animatex_train.training.throughput import ThroughputMonitor
+from animatex_train.training.tracking import PosePreview, TrackedConfigSaver, TrackingConfig, build_logger
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +43,7 @@ class AnimateXCLI(LightningCLI):
     """Recipes are values only: the schema is the typed ``__init__`` signatures and config dataclasses."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs):
+        kwargs.setdefault("save_config_callback", TrackedConfigSaver)  # redacted config.yaml, logged to W&B
         super().__init__(
             AnimateXSystem,
             VideoDataModule,
@@ -34,6 +56,37 @@ class AnimateXCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(CrashSafeCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(PreemptionHandler, "preemption")
+        parser.add_lightning_class_args(ThroughputMonitor, "throughput")
+        parser.add_class_arguments(TrackingConfig, "tracking")
+        parser.add_class_arguments(DistributedConfig, "distributed")
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        config = self._get(self.config_init, "trainer", default={})
+        tracking: TrackingConfig = self._get(self.config_init, "tracking")
+        distributed: DistributedConfig = self._get(self.config_init, "distributed")
+        run_dir = config.get("default_root_dir") or os.getcwd()
+
+        logger = config.get("logger")  # None/True: Lightning's default; False: no logger at all, W&B included
+        wandb_logger = build_logger(tracking, run_dir) if logger is not False else None
+        if wandb_logger is not None:
+            # W&B first: it is then the trainer's log_dir (config.yaml, samples/ go to the run directory).
+            others = [] if logger in (None, True) else list(logger) if isinstance(logger, (list, tuple)) else [logger]
+            kwargs["logger"] = [wandb_logger, *others]
+        has_logger = wandb_logger is not None or (logger is not False and logger != [])
+
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if has_logger and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        if wandb_logger is not None and tracking.epi_preview:
+            callbacks.append(PosePreview(num_samples=tracking.epi_preview_samples))
+        kwargs["callbacks"] = callbacks
+
+        multi = multi_process_run(config.get("devices"), config.get("num_nodes"))
+        kwargs["strategy"] = strategy_with_timeout(config.get("strategy", "auto"), distributed.timeout_s, multi)
+        kwargs["plugins"] = _without_lightning_requeue(config.get("plugins"))
+        return super().instantiate_trainer(**kwargs)
 
     def before_fit(self) -> None:
         config = self.config_init[self.subcommand]
@@ -47,3 +100,20 @@ class AnimateXCLI(LightningCLI):
         if path is not None:
             log.info("resuming from %s", path)
             config["ckpt_path"] = str(path)
+
+
+def _without_lightning_requeue(plugins: Any) -> Any:
+    """Under Slurm: a ``SLURMEnvironment(auto_requeue=False)`` plugin, so only ``PreemptionHandler`` requeues.
+
+    Lightning's auto-requeue checkpoints and calls ``scontrol`` from inside its SIGUSR1 handler; with both
+    active a signal would requeue the job twice and write a second, non-crash-safe checkpoint.
+    """
+    # SLURMEnvironment.detect() without its "srun is installed but not used" warning, which fires outside Slurm.
+    if "SLURM_NTASKS" not in os.environ or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return plugins
+    items = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    for plugin in items:
+        if isinstance(plugin, SLURMEnvironment):
+            plugin.auto_requeue = False
+            return items
+    return [*items, SLURMEnvironment(auto_requeue=False)]

@@ -142,7 +142,7 @@ def test_written_dataset_is_reproducible_and_decodable(tmp_path):
     styles = [record["source"].split("(style: ")[1].rstrip(")") for record in records]
     assert styles == list(config.styles)
     assert all(record["licence"] == LICENCE for record in records)
-    for index, (video, record) in enumerate(zip(videos, records, strict=True)):
+    for index, video in enumerate(videos):
         with av.open(str(video)) as container:
             decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
         assert decoded.shape == (config.num_frames, config.height_px, config.width_px, 3)

@@ -1,0 +1,1 @@
+"""Launching jobs on clusters: ``animatex-train submit`` (``submit.py``) for the ``slurm/*.sbatch`` scripts."""

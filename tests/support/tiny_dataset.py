@@ -1,0 +1,150 @@
+"""A tiny prepared dataset (shards + ``manifest.json``) and the ``fit`` arguments that train on it.
+
+``build_tiny_dataset(root)`` writes synthetic shards through the real shard schema and a manifest that
+``VideoDataModule`` accepts; ``fit_args(root, run_dir)`` turns ``recipes/debug/tiny_cpu.yaml`` into a
+run on it (no EPI anchor pool, no cached empty prompt, no logger). Both are cheap (well under a second).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from animatex_train.data.manifest import DatasetManifest, ShardEntry
+from animatex_train.data.schema import SCHEMA_VERSION
+from support.shards import write_shards
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_RECIPE = REPO_ROOT / "recipes" / "debug" / "tiny_cpu.yaml"
+
+
+def _entries(infos, root: Path, split: str) -> list[ShardEntry]:
+    entries = []
+    for info in infos:
+        path = Path(info.url)
+        entries.append(ShardEntry(
+            path=path.relative_to(root).as_posix(), split=split, num_samples=len(info.keys),
+            num_frames=sum(info.num_frames), size_bytes=path.stat().st_size,
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(), keys=list(info.keys),
+            source_videos=[k.rsplit("-c", 1)[0] for k in info.keys],
+            resolutions={f"{info.height}x{info.width}": len(info.keys)},
+        ))  # fmt: skip
+    return entries
+
+
+def build_tiny_dataset(root: str | Path, num_train_shards: int = 4, per_shard: int = 4, num_val_shards: int = 1,
+                       frames: int = 12, size: tuple[int, int] = (64, 64), clip_dim: int = 64) -> Path:  # fmt: skip
+    """Write train/val shards under ``root`` and ``root/manifest.json``; returns the manifest path.
+
+    Defaults match the tiny recipe (64x64 clips, 12 frames, 64-wide CLIP features). Idempotent: an
+    existing manifest is reused.
+    """
+    root = Path(root)
+    manifest_path = root / "manifest.json"
+    if manifest_path.is_file():
+        return manifest_path
+    train = write_shards(root / "train", num_train_shards, per_shard, frames=frames, size=size, clip_dim=clip_dim,
+                         prefix="tr")  # fmt: skip
+    val = write_shards(root / "val", num_val_shards, per_shard, frames=frames, size=size, clip_dim=clip_dim,
+                       prefix="va")  # fmt: skip
+    manifest = DatasetManifest(
+        name="tiny", schema_version=SCHEMA_VERSION, resolutions_px=[tuple(size)], fps=8.0, num_frames_per_clip=frames,
+        encoders={}, shards=sorted(_entries(train, root, "train") + _entries(val, root, "val"), key=lambda s: s.path),
+    )  # fmt: skip
+    manifest.save(manifest_path)
+    return manifest_path
+
+
+def fit_args(data_root: str | Path, run_dir: str | Path, max_steps: int = 4, every_n_steps: int = 0,
+             validate: bool = False) -> list[str]:  # fmt: skip
+    """``animatex-train fit`` arguments: the tiny recipe on ``data_root``'s dataset, writing into ``run_dir``.
+
+    Without ``validate`` no validation runs (no VAE decode, no sample clip), which keeps a run to seconds.
+    """
+    manifest = Path(data_root) / "manifest.json"
+    args = [
+        "fit", "--config", str(TINY_RECIPE),
+        "--data.train", f"[{{manifest: {manifest}}}]",
+        "--data.anchor_pool", "null", "--data.epi.apply_prob", "0", "--data.num_workers", "0",
+        "--model.empty_prompt_cache", "null",
+        "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.max_steps", str(max_steps), "--checkpoint.every_n_steps", str(every_n_steps),
+    ]  # fmt: skip
+    if validate:
+        args += ["--data.val", f"[{{manifest: {manifest}, split: val}}]", "--trainer.val_check_interval",
+                 str(max_steps)]  # fmt: skip
+    else:
+        args += ["--data.val", "null", "--trainer.limit_val_batches", "0"]
+    return args
+
+
+def fit_env(extra_pythonpath: str | Path | None = None) -> dict[str, str]:
+    """Environment of a ``fit`` subprocess: one thread per process (two ranks share two cores), DeepSpeed on CPU."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
+           "PYTHONFAULTHANDLER": "1"}  # fmt: skip
+    if extra_pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_pythonpath), os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def _stacks_of_group(pgid: int) -> str:
+    """Python stacks of every process of a group, with py-spy when it is installed (diagnostics only)."""
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if py_spy is None:
+        return "(install py-spy to see where the ranks hang)"
+    pids = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
+    dumps = [subprocess.run([py_spy, "dump", "--pid", pid], capture_output=True, text=True, timeout=60).stdout[-3000:]
+             for pid in pids]  # fmt: skip
+    return "\n".join(dumps)
+
+
+def run_fit(args: list[str], env: dict[str, str], timeout_s: float = 300.0) -> str:
+    """Run ``python -m animatex_train <args>`` in its own process group; its output, or an AssertionError with the
+    output's tail if it fails or outlives ``timeout_s`` (then the whole group, every rank, is killed)."""
+    proc = subprocess.Popen([sys.executable, "-m", "animatex_train", *args], cwd=REPO_ROOT, env=env, text=True,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stacks = _stacks_of_group(proc.pid)  # where each rank hangs, before killing them
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        message = f"fit timed out after {timeout_s} s: {' '.join(args)}\n{output[-4000:]}\n{stacks}"
+        raise AssertionError(message) from None
+    if proc.returncode != 0:
+        raise AssertionError(f"fit failed with exit code {proc.returncode}: {' '.join(args)}\n{output[-6000:]}")
+    return output
+
+
+PROBE_PATH = REPO_ROOT / "tests" / "training"  # strategy_probe.RunProbe lives there
+DDP_ARGS = ["--trainer.strategy", "ddp"]
+_RUNS: dict[str, Path] = {}  # one run per name per test session, shared by the modules that need it
+
+
+def shared_dataset(tmp_path_factory) -> Path:
+    """The session's tiny dataset folder (built on first request)."""
+    if "data" not in _RUNS:
+        _RUNS["data"] = tmp_path_factory.mktemp("tiny_data")
+        build_tiny_dataset(_RUNS["data"])
+    return _RUNS["data"]
+
+
+def probed_run(tmp_path_factory, name: str, strategy_args: list[str], steps: int = 4, devices: int = 2) -> Path:
+    """The run directory of a ``fit`` of the tiny recipe with ``strategy_args`` and a ``RunProbe`` (``<run>/probe``),
+    run on first request and shared for the rest of the session (test modules reuse e.g. the DDP run)."""
+    if name not in _RUNS:
+        data = shared_dataset(tmp_path_factory)
+        run_dir = tmp_path_factory.mktemp(f"run_{name}")
+        probe = (f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "
+                 f"{{out_dir: {run_dir / 'probe'}, build_vae_early: true}}}}")  # fmt: skip
+        args = [*fit_args(data, run_dir, max_steps=steps, every_n_steps=steps), "--trainer.devices",
+                str(devices), *strategy_args, probe]  # fmt: skip
+        run_fit(args, fit_env(PROBE_PATH), timeout_s=240)
+        _RUNS[name] = run_dir
+    return _RUNS[name]

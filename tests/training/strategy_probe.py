@@ -1,0 +1,106 @@
+"""A callback the strategy tests add to ``fit`` runs (``--trainer.callbacks+=strategy_probe.RunProbe``).
+
+It records, per rank, the loss of every optimizer step, and at the end of training writes what the tests
+compare against: the denoiser's fp32 weights gathered from the strategy (DeepSpeed: the fp32 master
+copy, assembled from the ZeRO partitions with ``safe_get_full_fp32_param``), the EMA shadow, and facts
+about the frozen encoders and the partitioned parameters. Not a test module: imported by the ``fit``
+subprocesses with ``tests/training`` on ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from safetensors.torch import save_file
+
+
+class RunProbe(pl.Callback):
+    """Args:
+    out_dir: where ``losses-rank<r>.json``, ``final_fp32.safetensors``, ``ema.safetensors`` and ``facts.json`` go.
+    build_vae_early: build the frozen VAE in ``setup``, before the strategy wraps (and ZeRO-3 partitions) the
+        module, to check that it stays outside the strategy's reach.
+    pause_in_save_at_step: when the checkpoint of this step is being written (inside ``CrashSafeCheckpoint.save``,
+        after ``step-<N>.tmp/`` exists, before ``state.ckpt`` is written), touch ``paused-in-save`` and sleep, so a
+        test can SIGKILL the run there.
+    """
+
+    def __init__(self, out_dir: str, build_vae_early: bool = False, pause_in_save_at_step: int = -1):
+        self.out_dir = Path(out_dir)
+        self.build_vae_early = build_vae_early
+        self.pause_in_save_at_step = pause_in_save_at_step
+        self.losses: list[list[float]] = []
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.build_vae_early:
+            pl_module.vae()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        self.losses.append([trainer.global_step, float(loss.detach())])
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.global_step == self.pause_in_save_at_step:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / f"losses-rank{trainer.global_rank}.json").write_text(json.dumps(self.losses))
+            (self.out_dir / "paused-in-save").touch()
+            time.sleep(600)  # the test kills the process here
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        rank = trainer.global_rank
+        (self.out_dir / f"losses-rank{rank}.json").write_text(json.dumps(self.losses))
+        params = dict(pl_module.denoiser.named_parameters())
+        if "DeepSpeed" in type(trainer.strategy).__name__:
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            # A collective under every ZeRO stage: all ranks call it for every parameter, in the same order.
+            weights = {n: safe_get_full_fp32_param(p).detach().cpu().clone() for n, p in params.items()}
+        elif "FSDP" in type(trainer.strategy).__name__:
+            from torch.distributed.fsdp import FullyShardedDataParallel
+            from torch.distributed.fsdp._common_utils import clean_tensor_name
+
+            with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+                weights = {clean_tensor_name(n): p.detach().float().cpu().clone()
+                           for n, p in pl_module.denoiser.named_parameters()}  # fmt: skip
+        else:
+            weights = {n: p.detach().float().cpu().clone() for n, p in params.items()}
+        weights.update({n: b.detach().float().cpu().clone() for n, b in pl_module.denoiser.named_buffers()
+                        if n in pl_module.denoiser.state_dict()})  # fmt: skip
+        engine = getattr(trainer.strategy, "deepspeed_engine", None)
+        optimizer_numel = _optimizer_numel(engine) if engine is not None else None  # a collective: every rank
+        if rank != 0:
+            return
+        save_file(weights, str(self.out_dir / "final_fp32.safetensors"))
+        ema = next((c for c in trainer.callbacks if type(c).__name__ == "EMA"), None)
+        if ema is not None and ema.shadow:
+            save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(self.out_dir / "ema.safetensors"))
+        frozen = {name: [(n, tuple(p.shape), hasattr(p, "ds_id")) for n, p in module.named_parameters()][:3]
+                  for name, module in pl_module._frozen.items()}  # fmt: skip
+        facts = {
+            "strategy": type(trainer.strategy).__name__,
+            "world_size": trainer.world_size,
+            "module_parameter_names": sorted(n for n, _ in pl_module.named_parameters()),
+            "partitioned": sum(hasattr(p, "ds_id") for p in params.values()),
+            "num_parameters": len(params),
+            "frozen_modules": frozen,
+            "frozen_params_partitioned": any(hasattr(p, "ds_id") for m in pl_module._frozen.values()
+                                             for p in m.parameters()),  # fmt: skip
+            "zero_stage": engine.zero_optimization_stage() if engine is not None else None,
+            "optimizer_numel": optimizer_numel,
+            "trainable_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params.values()
+                                   if p.requires_grad),  # fmt: skip
+        }
+        (self.out_dir / "facts.json").write_text(json.dumps(facts, indent=1))
+
+
+def _optimizer_numel(engine) -> int:
+    """Elements of the fp32 partitions the ZeRO optimizer updates, summed over ranks (includes alignment padding)."""
+    optimizer = engine.optimizer
+    groups = getattr(optimizer, "fp32_partitioned_groups_flat", None) or optimizer.single_partition_of_fp32_groups
+    total = torch.tensor([sum(g.numel() for g in groups)], dtype=torch.long)
+    torch.distributed.all_reduce(total)
+    return int(total.item())
