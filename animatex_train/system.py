@@ -179,10 +179,10 @@ class AnimateXSystem(pl.LightningModule):
         # what an uninterrupted one draws, without saving RNG states (and independently of the world size).
         torch.manual_seed(step_seed ^ 0x5EED)
         conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, True, generator)
+        x0 = model_latents(batch, self.config.vae.scale_factor)
+        t, noise = self._per_sample_noise(batch.keys, x0)
         per_sample, info = self.diffusion.training_loss(
-            lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator),
-            model_latents(batch, self.config.vae.scale_factor),
-            generator,
+            lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator), x0, t=t, noise=noise
         )
         loss = _masked_mean(per_sample, batch.valid)
         self._step_keys = batch.keys
@@ -190,6 +190,21 @@ class AnimateXSystem(pl.LightningModule):
             return None  # every rank skips together (the guard all-reduced the decision)
         self._log_step("train", loss, per_sample, info.t, batch)
         return loss
+
+    def _per_sample_noise(self, keys: list[str], x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Timestep and offset noise of each sample from its own generator, seeded by (seed, epoch, key).
+
+        A sample's draws do not depend on which rank, batch or position it lands in, so a run on N ranks
+        computes the same per-sample losses as one rank holding the same global batch (tested), and a
+        re-sharded resume draws the same noise. The condition dropout and the reference mode stay batch-level
+        draws (the official dropout couples the samples of a batch).
+        """
+        timesteps, noises = [], []
+        for key in keys:
+            generator = torch.Generator().manual_seed(_seed_of(self.seed, "noise", self.current_epoch, key))
+            timesteps.append(self.diffusion.sample_timesteps(1, generator, device="cpu"))
+            noises.append(self.diffusion.sample_noise((1, *x0.shape[1:]), generator, device="cpu", dtype=x0.dtype))
+        return torch.cat(timesteps).to(x0.device), torch.cat(noises).to(x0.device)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
@@ -214,9 +229,8 @@ class AnimateXSystem(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
         conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False)
-        per_sample, info = self.diffusion.training_loss(
-            lambda xt, t: self.denoiser(xt, t, conditions), model_latents(batch, self.config.vae.scale_factor), generator
-        )
+        x0 = model_latents(batch, self.config.vae.scale_factor)
+        per_sample, info = self.diffusion.training_loss(lambda xt, t: self.denoiser(xt, t, conditions), x0, generator)
         self._log_step("val", _masked_mean(per_sample, batch.valid), per_sample, info.t, batch)
         if batch_idx == 0 and self.config.validation.sample_clips and self.global_rank == 0:
             self._render_samples(batch)

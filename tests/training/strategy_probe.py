@@ -33,6 +33,7 @@ class RunProbe(pl.Callback):
         self.build_vae_early = build_vae_early
         self.pause_in_save_at_step = pause_in_save_at_step
         self.losses: list[list[float]] = []
+        self.keys: list[list[str]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.build_vae_early:
@@ -41,6 +42,7 @@ class RunProbe(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append([trainer.global_step, float(loss.detach())])
+        self.keys.append(list(batch.keys))
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if trainer.global_step == self.pause_in_save_at_step:
@@ -53,6 +55,7 @@ class RunProbe(pl.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rank = trainer.global_rank
         (self.out_dir / f"losses-rank{rank}.json").write_text(json.dumps(self.losses))
+        (self.out_dir / f"keys-rank{rank}.json").write_text(json.dumps(self.keys))
         params = dict(pl_module.denoiser.named_parameters())
         if "DeepSpeed" in type(trainer.strategy).__name__:
             from deepspeed.utils import safe_get_full_fp32_param
