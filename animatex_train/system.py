@@ -123,6 +123,7 @@ class AnimateXSystem(pl.LightningModule):
         self.diffusion = GaussianDiffusion(self.config.diffusion)
         self._frozen: dict[str, torch.nn.Module] = {}  # outside the registry: never trained or saved
         self.numerics = NumericsGuard(self.config.numerics)
+        self._skip_step = False  # set by training_step when the loss guard drops the step
         self._step_keys: list[str] = []
 
     # ------------------------------------------------------------------ setup
@@ -186,8 +187,11 @@ class AnimateXSystem(pl.LightningModule):
         )
         loss = _masked_mean(per_sample, batch.valid)
         self._step_keys = batch.keys
-        if not self.numerics.check_loss(loss, self.global_step, self.global_rank, batch.keys):
-            return None  # every rank skips together (the guard all-reduced the decision)
+        self._skip_step = not self.numerics.check_loss(loss, self.global_step, self.global_rank, batch.keys)
+        if self._skip_step:  # every rank skips together (the guard all-gathered the decision)
+            # Lightning refuses a None loss with several processes: backpropagate an exact zero that reaches
+            # every trainable parameter (DDP's reducer waits for each), and drop the step in optimizer_step.
+            return sum(p.sum() for p in self.denoiser.parameters() if p.requires_grad) * 0.0
         self._log_step("train", loss, per_sample, info.t, batch)
         return loss
 
@@ -216,6 +220,8 @@ class AnimateXSystem(pl.LightningModule):
 
         def guarded_closure():
             result = optimizer_closure()
+            if self._skip_step:
+                raise SkipStep
             if not self.numerics.check_gradients(self.denoiser.parameters(), self.global_step, self.global_rank,
                                                  self._step_keys):  # fmt: skip
                 raise SkipStep

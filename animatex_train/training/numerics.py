@@ -117,6 +117,8 @@ class NumericsGuard:
                 "num_skipped": self.num_skipped}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
+        self.recent_losses.clear()  # replace (not add to) whatever this guard saw before
+        self.skipped_steps.clear()
         self.recent_losses.extend(state.get("recent_losses", []))
         self.skipped_steps.extend(state.get("skipped_steps", []))
         self.num_skipped = int(state.get("num_skipped", 0))

@@ -44,12 +44,18 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.ipi_lr < 0:
-            raise ValueError(f"model.optim.lr must be > 0 and ipi_lr >= 0, got {self.lr}, {self.ipi_lr}")
+        if self.lr <= 0:
+            raise ValueError(f"model.optim.lr must be > 0, got {self.lr}")
+        if self.ipi_lr < 0:
+            raise ValueError(f"model.optim.ipi_lr must be >= 0, got {self.ipi_lr}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"model.optim.lr_schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.lr_warmup_steps < 0:
             raise ValueError(f"model.optim.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ValueError(f"model.optim.lr_decay_steps must be >= 1 (or null), got {self.lr_decay_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:  # outside [0, 1] the cosine would raise the rate or turn it negative
+            raise ValueError(f"model.optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         self.betas = tuple(self.betas)
 
 

@@ -23,13 +23,17 @@ class RunProbe(pl.Callback):
     out_dir: where ``losses-rank<r>.json``, ``final_fp32.safetensors``, ``ema.safetensors`` and ``facts.json`` go.
     build_vae_early: build the frozen VAE in ``setup``, before the strategy wraps (and ZeRO-3 partitions) the
         module, to check that it stays outside the strategy's reach.
+    nan_latents_at_step: fill the latents of ``nan_rank``'s batch with NaN at this step (a non-finite loss there).
+    nan_rank: see ``nan_latents_at_step``.
     pause_in_save_at_step: when the checkpoint of this step is being written (inside ``CrashSafeCheckpoint.save``,
         after ``step-<N>.tmp/`` exists, before ``state.ckpt`` is written), touch ``paused-in-save`` and sleep, so a
         test can SIGKILL the run there.
     """
 
-    def __init__(self, out_dir: str, build_vae_early: bool = False, pause_in_save_at_step: int = -1):
+    def __init__(self, out_dir: str, build_vae_early: bool = False, pause_in_save_at_step: int = -1,
+                 nan_latents_at_step: int = -1, nan_rank: int = 0):  # fmt: skip
         self.out_dir = Path(out_dir)
+        self.nan_latents_at_step, self.nan_rank = nan_latents_at_step, nan_rank
         self.build_vae_early = build_vae_early
         self.pause_in_save_at_step = pause_in_save_at_step
         self.losses: list[list[float]] = []
@@ -38,6 +42,10 @@ class RunProbe(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.build_vae_early:
             pl_module.vae()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.nan_latents_at_step and trainer.global_rank == self.nan_rank:
+            batch.latents.fill_(float("nan"))  # this rank's loss becomes NaN
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
@@ -92,6 +100,7 @@ class RunProbe(pl.Callback):
             "frozen_modules": frozen,
             "frozen_params_partitioned": any(hasattr(p, "ds_id") for m in pl_module._frozen.values()
                                              for p in m.parameters()),  # fmt: skip
+            "skipped_steps": pl_module.numerics.num_skipped,
             "zero_stage": engine.zero_optimization_stage() if engine is not None else None,
             "optimizer_numel": optimizer_numel,
             "trainable_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params.values()

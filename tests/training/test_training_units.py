@@ -1,0 +1,567 @@
+"""Unit tests of the training components without tests of their own: the numerics guard (non-finite loss and
+gradients, loss spikes; also through the real system's step and across two gloo ranks), the optimizer groups and
+learning-rate schedule, the EMA callback and the throughput arithmetic.
+
+The modules that import Lightning (``ema``, ``throughput``, the system) are imported inside the tests that use them:
+the two-rank guard test spawns processes that import this module, and they need only ``torch`` and ``numerics``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from animatex_train.training.numerics import NonFiniteError, NumericsConfig, NumericsGuard, _all_finite
+from animatex_train.training.optim import OptimConfig, build_optimizer, build_scheduler
+
+NUMERICS_LOGGER = "animatex_train.training.numerics"
+
+
+def _guard(**overrides) -> NumericsGuard:
+    return NumericsGuard(NumericsConfig(**overrides))
+
+
+def _param_with_grad(values: list[float]) -> nn.Parameter:
+    param = nn.Parameter(torch.zeros(len(values)))
+    param.grad = torch.tensor(values)
+    return param
+
+
+# --------------------------------------------------------------------------------------------- numerics guard
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_loss_under_stop_names_rank_step_and_samples(bad):
+    guard = _guard(policy="stop")
+    with pytest.raises(NonFiniteError) as info:
+        guard.check_loss(torch.tensor(bad), step=7, rank=0, keys=["vid-a-c0", "vid-b-c3"])
+    message = str(info.value)
+    assert "loss" in message and "step 7" in message and "rank(s) [0]" in message
+    assert "vid-a-c0" in message and "vid-b-c3" in message
+    assert "model.numerics.policy" in message  # says how to skip instead
+
+
+def test_finite_loss_passes_under_both_policies():
+    for policy in ("stop", "skip"):
+        guard = _guard(policy=policy)
+        assert guard.check_loss(torch.tensor(0.25), step=0, rank=0, keys=["k"]) is True
+        assert guard.num_skipped == 0
+
+
+def test_skip_policy_skips_until_max_skips_within_the_window():
+    guard = _guard(policy="skip", max_skips=2, skip_window_steps=10)
+    nan = torch.tensor(math.nan)
+    assert guard.check_loss(nan, step=1, rank=0, keys=["a"]) is False
+    assert guard.check_loss(torch.tensor(1.0), step=2, rank=0, keys=["b"]) is True
+    assert guard.check_loss(nan, step=3, rank=0, keys=["c"]) is False
+    assert guard.num_skipped == 2
+    with pytest.raises(NonFiniteError, match=r"3 steps skipped within 10 steps.*max_skips = 2"):
+        guard.check_loss(nan, step=10, rank=0, keys=["d"])  # steps 1, 3 and 10 lie within 10 steps
+
+
+def test_skips_outside_the_window_are_forgotten():
+    guard = _guard(policy="skip", max_skips=2, skip_window_steps=10)
+    nan = torch.tensor(math.nan)
+    assert guard.check_loss(nan, step=0, rank=0, keys=["a"]) is False
+    assert guard.check_loss(nan, step=5, rank=0, keys=["b"]) is False
+    assert guard.check_loss(nan, step=10, rank=0, keys=["c"]) is False  # step 0 is 10 steps back: forgotten
+    assert guard.num_skipped == 3
+    with pytest.raises(NonFiniteError, match="max_skips"):
+        guard.check_loss(nan, step=14, rank=0, keys=["d"])  # 5, 10, 14
+
+
+def test_non_finite_gradients_are_detected(caplog):
+    finite, other = _param_with_grad([0.5, -1.0]), _param_with_grad([2.0])
+    no_grad = nn.Parameter(torch.zeros(3))  # a parameter without a gradient is not checked
+    assert _guard(policy="stop").check_gradients([finite, other, no_grad], step=3, rank=0, keys=["k"]) is True
+    bad = _param_with_grad([1.0, math.inf])
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient at step 3 .*\['k0', 'k1'\]"):
+        _guard(policy="stop").check_gradients([finite, bad], step=3, rank=0, keys=["k0", "k1"])
+    caplog.set_level(logging.WARNING, logger=NUMERICS_LOGGER)
+    skip = _guard(policy="skip")
+    assert skip.check_gradients([finite, _param_with_grad([math.nan])], step=4, rank=0, keys=["k"]) is False
+    assert skip.num_skipped == 1
+    assert any("skipping the step" in r.getMessage() and "gradient" in r.getMessage() for r in caplog.records)
+
+
+def test_loss_spike_warns_once_the_window_is_full(caplog):
+    caplog.set_level(logging.WARNING, logger=NUMERICS_LOGGER)
+    guard = _guard(spike_factor=10.0, spike_window_steps=4)
+    for step, value in enumerate([1.0, 50.0, 2.0, 1.5]):  # warm-up: a large value does not warn yet
+        assert guard.check_loss(torch.tensor(value), step=step, rank=0, keys=["k"])
+    assert not caplog.records
+    guard.check_loss(torch.tensor(400.0), step=4, rank=0, keys=["k"])  # <= 10 x max(50, 2, 1.5, 1): normal
+    assert not caplog.records
+    guard.check_loss(torch.tensor(4001.0), step=5, rank=0, keys=["k"])  # > 10 x 400
+    spikes = [r for r in caplog.records if "loss spike" in r.getMessage()]
+    assert len(spikes) == 1 and spikes[0].levelno == logging.WARNING and "step 5" in spikes[0].getMessage()
+    caplog.clear()
+    for step in range(6, 12):  # losses back to normal, the spike leaves the window: no more warnings
+        guard.check_loss(torch.tensor(3.0), step=step, rank=0, keys=["k"])
+    assert not caplog.records
+
+
+def test_guard_state_round_trips_through_a_weights_only_checkpoint(caplog):
+    config = NumericsConfig(policy="skip", max_skips=2, skip_window_steps=100, spike_window_steps=3)
+    guard = NumericsGuard(config)
+    for step, value in enumerate([1.0, 2.0, 3.0]):
+        guard.check_loss(torch.tensor(value), step=step, rank=0, keys=["k"])
+    guard.check_loss(torch.tensor(math.nan), step=3, rank=0, keys=["k"])
+    guard.check_loss(torch.tensor(math.nan), step=4, rank=0, keys=["k"])
+    buffer = io.BytesIO()
+    torch.save(guard.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)  # the system's checkpoints are loaded weights_only
+
+    restored = NumericsGuard(config)  # with state of its own, which the load replaces
+    restored.check_loss(torch.tensor(0.5), step=0, rank=0, keys=["k"])
+    restored.check_loss(torch.tensor(math.nan), step=1, rank=0, keys=["k"])
+    restored.load_state_dict(state)
+    assert restored.state_dict() == guard.state_dict()
+    assert restored.num_skipped == 2
+    caplog.set_level(logging.WARNING, logger=NUMERICS_LOGGER)
+    restored.check_loss(torch.tensor(31.0), step=5, rank=0, keys=["k"])  # the restored window is full: warns
+    assert any("loss spike" in r.getMessage() for r in caplog.records)
+    with pytest.raises(NonFiniteError, match="max_skips"):  # the restored skips count
+        restored.check_loss(torch.tensor(math.nan), step=6, rank=0, keys=["k"])
+
+
+def test_invalid_policy_names_the_key():
+    with pytest.raises(ValueError, match=r"model\.numerics\.policy"):
+        NumericsConfig(policy="ignore")
+
+
+def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo ranks: rank 1 alone sees NaN; records what the guard did (``rank<r>.json``)."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # fmt: skip
+    try:
+        value = math.nan if rank == 1 else 1.0
+        results: dict[str, object] = {"all_finite": list(_all_finite(rank != 1, torch.device("cpu")))}
+        results["all_finite_ok"] = list(_all_finite(True, torch.device("cpu")))
+        for policy in ("stop", "skip"):
+            for what in ("loss", "gradient"):
+                guard = NumericsGuard(NumericsConfig(policy=policy))
+                keys = [f"sample-of-rank{rank}"]
+                try:
+                    if what == "loss":
+                        outcome = guard.check_loss(torch.tensor(value), step=5, rank=rank, keys=keys)
+                    else:
+                        outcome = guard.check_gradients([_param_with_grad([0.0, value])], step=5, rank=rank, keys=keys)
+                    results[f"{policy}/{what}"] = {"returned": outcome}
+                except NonFiniteError as error:
+                    results[f"{policy}/{what}"] = {"raised": str(error)}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(180)
+def test_ranks_agree_when_only_one_rank_is_non_finite(tmp_path, monkeypatch):
+    # The spawned ranks import this module by name: put the folder it is importable from on their sys.path.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[__name__.count(".")]))
+    mp.spawn(_two_rank_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank, result in enumerate(results):
+        assert result["all_finite"] == [False, [1]]
+        assert result["all_finite_ok"] == [True, []]
+        for what in ("loss", "gradient"):
+            message = result[f"stop/{what}"]["raised"]  # rank 0's own value was finite: it stops too
+            assert f"non-finite {what} at step 5 on rank(s) [1]" in message
+            assert f"this is rank {rank}" in message and f"sample-of-rank{rank}" in message
+            assert result[f"skip/{what}"] == {"returned": False}
+
+
+def test_skipped_step_leaves_parameters_and_optimizer_state_unchanged(tmp_path):
+    """A real (tiny recipe) fit under policy skip: a NaN gradient at step 1 drops that step, and only that step."""
+    from lightning.pytorch import Callback
+    from support.tiny_dataset import build_tiny_dataset, fit_args
+
+    from animatex_train.training.lightning_cli import AnimateXCLI
+
+    def snapshot(pl_module, optimizer) -> tuple[dict, dict]:
+        names = {id(p): n for n, p in pl_module.denoiser.named_parameters()}
+        params = {n: p.detach().clone() for n, p in pl_module.denoiser.named_parameters()}
+        state = {names[id(p)]: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+                 for p, s in optimizer.state.items()}  # fmt: skip
+        return params, state
+
+    class InjectNaNGradient(Callback):
+        def __init__(self, at_step: int):
+            self.at_step = at_step
+            self.snapshots: dict[str, tuple[dict, dict]] = {}
+            self.poisoned: str | None = None
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.snapshots[f"before{trainer.global_step}"] = snapshot(pl_module, trainer.optimizers[0])
+
+        def on_after_backward(self, trainer, pl_module):  # inside the optimizer closure, before the guard's check
+            if trainer.global_step == self.at_step:
+                name, param = next((n, p) for n, p in pl_module.denoiser.named_parameters() if p.grad is not None)
+                param.grad.view(-1)[0] = math.nan
+                self.poisoned = name
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.snapshots[f"after{trainer.global_step - 1}"] = snapshot(pl_module, trainer.optimizers[0])
+
+    build_tiny_dataset(tmp_path / "data")
+    args = fit_args(tmp_path / "data", tmp_path / "run", max_steps=2)[1:]  # [1:]: no "fit" subcommand with run=False
+    cli = AnimateXCLI(args=[*args, "--model.numerics.policy", "skip"], run=False)
+    injector = InjectNaNGradient(at_step=1)
+    cli.trainer.callbacks.append(injector)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the fit subprocesses of other tests: two threads on two busy cores crawl
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    finally:
+        torch.set_num_threads(threads)
+
+    assert cli.trainer.global_step == 2 and injector.poisoned is not None
+    assert cli.model.numerics.num_skipped == 1
+    before0, after0 = injector.snapshots["before0"], injector.snapshots["after0"]
+    assert any(not torch.equal(after0[0][n], p) for n, p in before0[0].items())  # step 0 is a real step
+    assert after0[1] and not before0[1]  # ... and it creates the AdamW state
+    (params, state), (params_after, state_after) = injector.snapshots["before1"], injector.snapshots["after1"]
+    assert params_after.keys() == params.keys() and state_after.keys() == state.keys()
+    assert all(torch.equal(params_after[n], p) for n, p in params.items()), "a skipped step changed parameters"
+    for name, values in state.items():
+        assert state_after[name].keys() == values.keys()
+        assert all(torch.equal(state_after[name][k], v) for k, v in values.items()), f"AdamW state of {name} changed"
+
+
+# --------------------------------------------------------------------------------------------- optimizer
+class _ToyDenoiser(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ipi = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        self.blocks = nn.ModuleDict({"attn": nn.Linear(4, 4), "pose_attention": nn.Linear(4, 4)})
+        self.not_ipi = nn.Linear(4, 2)  # a name containing "ipi" that is not the IPI
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def _groups_by_name(optimizer) -> dict[str, dict]:
+    return {g["name"]: g for g in optimizer.param_groups}
+
+
+def test_default_rates_are_the_papers():
+    config = OptimConfig()
+    assert (config.lr, config.ipi_lr) == (5e-5, 5e-7)
+
+
+def test_ipi_parameters_get_ipi_lr_and_every_trainable_parameter_is_in_one_group():
+    model = _ToyDenoiser()
+    optimizer = build_optimizer(model, OptimConfig())
+    groups = _groups_by_name(optimizer)
+    assert groups.keys() == {"base", "ipi"}
+    assert groups["base"]["lr"] == 5e-5 and groups["ipi"]["lr"] == 5e-7
+    ipi_ids = {id(p) for p in model.ipi.parameters()}
+    assert {id(p) for p in groups["ipi"]["params"]} == ipi_ids
+    grouped = [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped))  # no parameter in two groups
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert set(grouped) == trainable  # every trainable parameter, no frozen one
+    assert not {id(p) for p in model.frozen.parameters()} & set(grouped)
+
+
+def test_infix_prefixes_and_no_ipi_group_without_ipi_parameters():
+    model = _ToyDenoiser()
+    config = OptimConfig(ipi_param_prefixes=["ipi.", ".pose_attention."])
+    ipi = {id(p) for p in _groups_by_name(build_optimizer(model, config))["ipi"]["params"]}
+    assert ipi == {id(p) for p in [*model.ipi.parameters(), *model.blocks["pose_attention"].parameters()]}
+    model.ipi.requires_grad_(False)
+    optimizer = build_optimizer(model, OptimConfig())
+    assert [g["name"] for g in optimizer.param_groups] == ["base"]
+
+
+def test_paper_denoiser_ipi_group_is_the_implicit_pose_indicator():
+    from animatex_train.models.config import DenoiserConfig
+    from animatex_train.models.unet import AnimateXDenoiser
+
+    with torch.device("meta"):
+        model = AnimateXDenoiser(DenoiserConfig())
+    groups = _groups_by_name(build_optimizer(model, OptimConfig()))
+    assert {id(p) for p in groups["ipi"]["params"]} == {id(p) for p in model.ipi.parameters()}
+    assert len(groups["base"]["params"]) + len(groups["ipi"]["params"]) == len(list(model.parameters()))
+
+
+def _lr_trace(config: OptimConfig, steps: int, total_steps: int | None = None) -> list[tuple[float, float]]:
+    """(base lr, ipi lr) in effect at each optimizer step 0 .. steps-1."""
+    optimizer = build_optimizer(_ToyDenoiser(), config)
+    scheduler = build_scheduler(optimizer, config, total_steps)
+    trace = []
+    for _ in range(steps):
+        groups = _groups_by_name(optimizer)
+        trace.append((groups["base"]["lr"], groups["ipi"]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    return trace
+
+
+def test_warmup_is_linear_from_zero_then_constant():
+    config = OptimConfig(lr=1e-3, ipi_lr=1e-5, lr_warmup_steps=4)
+    trace = _lr_trace(config, 8)
+    expected = [min(1.0, (s + 1) / 4) for s in range(8)]  # the line through 0 at step -1, reaching 1 at step 3
+    assert [b for b, _ in trace] == pytest.approx([1e-3 * m for m in expected], rel=1e-12)
+    assert [i for _, i in trace] == pytest.approx([1e-5 * m for m in expected], rel=1e-12)
+    assert _lr_trace(OptimConfig(lr_warmup_steps=0), 3) == [(5e-5, 5e-7)] * 3  # no warm-up: the full rate at once
+
+
+def test_cosine_decays_to_min_lr_ratio_at_lr_decay_steps():
+    config = OptimConfig(lr=1e-3, ipi_lr=1e-4, lr_warmup_steps=2, lr_schedule="cosine", lr_decay_steps=10,
+                         min_lr_ratio=0.1)  # fmt: skip
+    base = [b / 1e-3 for b, _ in _lr_trace(config, 14)]
+    assert base[:3] == pytest.approx([0.5, 1.0, 1.0])  # warm-up, then the cosine starts at the full rate
+    assert base[6] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way (step 6 of 2..10)
+    assert base[10:] == pytest.approx([0.1] * 4)  # the floor from lr_decay_steps on
+    assert all(a >= b for a, b in zip(base[2:], base[3:], strict=False))
+    ipi = [i / 1e-4 for _, i in _lr_trace(config, 14)]
+    assert ipi == pytest.approx(base)  # both groups follow the same schedule
+    # without lr_decay_steps the schedule spans the run (trainer.max_steps)
+    by_total = [b / 1e-3 for b, _ in _lr_trace(OptimConfig(lr=1e-3, lr_warmup_steps=2, lr_schedule="cosine"), 12, 10)]
+    assert by_total[10:] == pytest.approx([0.0, 0.0]) and by_total[6] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [({"lr": 0.0}, "model.optim.lr"), ({"ipi_lr": -1e-6}, "ipi_lr"), ({"lr_schedule": "linear"}, "lr_schedule"),
+     ({"lr_warmup_steps": -1}, "lr_warmup_steps"), ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
+     ({"min_lr_ratio": -0.1}, "min_lr_ratio"), ({"lr_decay_steps": 0}, "lr_decay_steps")],
+)  # fmt: skip
+def test_invalid_optim_config_names_the_key(overrides, key):
+    with pytest.raises(ValueError, match=rf"model\.optim\.\S*{key.split('.')[-1]}"):
+        OptimConfig(**overrides)
+
+
+# --------------------------------------------------------------------------------------------- EMA
+class _System(nn.Module):
+    """What the EMA callback reads of the LightningModule: ``.denoiser``."""
+
+    def __init__(self):
+        super().__init__()
+        self.denoiser = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+        self.denoiser[1].bias.requires_grad_(False)  # frozen: not averaged, never swapped
+
+
+def _set_weights(module: _System, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.denoiser.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g))
+
+
+def _trainable(module: _System) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.denoiser.named_parameters() if p.requires_grad}
+
+
+def _ema_step(ema, module: _System, step: int) -> None:
+    ema.on_train_batch_end(SimpleNamespace(global_step=step), module, None, None, 0)
+
+
+def test_ema_after_k_updates_matches_the_closed_form():
+    from animatex_train.training.ema import EMA, EMAConfig
+
+    module = _System()
+    initial = _trainable(module)
+    ema = EMA(EMAConfig(decay=0.9))
+    ema.on_fit_start(SimpleNamespace(global_step=0), module)
+    assert set(ema.shadow) == set(initial)  # the frozen bias is not averaged
+    delta = {n: torch.full_like(v, 0.5) for n, v in initial.items()}
+    with torch.no_grad():
+        for n, p in module.denoiser.named_parameters():
+            if p.requires_grad:
+                p.add_(delta[n])
+    k = 5
+    for step in range(1, k + 1):
+        _ema_step(ema, module, step)
+    assert ema.num_updates == k
+    for name, shadow in ema.shadow.items():  # decay^k * init + (1 - decay^k) * (init + delta)
+        assert shadow.dtype == torch.float32
+        torch.testing.assert_close(shadow, initial[name] + (1 - 0.9**k) * delta[name])
+
+
+def test_ema_respects_start_step_update_interval_and_accumulation():
+    from animatex_train.training.ema import EMA, EMAConfig
+
+    decay, start, every = 0.8, 3, 2
+    module = _System()
+    ema = EMA(EMAConfig(decay=decay, start_step=start, update_every_n_steps=every))
+    ema.on_fit_start(SimpleNamespace(global_step=0), module)
+    reference, updates = _trainable(module), 0
+    for step in range(1, 12):
+        _set_weights(module, seed=step)
+        weights = _trainable(module)
+        _ema_step(ema, module, step)
+        _ema_step(ema, module, step)  # a second micro-batch of the same optimizer step: no second update
+        if step <= start:
+            reference = weights  # the EMA starts from the weights at start_step
+        elif step % every == 0:
+            reference = {n: decay * reference[n] + (1 - decay) * weights[n] for n in weights}
+            updates += 1
+        for name, shadow in ema.shadow.items():
+            torch.testing.assert_close(shadow, reference[name], msg=f"step {step}: {name}")
+    assert ema.num_updates == updates == 4  # steps 4, 6, 8, 10
+
+
+def test_swapped_in_loads_the_ema_and_restores_the_raw_weights_bitwise():
+    from animatex_train.training.ema import EMA, EMAConfig
+
+    module = _System()
+    ema = EMA(EMAConfig(decay=0.5))
+    ema.on_fit_start(SimpleNamespace(global_step=0), module)
+    for step in range(1, 4):
+        _set_weights(module, seed=step)
+        _ema_step(ema, module, step)
+    raw = {n: p.detach().clone() for n, p in module.denoiser.named_parameters()}
+    assert any(not torch.equal(ema.shadow[n], raw[n]) for n in ema.shadow)
+    with ema.swapped_in(module):
+        for name, param in module.denoiser.named_parameters():
+            assert torch.equal(param, ema.shadow[name] if name in ema.shadow else raw[name])
+    assert all(torch.equal(p, raw[n]) for n, p in module.denoiser.named_parameters())
+    with pytest.raises(RuntimeError, match="sampling failed"), ema.swapped_in(module):
+        raise RuntimeError("sampling failed")
+    assert all(torch.equal(p, raw[n]) for n, p in module.denoiser.named_parameters())  # restored on errors too
+
+
+def test_ema_state_round_trips_and_resumes_identically():
+    from animatex_train.training.ema import EMA, EMAConfig
+
+    config = EMAConfig(decay=0.7)
+    module = _System()
+    ema = EMA(config)
+    ema.on_fit_start(SimpleNamespace(global_step=0), module)
+    for step in range(1, 4):
+        _set_weights(module, seed=step)
+        _ema_step(ema, module, step)
+    buffer = io.BytesIO()
+    torch.save(ema.state_dict(), buffer)
+    buffer.seek(0)
+    resumed = EMA(config)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    resumed.on_fit_start(SimpleNamespace(global_step=3), module)
+    assert resumed.num_updates == ema.num_updates == 3
+    assert all(torch.equal(resumed.shadow[n], ema.shadow[n]) for n in ema.shadow)
+    _ema_step(resumed, module, 3)  # the checkpoint's step again (the rest of its accumulation): no update
+    for step in range(4, 6):
+        _set_weights(module, seed=step)
+        _ema_step(ema, module, step)
+        _ema_step(resumed, module, step)
+    assert resumed.num_updates == ema.num_updates == 5
+    assert all(torch.equal(resumed.shadow[n], ema.shadow[n]) for n in ema.shadow)
+
+    state = ema.state_dict()
+    state["shadow"] = {n: v for n, v in state["shadow"].items() if not n.startswith("0.")}
+    incomplete = EMA(config)
+    incomplete.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="lacks 2 parameter"):
+        incomplete.on_fit_start(SimpleNamespace(global_step=5), module)
+
+
+def test_ema_config_validation_and_disabled_ema():
+    from animatex_train.training.ema import EMA, EMAConfig
+
+    with pytest.raises(ValueError, match=r"model\.ema\.decay"):
+        EMAConfig(decay=1.0)
+    with pytest.raises(ValueError, match=r"model\.ema\.update_every_n_steps"):
+        EMAConfig(update_every_n_steps=0)
+    module = _System()
+    ema = EMA(EMAConfig(enabled=False))
+    ema.on_fit_start(SimpleNamespace(global_step=0), module)
+    _ema_step(ema, module, 1)
+    assert not ema.shadow and ema.num_updates == 0
+    raw = _trainable(module)
+    with ema.swapped_in(module):
+        assert all(torch.equal(p, raw[n]) for n, p in _trainable(module).items())
+
+
+# --------------------------------------------------------------------------------------------- throughput
+class _Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_throughput_samples_per_second_tflops_and_mfu(monkeypatch):
+    from animatex_train.training import throughput
+
+    clock, counted, logged = _Clock(), [], []
+    forward_flops = 7e12
+    monkeypatch.setattr(throughput, "time", clock)
+    peak = 1e15  # the table has a bf16 peak only
+
+    def count_forward_flops(config, num_frames, height, width):
+        counted.append((config, num_frames, height, width))
+        return SimpleNamespace(forward_flops=forward_flops)
+
+    monkeypatch.setattr(throughput, "count_forward_flops", count_forward_flops)
+    monkeypatch.setattr(throughput, "get_available_flops", lambda device, dtype: {torch.bfloat16: peak}.get(dtype))
+    monitor = throughput.ThroughputMonitor(log_every_n_steps=2)
+    trainer = SimpleNamespace(world_size=2, global_step=0, precision="bf16-mixed")
+    module = SimpleNamespace(
+        device=torch.device("cpu"),
+        config=SimpleNamespace(denoiser="tiny"),
+        log_dict=lambda metrics, rank_zero_only: logged.append((metrics, rank_zero_only)),
+    )
+    batch = SimpleNamespace(batch_size=3, num_frames=8, image_size=(64, 96))
+
+    def step(fetch_s: float, compute_s: float) -> None:
+        clock.now += fetch_s
+        monitor.on_train_batch_start(trainer, module, batch, 0)
+        clock.now += compute_s
+        trainer.global_step += 1
+        monitor.on_train_batch_end(trainer, module, None, batch, 0)
+
+    step(5.0, 0.5)  # the first fetch precedes the first interval: not measured
+    assert not logged
+    step(1.0, 0.5)
+    ((metrics, rank_zero_only),) = logged
+    elapsed = 2.0  # 0.5 + 1.0 + 0.5
+    samples = 2 * 3 * 2  # 2 steps x batch 3 x 2 ranks
+    assert rank_zero_only
+    assert metrics["perf/samples_per_s"] == pytest.approx(samples / elapsed)
+    assert metrics["perf/data_wait_fraction"] == pytest.approx(1.0 / elapsed)
+    tflops = 3 * forward_flops * samples / elapsed / 2 / 1e12  # training = 3 x forward; per device
+    assert metrics["perf/tflops_per_device"] == pytest.approx(tflops)
+    assert metrics["perf/mfu"] == pytest.approx(tflops * 1e12 / peak)
+    assert counted == [("tiny", 8, 64, 96)]  # counted once per clip shape
+
+    step(0.0, 0.25)  # the next interval holds only its own steps
+    step(0.75, 0.25)
+    metrics = logged[-1][0]
+    assert metrics["perf/samples_per_s"] == pytest.approx(samples / 1.25)
+    assert metrics["perf/data_wait_fraction"] == pytest.approx(0.75 / 1.25)
+
+    trainer.precision = "32-true"  # no fp32 peak in the table: TFLOP/s without an MFU
+    step(0.0, 1.0)
+    step(0.0, 1.0)
+    assert "perf/mfu" not in logged[-1][0] and logged[-1][0]["perf/tflops_per_device"] == pytest.approx(tflops)
+    assert len(counted) == 1
+
+
+def test_peak_flops_picks_the_dtype_of_the_precision(monkeypatch):
+    from animatex_train.training import throughput
+
+    seen = []
+    monkeypatch.setattr(throughput, "get_available_flops", lambda device, dtype: seen.append(dtype) or 123)
+    for precision in ("bf16-mixed", "bf16-true", "16-mixed", "32-true"):
+        assert throughput._peak_flops(torch.device("cuda"), precision) == 123
+    assert seen == [torch.bfloat16, torch.bfloat16, torch.float16, torch.float32]
+
+    def unknown(device, dtype):
+        raise KeyError("unknown GPU")
+
+    monkeypatch.setattr(throughput, "get_available_flops", unknown)
+    assert throughput._peak_flops(torch.device("cuda"), "bf16-mixed") is None
