@@ -34,7 +34,9 @@ def count_forward_flops(config: DenoiserConfig, num_frames: int, height: int, wi
         width: pixel width.
     """
     with torch.device("meta"):
-        model = AnimateXDenoiser(config).eval()
+        # No gradients: under no_grad a view of a parameter (the IPI's learnable query, expanded) still requires
+        # grad but has no grad_fn, which the FLOP counter's module tracker rejects (query="learned", w/o DQ).
+        model = AnimateXDenoiser(config).eval().requires_grad_(False)
         h, w, f = height // 8, width // 8, num_frames
         conditions = DenoiserConditions(
             image_embedding=torch.empty(1, config.context_dim),
