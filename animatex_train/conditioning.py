@@ -46,9 +46,14 @@ class ConditioningConfig:
 
 
 def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: float, training: bool,
-                     generator: torch.Generator | None = None) -> DenoiserConditions:  # fmt: skip
-    """The conditional-branch inputs for ``batch`` (pixels to [0, 1], reference latent to model space)."""
-    b, device = batch.batch_size, batch.latents.device
+                     generator: torch.Generator | None = None, *,
+                     ref_latents: torch.Tensor) -> DenoiserConditions:  # fmt: skip
+    """The conditional-branch inputs for ``batch`` (pixels to [0, 1], reference latent to model space).
+
+    ``ref_latents`` is the raw ``(b, 4, 1, h, w)`` reference latent drawn with ``Batch.sample_posterior``.
+    Pose images arrive as palette labels and are expanded to RGB here, on the device (``Batch.pose_images``).
+    """
+    b, device = batch.batch_size, batch.latent_mean.device
     if training:
         local = (torch.rand(b, generator=generator) < config.local_image_prob).float()
         ref = (torch.rand(b, generator=generator) < config.ref_latent_prob).float()
@@ -60,7 +65,7 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
             image_embedding=batch.ref_clip,
             local_image=(batch.ref_image.float() / 255.0).unsqueeze(2),
             pose_images=batch.pose_images.float() / 255.0,
-            ref_latent=batch.ref_latents * latent_scale,
+            ref_latent=ref_latents * latent_scale,
             pose_keypoints=batch.ipi_keypoints,
             driving_clip=batch.driving_clip,
             local_image_keep=local.to(device),
@@ -72,12 +77,12 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
         image_embedding=batch.ref_clip,
         local_image=(batch.ref_image.float() / 255.0).unsqueeze(2) if use_local else None,
         pose_images=batch.pose_images.float() / 255.0,
-        ref_latent=batch.ref_latents * latent_scale if use_ref else None,
+        ref_latent=ref_latents * latent_scale if use_ref else None,
         pose_keypoints=batch.ipi_keypoints,
         driving_clip=batch.driving_clip,
     )
 
 
-def model_latents(batch: Batch, latent_scale: float) -> torch.Tensor:
-    """The diffusion target ``x0``: ``(b, 4, f, h, w)`` raw latents scaled into model space."""
-    return batch.latents * latent_scale
+def model_latents(latents: torch.Tensor, latent_scale: float) -> torch.Tensor:
+    """The diffusion target ``x0``: ``(b, 4, f, h, w)`` raw latents (``Batch.sample_posterior``) in model space."""
+    return latents * latent_scale

@@ -164,10 +164,12 @@ class AnimateXSystem(pl.LightningModule):
         """Sample clips for the first ``num_samples`` of ``batch``: uint8 frames ``(n, f, H, W, 3)``."""
         n = num_samples or batch.batch_size
         batch = _head(batch, n)
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False)
+        latents, ref_latents = self._posterior(batch, "sample")
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False,
+                                      ref_latents=ref_latents)  # fmt: skip
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "sample", *batch.keys))
         sampler = DDIMSampler(self.diffusion, self.config.sampler)
-        latents = sample_latents(self.denoiser, conditions, tuple(batch.latents.shape), sampler, generator, progress)
+        latents = sample_latents(self.denoiser, conditions, tuple(latents.shape), sampler, generator, progress)
         return decode_frames(self.vae(), latents)
 
     def configure_callbacks(self) -> list[pl.Callback]:
@@ -179,8 +181,10 @@ class AnimateXSystem(pl.LightningModule):
         # Dropout layers draw from the global RNG: reseeding it per batch makes a resumed run draw exactly
         # what an uninterrupted one draws, without saving RNG states (and independently of the world size).
         torch.manual_seed(step_seed ^ 0x5EED)
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, True, generator)
-        x0 = model_latents(batch, self.config.vae.scale_factor)
+        latents, ref_latents = self._posterior(batch, "train", self.current_epoch)
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, True, generator,
+                                      ref_latents=ref_latents)  # fmt: skip
+        x0 = model_latents(latents, self.config.vae.scale_factor)
         t, noise = self._per_sample_noise(batch.keys, x0)
         per_sample, info = self.diffusion.training_loss(
             lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator), x0, t=t, noise=noise
@@ -234,12 +238,14 @@ class AnimateXSystem(pl.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False)
-        x0 = model_latents(batch, self.config.vae.scale_factor)
+        latents, ref_latents = self._posterior(batch, "val")
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False,
+                                      ref_latents=ref_latents)  # fmt: skip
+        x0 = model_latents(latents, self.config.vae.scale_factor)
         per_sample, info = self.diffusion.training_loss(lambda xt, t: self.denoiser(xt, t, conditions), x0, generator)
         self._log_step("val", _masked_mean(per_sample, batch.valid), per_sample, info.t, batch)
         if batch_idx == 0 and self.config.validation.sample_clips and self.global_rank == 0:
-            self._render_samples(batch)
+            self._render_samples(batch, latents)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.denoiser, self.config.optim)
@@ -269,14 +275,26 @@ class AnimateXSystem(pl.LightningModule):
                 self.log(f"{stage}/loss_t{low:03d}-{high - 1:03d}", per_sample[in_bucket].mean(), on_step=on_step,
                          on_epoch=not on_step, batch_size=int(in_bucket.sum()), rank_zero_only=True)  # fmt: skip
 
-    def _render_samples(self, batch: Batch) -> None:
+    def _posterior(self, batch: Batch, *context: object) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw ``(latents, ref_latents)``: each sample's draw from its stored VAE posterior.
+
+        Drawn on the batch's device (free there; in the loader it cost a CPU core 4-5 ms per sample), each
+        sample from its own generator seeded by (seed, "posterior", context, key), so, like the timesteps, a
+        draw does not depend on the rank, batch or position a sample lands in.
+        """
+        device = batch.latent_mean.device
+        generators = [torch.Generator(device=device).manual_seed(_seed_of(self.seed, "posterior", *context, key))
+                      for key in batch.keys]  # fmt: skip
+        return batch.sample_posterior(generators)
+
+    def _render_samples(self, batch: Batch, latents: torch.Tensor) -> None:
         from animatex_train.eval.video_io import side_by_side, write_mp4, write_strip
 
         ema = next((c for c in self.trainer.callbacks if isinstance(c, EMA)), None)
         n = min(self.config.validation.num_samples, batch.batch_size)
         with ema.swapped_in(self) if ema else contextlib.nullcontext():
             generated = self(batch, num_samples=n).numpy()
-        truth = decode_frames(self.vae(), model_latents(_head(batch, n), self.config.vae.scale_factor)).numpy()
+        truth = decode_frames(self.vae(), model_latents(latents[:n], self.config.vae.scale_factor)).numpy()
         out_dir = Path(self.config.validation.output_dir or Path(self.trainer.default_root_dir) / "samples")
         for i in range(n):
             pose = batch.pose_images[i, :, 1:].permute(1, 2, 3, 0).cpu().numpy()

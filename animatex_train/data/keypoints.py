@@ -137,11 +137,18 @@ class PoseSequence:
 
 def visible(points: np.ndarray) -> np.ndarray:
     """``(...)`` bool of which points in ``(..., 2)`` are present (not ``(-1, -1)``)."""
-    return ~np.all(points == MISSING, axis=-1)
+    # Two column tests instead of np.all(axis=-1): same result, several times faster on the small pose arrays
+    # the loader checks many times per sample.
+    return (points[..., 0] != MISSING) | (points[..., 1] != MISSING)
 
 
 def validate_coordinates(points: np.ndarray, name: str) -> None:
     """Raise ``KeypointError`` naming ``name`` on NaN/inf, half-missing points or out-of-range values."""
+    # Fast path (the loader validates every pose several times per sample): every coordinate in [0, 1] or a
+    # (-1, -1) pair passes; NaN fails both tests. Anything else goes through the checks below for the message.
+    missing = points == MISSING
+    if (((points >= 0.0) & (points <= 1.0)) | missing).all() and not (missing[..., 0] != missing[..., 1]).any():
+        return
     if not np.isfinite(points).all():
         bad = np.argwhere(~np.isfinite(points))[0]
         raise KeypointError(f"{name}: non-finite keypoint coordinate at index {tuple(int(i) for i in bad)}")

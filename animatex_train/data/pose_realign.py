@@ -24,6 +24,7 @@ leave the frame are marked missing (the keypoint format allows no coordinates ou
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,7 +136,7 @@ class PixelPose:
 
         def normalise(points: np.ndarray, shown: np.ndarray) -> np.ndarray:
             out = (points / scale).astype(np.float32)
-            inside = shown & np.all((out >= 0.0) & (out <= 1.0), axis=-1) & np.all(np.isfinite(out), axis=-1)
+            inside = shown & (out[..., 0] >= 0) & (out[..., 0] <= 1) & (out[..., 1] >= 0) & (out[..., 1] <= 1)  # no NaN
             out[~inside] = MISSING
             return out
 
@@ -162,10 +163,10 @@ def first_visible_bone_lengths(pose: PixelPose) -> np.ndarray:
     """``(20,)`` length of every bone on the first frame where both its ends are visible; NaN if never."""
     lengths = np.full(NUM_JOINTS, np.nan)
     norms = np.linalg.norm(bone_vectors(pose.joints), axis=-1)
-    for bone in BONES:
-        both = pose.joints_visible[:, bone] & pose.joints_visible[:, JOINT_PARENT[bone]]
-        if both.any():
-            lengths[bone] = norms[int(np.argmax(both)), bone]
+    bones = np.array(BONES)  # vectorised over bones: the loop was a tenth of the loader's EPI time
+    both = pose.joints_visible[:, bones] & pose.joints_visible[:, np.array(JOINT_PARENT)[bones]]  # (t, bones)
+    seen = both.any(axis=0)
+    lengths[bones[seen]] = norms[np.argmax(both, axis=0)[seen], bones[seen]]
     return lengths
 
 
@@ -335,7 +336,7 @@ def realign_to_anchor(
     ratios[measured] = anchor_lengths[measured] / driving_lengths[measured]
     ratios = np.clip(ratios, 1.0 / config.max_bone_ratio, config.max_bone_ratio)
     # Bones that cannot be measured take the body's typical ratio, so unmeasured parts keep proportion.
-    fallback = float(np.median(ratios[measured])) if measured.any() else 1.0
+    fallback = float(statistics.median(ratios[measured].tolist())) if measured.any() else 1.0  # = np.median, faster
     ratios[~measured] = fallback
     head = [bone for bone in HEAD_BONES if measured[bone]]
     face_scale = float(ratios[head].mean()) if head else fallback

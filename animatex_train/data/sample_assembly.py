@@ -1,8 +1,10 @@
 """Per-sample assembly: a decoded clip -> one training sample (window, reference, EPI, pose images).
 
-Runs in the loader's worker processes. Every random choice (window start, reference frame, posterior
-noise, and the EPI draw) comes from generators seeded by ``(seed, epoch, sample draw id)`` only, so a
-resumed or re-sharded run assembles the same sample identically on any rank and worker.
+Runs in the loader's worker processes, writing each sample straight into its row of the step's
+preallocated ``Batch``. Every random choice (window start, reference frame and the EPI draw) comes from
+generators seeded by ``(seed, epoch, sample draw id)`` only, so a resumed or re-sharded run assembles the
+same sample identically on any rank and worker. The posterior noise is drawn on the device by the step,
+from a per-sample seed (``Batch.sample_posterior``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import cv2
 import numpy as np
 import torch
 
+from animatex_train.data.batch import Batch
 from animatex_train.data.epi import EPITransform
 from animatex_train.data.epoch_plan import rng_for
-from animatex_train.data.keypoints import NUM_BODY
-from animatex_train.data.pose_render import render_pose
-from animatex_train.data.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE, ClipRecord, SampleError
+from animatex_train.data.pose_render import render_pose_labels
+from animatex_train.data.schema import ClipRecord, SampleError, check_latent_values
 
 
 @dataclass(frozen=True)
@@ -45,76 +47,76 @@ class WindowConfig:
 
 
 def assemble_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, window: WindowConfig,
-                    epi: EPITransform | None) -> dict:  # fmt: skip
-    """Build the per-sample tensors of a ``Batch`` (see ``batch.Batch`` for shapes)."""
+                    epi: EPITransform | None, out: Batch, row: int) -> None:  # fmt: skip
+    """Build one training sample into row ``row`` of ``out`` (from ``batch.allocate_batch``; see ``Batch``).
+
+    Raises:
+        SampleError, KeypointError: unusable data; ``out`` may then hold part of the sample, so the caller
+            turns the row back into a placeholder (``batch.clear_row``).
+    """
     meta = record.meta
     if meta.num_frames < window.span:
         raise SampleError(f"sample {record.key!r} has {meta.num_frames} frames, the window needs {window.span}")
+    height, width = meta.height, meta.width
+    if (height, width) != out.image_size:
+        raise SampleError(f"sample {record.key!r} is {height}x{width}, its manifest bucket is {out.image_size}")
+    if record.clip_embeds.shape[1] != out.driving_clip.shape[-1]:
+        raise SampleError(f"sample {record.key!r}: CLIP width {record.clip_embeds.shape[1]}, the run expects "
+                          f"{out.driving_clip.shape[-1]}")  # fmt: skip
     rng = rng_for("sample", seed, epoch, draw_id)
     start = int(rng.integers(0, meta.num_frames - window.span + 1))
     frames = np.arange(start, start + window.span, window.frame_stride)
     ref_index = int(meta.ref_frames[int(rng.integers(len(meta.ref_frames)))])
     ref_slot = meta.ref_frames.index(ref_index)
 
-    # Sample the stored VAE posterior, as the official encoder does (it does not take the mode).
     idx = np.concatenate([[ref_index], frames])
-    mean = record.latent_mean[idx].astype(np.float32)
-    std = record.latent_std[idx].astype(np.float32)
-    latents = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)  # (f+1, 4, h, w)
+    _copy_posterior(record, ref_index, start, window, out.latent_mean[row].numpy(), out.latent_std[row].numpy())
 
-    height, width = meta.height, meta.width
     driving_pose = record.pose.select(frames)
     ref_pose = record.pose.select([ref_index])
     if epi is not None:
-        out = epi(driving_pose, epoch=epoch, sample_key=draw_id, reference_pose=ref_pose)
-        draw_pose, draw_ref, ipi_pose, ipi_ref = out.pose, out.reference_pose, out.ipi_pose, out.ipi_reference_pose
-        applied = bool(out.plan.applied)
+        result = epi(driving_pose, epoch=epoch, sample_key=draw_id, reference_pose=ref_pose)
+        draw_pose, draw_ref = result.pose, result.reference_pose
+        ipi_pose, ipi_ref, applied = result.ipi_pose, result.ipi_reference_pose, bool(result.plan.applied)
     else:
         draw_pose, draw_ref, ipi_pose, ipi_ref, applied = driving_pose, ref_pose, driving_pose, ref_pose, False
-    pose_images = np.empty((window.num_frames + 1, height, width, 3), dtype=np.uint8)
-    render_pose(draw_ref, size=(height, width), out=pose_images[:1], name=f"sample {record.key!r} reference pose")
-    render_pose(draw_pose, size=(height, width), out=pose_images[1:], name=f"sample {record.key!r}")
-    keypoints = np.concatenate([ipi_ref.ipi_keypoints(), ipi_pose.ipi_keypoints()])  # (f+1, 2, 18)
+    # Drawn straight into the batch (zeroed at allocation, so no clearing pass); the device expands labels to RGB.
+    labels = out.pose_labels[row].numpy()
+    name = f"sample {record.key!r}"
+    render_pose_labels(draw_ref, (height, width), out=labels[:1], name=f"{name} reference pose", out_is_blank=True)
+    render_pose_labels(draw_pose, (height, width), out=labels[1:], name=name, out_is_blank=True)
+    out.ipi_keypoints[row, :1] = torch.from_numpy(ipi_ref.ipi_keypoints())
+    out.ipi_keypoints[row, 1:] = torch.from_numpy(ipi_pose.ipi_keypoints())  # (f+1, 2, 18) in all
 
-    clip = record.clip_embeds.astype(np.float32)
-    ref_image = _decode_reference(record, ref_slot, height, width)
-    return {
-        "keys": record.key,
-        "latents": torch.from_numpy(np.ascontiguousarray(latents[1:].transpose(1, 0, 2, 3))),
-        "ref_latents": torch.from_numpy(np.ascontiguousarray(latents[:1].transpose(1, 0, 2, 3))),
-        "ref_clip": torch.from_numpy(clip[ref_index]),
-        "driving_clip": torch.from_numpy(clip[idx]),
-        "ipi_keypoints": torch.from_numpy(keypoints),
-        "pose_images": torch.from_numpy(pose_images).permute(3, 0, 1, 2).contiguous(),
-        "ref_image": torch.from_numpy(ref_image).permute(2, 0, 1).contiguous(),
-        "valid": True,
-        "epi_applied": applied,
-    }
+    out.driving_clip[row] = torch.from_numpy(record.clip_embeds[idx])  # (f+1, d), row 0 the reference frame
+    out.ref_clip[row] = out.driving_clip[row, 0]
+    _decode_reference(record, ref_slot, out.ref_image[row].numpy())
+    out.keys[row], out.valid[row], out.epi_applied[row] = record.key, True, applied
 
 
-def _decode_reference(record: ClipRecord, slot: int, height: int, width: int) -> np.ndarray:
+def _copy_posterior(record: ClipRecord, ref_index: int, start: int, window: WindowConfig, mean_out: np.ndarray,
+                    std_out: np.ndarray) -> None:  # fmt: skip
+    """Copy the posterior of the reference frame and the window into ``(4, f + 1, h, w)`` rows, and check it.
+
+    Only the used frames are read (and checked for NaN/inf), straight from the shard bytes into the batch in
+    its (channel, frame) layout. The draw ``mean + std * N(0, 1)`` happens on the device
+    (``Batch.sample_posterior``).
+    """
+    frames = slice(start, start + window.span, window.frame_stride)
+    for source, out in ((record.latent_mean, mean_out), (record.latent_std, std_out)):
+        layout = out.transpose(1, 0, 2, 3)  # (f + 1, 4, h, w) view of the row
+        layout[0] = source[ref_index]
+        layout[1:] = source[frames]
+    check_latent_values(record.key, mean_out, std_out)
+
+
+def _decode_reference(record: ClipRecord, slot: int, out: np.ndarray) -> None:
+    """Decode ``ref{slot}.jpg`` into ``out``, ``(3, H, W)`` uint8 RGB planes."""
     image = cv2.imdecode(np.frombuffer(record.ref_jpegs[slot], dtype=np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise SampleError(f"sample {record.key!r}: ref{slot}.jpg is not a decodable JPEG")
-    image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    height, width = out.shape[1:]
     if image.shape[:2] != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    return image
-
-
-def placeholder_sample(key: str, bucket: tuple[int, int], window: WindowConfig, clip_dim: int) -> dict:
-    """Zeros of the right shapes, ``valid=False``: stands in for an unreadable sample so ranks stay in step."""
-    height, width = bucket
-    h, w, f = height // VAE_DOWNSAMPLE, width // VAE_DOWNSAMPLE, window.num_frames
-    return {
-        "keys": key,
-        "latents": torch.zeros(LATENT_CHANNELS, f, h, w),
-        "ref_latents": torch.zeros(LATENT_CHANNELS, 1, h, w),
-        "ref_clip": torch.zeros(clip_dim),
-        "driving_clip": torch.zeros(f + 1, clip_dim),
-        "ipi_keypoints": torch.full((f + 1, 2, NUM_BODY), -1.0),
-        "pose_images": torch.zeros(3, f + 1, height, width, dtype=torch.uint8),
-        "ref_image": torch.zeros(3, height, width, dtype=torch.uint8),
-        "valid": False,
-        "epi_applied": False,
-    }
+    blue, green, red = cv2.split(image)  # OpenCV decodes BGR; planes in RGB order are the layout the model takes
+    out[0], out[1], out[2] = red, green, blue

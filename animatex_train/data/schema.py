@@ -3,8 +3,9 @@
 ``data/SCHEMA.md`` documents the same contract for people; this module is the code side. Writers
 (``preprocess/`` and the synthetic dataset) build samples with ``encode_clip``; the loader reads
 them with ``decode_clip``, which decodes only the members listed here, with decoders that cannot
-execute code (``np.load(allow_pickle=False)``, ``json``, JPEG bytes left for PIL). Any other member
-(``.pyd``, ``.pickle``, ``.pth``, ...) is never decoded.
+execute code (numpy's ``.npy`` header reader with the data viewed in place and object arrays refused,
+``json``, JPEG bytes left for OpenCV). Any other member (``.pyd``, ``.pickle``, ``.pth``, ...) is
+never decoded.
 """
 
 from __future__ import annotations
@@ -123,10 +124,42 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _load_npy(data: bytes, key: str, member: str) -> np.ndarray:
+    """A read-only array over ``data`` itself (no copy); never unpickles (object arrays are refused)."""
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
+        header = io.BytesIO(data)
+        version = np.lib.format.read_magic(header)
+        if version not in ((1, 0), (2, 0)):  # rare header versions: numpy's own reader (it copies)
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(header)
+        if dtype.hasobject:
+            raise ValueError("object arrays need pickle, which is never used")
+        count = int(np.prod(shape, dtype=np.int64))
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
+        return flat.reshape(shape, order="F" if fortran_order else "C")
     except (ValueError, OSError, EOFError) as error:
         raise SampleError(f"sample {key!r}: member {member!r} is not a readable .npy array ({error})") from error
+
+
+def _finite(array: np.ndarray) -> bool:
+    if array.dtype == np.float16:  # exponent bits all set = inf/NaN; much faster than np.isfinite on float16
+        return not bool(np.any((array.view(np.uint16) & 0x7C00) == 0x7C00))
+    return bool(np.isfinite(array).all())
+
+
+def _has_negative(array: np.ndarray) -> bool:
+    if array.dtype == np.float16:  # sign bit set and not -0.0 (NaNs are caught by _finite)
+        return bool(np.any(array.view(np.uint16) > 0x8000))
+    return bool(array.size) and float(array.min()) < 0
+
+
+def check_latent_values(key: str, mean: np.ndarray, std: np.ndarray) -> None:
+    """Raise ``SampleError`` if posterior values (all frames, or the frames a sample uses) are NaN/inf/negative std."""
+    for member, array in ((LATENT_MEAN, mean), (LATENT_STD, std)):
+        if not _finite(array):
+            raise SampleError(f"sample {key!r}: {member} contains NaN or inf")
+    if _has_negative(std):
+        raise SampleError(f"sample {key!r}: {LATENT_STD} has negative values")
 
 
 def encode_clip(record: ClipRecord) -> dict[str, Any]:
@@ -150,8 +183,12 @@ def encode_clip(record: ClipRecord) -> dict[str, Any]:
     return sample
 
 
-def decode_clip(raw: dict[str, Any]) -> ClipRecord:
+def decode_clip(raw: dict[str, Any], check_values: bool = True) -> ClipRecord:
     """Decode a raw WebDataset sample (member name -> bytes) into a ``ClipRecord``.
+
+    The arrays are read-only views of the member bytes. With ``check_values=False`` the latent posterior's
+    values are not scanned for NaN/inf (shapes and everything else still are): the training loader checks
+    only the frames a sample uses (``check_latent_values``), a clip can be much longer than its window.
 
     Raises:
         SampleError: a required member is missing or malformed; the message names key and member.
@@ -174,7 +211,8 @@ def decode_clip(raw: dict[str, Any]) -> ClipRecord:
     for k in range(len(meta.ref_frames)):
         member = f"ref{k}.jpg"
         if member not in raw:
-            raise SampleError(f"sample {key!r}: missing member {member!r} (meta.json lists {len(meta.ref_frames)} refs)")
+            listed = len(meta.ref_frames)
+            raise SampleError(f"sample {key!r}: missing member {member!r} (meta.json lists {listed} refs)")
         refs.append(bytes(raw[member]))
     pose_array = _load_npy(raw[POSE], key, POSE)
     try:
@@ -192,12 +230,15 @@ def decode_clip(raw: dict[str, Any]) -> ClipRecord:
         frames_mp4=bytes(raw[FRAMES_MP4]) if FRAMES_MP4 in raw else None,
         source_url=str(raw.get("__url__", "")),
     )
-    validate_clip(record)
+    validate_clip(record, check_values)
     return record
 
 
-def validate_clip(record: ClipRecord) -> None:
-    """Check shapes, dtypes and cross-member consistency; raise ``SampleError`` naming key and member."""
+def validate_clip(record: ClipRecord, check_values: bool = True) -> None:
+    """Check shapes, dtypes and cross-member consistency; raise ``SampleError`` naming key and member.
+
+    ``check_values=False`` skips the scan of the latent posterior's values (see ``decode_clip``).
+    """
     key, meta, t = record.key, record.meta, record.meta.num_frames
     if key != meta.key:
         raise SampleError(f"sample {key!r}: key does not match meta.json (video_id/clip_index give {meta.key!r})")
@@ -211,13 +252,12 @@ def validate_clip(record: ClipRecord) -> None:
     for member, array in ((LATENT_MEAN, record.latent_mean), (LATENT_STD, record.latent_std)):
         if tuple(array.shape) != latent_shape:
             raise SampleError(f"sample {key!r}: {member} has shape {tuple(array.shape)}, expected {latent_shape}")
-        if not np.isfinite(array).all():
-            raise SampleError(f"sample {key!r}: {member} contains NaN or inf")
-    if record.latent_std.size and float(record.latent_std.min()) < 0:
-        raise SampleError(f"sample {key!r}: {LATENT_STD} has negative values")
+    if check_values:
+        check_latent_values(key, record.latent_mean, record.latent_std)
     if record.clip_embeds.ndim != 2 or record.clip_embeds.shape[0] != t:
-        raise SampleError(f"sample {key!r}: {CLIP_EMBEDS} has shape {tuple(record.clip_embeds.shape)}, expected ({t}, d)")
-    if not np.isfinite(record.clip_embeds).all():
+        shape = tuple(record.clip_embeds.shape)
+        raise SampleError(f"sample {key!r}: {CLIP_EMBEDS} has shape {shape}, expected ({t}, d)")
+    if not _finite(record.clip_embeds):
         raise SampleError(f"sample {key!r}: {CLIP_EMBEDS} contains NaN or inf")
     if record.pose.num_frames != t:
         raise SampleError(f"sample {key!r}: {POSE} has {record.pose.num_frames} frames, expected {t}")
@@ -231,5 +271,6 @@ def validate_clip(record: ClipRecord) -> None:
 
 __all__ = [
     "CLIP_EMBEDS", "FRAMES_MP4", "LATENT_MEAN", "LATENT_STD", "META", "NUM_POINTS", "POSE", "SCHEMA_VERSION",
-    "ClipMeta", "ClipRecord", "SampleError", "clip_key", "decode_clip", "encode_clip", "validate_clip",
+    "ClipMeta", "ClipRecord", "SampleError", "check_latent_values", "clip_key", "decode_clip", "encode_clip",
+    "validate_clip",
 ]  # fmt: skip

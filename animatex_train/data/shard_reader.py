@@ -55,7 +55,11 @@ def iter_samples(url: str, allow_remote_urls: bool = False) -> Iterator[tuple[st
         current_key: str | None = None
         members: dict[str, bytes] = {}
         try:
-            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            # A local file is read in tarfile's seekable mode, still front to back: each member is then one
+            # read() of its bytes, where stream mode ("r|", kept for pipes and sockets) re-joins and re-slices
+            # its read buffer per member, about 8x the CPU time for our ~3 MiB samples.
+            mode = "r:*" if stream.seekable() else "r|*"
+            with tarfile.open(fileobj=stream, mode=mode) as tar:
                 for info in tar:
                     if not info.isfile():
                         continue

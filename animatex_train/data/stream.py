@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from torch.utils.data import IterableDataset, get_worker_info
 
 from animatex_train.data.anchor_pool import AnchorPool
-from animatex_train.data.batch import Batch, collate
+from animatex_train.data.batch import Batch, allocate_batch, clear_row
 from animatex_train.data.epi import EPIConfig, EPITransform
 from animatex_train.data.epoch_plan import (
     DataIndex,
@@ -28,7 +28,7 @@ from animatex_train.data.epoch_plan import (
     consumed_batches_of_worker,
     plan_epoch,
 )
-from animatex_train.data.sample_assembly import WindowConfig, assemble_sample, placeholder_sample
+from animatex_train.data.sample_assembly import WindowConfig, assemble_sample
 from animatex_train.data.schema import decode_clip
 from animatex_train.data.shard_reader import ShardReadError, iter_samples
 
@@ -105,14 +105,15 @@ class ShardStream(IterableDataset):
         pending: dict[tuple[int, int], dict] = {}
         epi = self._transform()
         for batch in batches:
-            samples = []
-            for ref in batch:
+            # Every batch is one resolution bucket; in a worker process it lives in shared memory.
+            out = allocate_batch(len(batch), s.window.num_frames, batch[0].bucket, s.clip_dim, shared=info is not None)
+            for row, ref in enumerate(batch):
                 while (ref.occurrence, ref.index) not in pending:
                     got_ref, sample = next(readers[ref.bucket])
                     pending[(got_ref.occurrence, got_ref.index)] = sample
                 raw = pending.pop((ref.occurrence, ref.index))
-                samples.append(self._assemble(ref, raw, pos.epoch, epi))
-            yield collate(samples)
+                self._assemble(ref, raw, pos.epoch, epi, out, row)
+            yield out
 
     def _read_segment(self, segment: list[SampleRef], needed: set[tuple[int, int]]):
         """Yield ``(ref, members | error message)`` for the needed samples of a segment, in read order."""
@@ -155,13 +156,16 @@ class ShardStream(IterableDataset):
         for missing in [ref, *rest]:
             yield missing, error
 
-    def _assemble(self, ref: SampleRef, raw: dict | str, epoch: int, epi: EPITransform | None) -> dict:
+    def _assemble(self, ref: SampleRef, raw: dict | str, epoch: int, epi: EPITransform | None, out: Batch,
+                  row: int) -> None:  # fmt: skip
         s = self.settings
         if isinstance(raw, dict):
             try:
-                record = decode_clip(raw)
-                return assemble_sample(record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi)
+                # Latent values are checked for the frames the sample uses, inside assemble_sample.
+                record = decode_clip(raw, check_values=False)
+                assemble_sample(record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi, out, row)
+                return
             except (ValueError, KeyError, OSError) as error:  # SampleError/KeypointError are ValueErrors
                 raw = f"shard {raw.get('__url__', '?')!r}, sample {ref.key!r}: {error}"
         log.warning("skipping unreadable sample (placeholder, loss masked): %s", raw)
-        return placeholder_sample(ref.key, ref.bucket, s.window, s.clip_dim)
+        clear_row(out, row, ref.key)

@@ -70,7 +70,7 @@ class ThroughputMonitor(pl.Callback):
 
     def _sample_flops(self, pl_module: pl.LightningModule, batch) -> int:
         """Training FLOPs (3 x forward) of one sample of this clip shape."""
-        f, height, width = batch.num_frames, batch.pose_images.shape[-2], batch.pose_images.shape[-1]
+        f, (height, width) = batch.num_frames, batch.image_size
         key = (f, height, width)
         if key not in self._flops_per_sample:
             forward = count_forward_flops(pl_module.config.denoiser, num_frames=f, height=height, width=width)

@@ -9,6 +9,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from support.shards import index_of, make_record, write_shards, write_tar
@@ -72,7 +73,8 @@ def test_workers_and_main_process_agree(index):
     assert len(layout_keys) == 32
     b = take(loader(index, rank=1, world=2, workers=2))
     for x, y in zip(a, b, strict=True):
-        assert x.keys == y.keys and torch.equal(x.latents, y.latents) and torch.equal(x.pose_images, y.pose_images)
+        assert x.keys == y.keys and torch.equal(x.latent_std, y.latent_std)
+        assert torch.equal(x.pose_images, y.pose_images)
 
 
 @pytest.mark.parametrize("stop_after", [1, 5, 16])
@@ -90,7 +92,7 @@ def test_resume_continues_with_exactly_the_next_batches(index, stop_after):
     expected = reference[stop_after : stop_after + len(rest)]
     assert [b.keys for b in rest] == [b.keys for b in expected]
     for x, y in zip(rest, expected, strict=True):
-        assert torch.equal(x.latents, y.latents) and torch.equal(x.ipi_keypoints, y.ipi_keypoints)
+        assert torch.equal(x.latent_mean, y.latent_mean) and torch.equal(x.ipi_keypoints, y.ipi_keypoints)
         assert torch.equal(x.pose_images, y.pose_images) and torch.equal(x.ref_image, y.ref_image)
 
 
@@ -202,3 +204,49 @@ def test_tar_members_are_never_extracted(tmp_path):
 
     assert [k for k, _ in iter_samples(str(evil))] == ["../../outside"]
     assert not (tmp_path.parent.parent / "outside.meta.json").exists()
+
+
+def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
+    from animatex_train.data.batch import allocate_batch
+    from animatex_train.data.pose_render import POSE_PALETTE
+
+    for shared in (True, False):  # a worker's batch lives in shared memory
+        batch = allocate_batch(2, 3, (16, 8), clip_dim=4, shared=shared)
+        assert batch.latent_mean.is_shared() == shared and not batch.valid.any() and not batch.latent_std.any()
+        assert (batch.ipi_keypoints == -1).all() and not batch.pose_labels.any() and not batch.ref_image.any()
+    batch.keys[:] = ["a", "b"]
+    batch.latent_mean.normal_()
+    batch.pose_labels[1, 2, 3, 4] = 60  # a hand dot
+    copy = pickle.loads(pickle.dumps(batch))
+    assert copy.keys == ["a", "b"] and torch.equal(copy.latent_mean, batch.latent_mean)
+    assert len({t.untyped_storage().data_ptr() for t in (copy.latent_mean, copy.pose_labels, copy.valid)}) == 1
+    rgb = copy.pose_images
+    assert rgb.shape == (2, 3, 4, 16, 8) and rgb.dtype == torch.uint8 and rgb.is_contiguous()
+    assert rgb[1, :, 2, 3, 4].tolist() == POSE_PALETTE[60].tolist() and rgb.sum() == int(POSE_PALETTE[60].sum())
+    batch.latent_std = torch.ones_like(batch.latent_std)  # a replaced field: pickled field by field instead
+    assert torch.equal(pickle.loads(pickle.dumps(batch)).latent_std, batch.latent_std)
+
+
+def test_non_finite_latents_in_the_window_make_a_placeholder(tmp_path, caplog):
+    records = [make_record("n000", c) for c in range(4)]
+    records[1].latent_std[:] = np.float16("nan")
+    path = tmp_path / "nan.tar"
+    write_tar(path, [encode_clip(r) if i != 1 else _unchecked(r) for i, r in enumerate(records)])
+    index = index_of((ShardInfo(str(path), tuple(r.key for r in records), (6,) * 4, 32, 32),))
+    with caplog.at_level(logging.WARNING):
+        batches = take(loader(index, workers=0))
+    valid = {k: v for b in batches for k, v in zip(b.keys, b.valid.tolist(), strict=True)}
+    assert valid == {"n000-c00000": True, "n000-c00001": False, "n000-c00002": True, "n000-c00003": True}
+    assert "n000-c00001" in caplog.text and "NaN" in caplog.text
+
+
+def _unchecked(record) -> dict:
+    """``encode_clip`` without its validation (which would refuse the NaNs)."""
+    from animatex_train.data import schema
+
+    std = record.latent_std
+    record.latent_std = np.zeros_like(std)
+    sample = encode_clip(record)
+    record.latent_std = std
+    sample[schema.LATENT_STD] = schema._npy_bytes(std)
+    return sample

@@ -168,3 +168,39 @@ def test_bad_keypoints_raise_naming_the_sample():
         render_pose(PoseSequence(pose.body, pose.feet, far, None, pose.frame_size), name="clip-7")
     with pytest.raises(KeypointError, match=r"clip-7: body keypoints must have shape \(1, 18, 2\)"):
         render_pose(PoseSequence(pose.body[:, :17], pose.feet, pose.hands, None, pose.frame_size), name="clip-7")
+
+
+def _edge_pose(frame_size: tuple[int, int]) -> PoseSequence:
+    """Moving poses with joints and hand points pushed onto the image borders and corners (clipped dots)."""
+    rng = np.random.default_rng(7)
+    pose = demo_pose_sequence(6, frame_size, seed=2, shape_jitter=0.3)
+    body, feet, hands = pose.body.copy(), pose.feet.copy(), pose.hands.copy()
+    for points in (body, feet, hands):
+        flat = points.reshape(-1, 2)
+        chosen = rng.random(len(flat)) < 0.3
+        flat[chosen] = rng.choice([0.0, 1.0, 0.004, 0.996], size=(int(chosen.sum()), 2))
+    hands[rng.random(hands.shape[:3]) < 0.1] = -1.0
+    return PoseSequence(body, feet, hands, pose.face, frame_size)
+
+
+@pytest.mark.parametrize("frame_size", [(96, 64), (240, 352)])
+def test_border_dots_are_clipped_like_opencv(frame_size):
+    pose = _edge_pose(frame_size)
+    images = render_pose(pose)
+    for frame in range(pose.num_frames):
+        np.testing.assert_array_equal(images[frame], _reference_render(pose, frame))
+
+
+@pytest.mark.parametrize("frame_size", [(768, 512), (96, 64)])
+def test_labels_through_the_palette_are_the_rgb_images(frame_size):
+    from animatex_train.data.pose_render import POSE_PALETTE, render_pose_labels
+
+    moving = demo_pose_sequence(8, frame_size, seed=4, shape_jitter=0.3)
+    for pose in (moving, _edge_pose(frame_size)):
+        for size in (None, (frame_size[0] // 2, frame_size[1] // 2)):
+            labels = render_pose_labels(pose, size)
+            assert labels.dtype == np.uint8 and labels.ndim == 3 and labels.any()
+            np.testing.assert_array_equal(POSE_PALETTE[labels], render_pose(pose, size))
+    blank = np.zeros((moving.num_frames, *frame_size), np.uint8)
+    assert render_pose_labels(moving, out=blank, out_is_blank=True) is blank
+    np.testing.assert_array_equal(blank, render_pose_labels(moving))

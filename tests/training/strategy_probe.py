@@ -45,7 +45,7 @@ class RunProbe(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.nan_latents_at_step and trainer.global_rank == self.nan_rank:
-            batch.latents.fill_(float("nan"))  # this rank's loss becomes NaN
+            batch.latent_mean.fill_(float("nan"))  # this rank's latents, hence its loss, become NaN
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
