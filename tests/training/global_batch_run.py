@@ -9,8 +9,10 @@ samples whatever N is. The system, the strategy and the optimizer are the real o
 as a script (Lightning's DDP launcher re-runs it once per extra rank) with ``tests/training`` on the path.
 """
 
+# ruff: noqa: I001  (animatex_train first: its torchvision compat shim must precede lightning)
 from __future__ import annotations
 
+import animatex_train  # noqa: F401
 import argparse
 import dataclasses
 import sys
@@ -21,7 +23,6 @@ import torch
 from strategy_probe import RunProbe
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-import animatex_train  # noqa: F401  (torchvision compat shim before lightning)
 from animatex_train.data.batch import Batch
 from animatex_train.data.datamodule import DatasetSource, VideoDataModule
 from animatex_train.training.lightning_cli import AnimateXCLI
