@@ -200,7 +200,7 @@ class AnimateXSystem(pl.LightningModule):
         return loss
 
     def _per_sample_noise(self, keys: list[str], x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Timestep and offset noise of each sample from its own generator, seeded by (seed, epoch, key).
+        """Timestep and offset noise of each sample, drawn on ``x0``'s device from the sample's own generator.
 
         A sample's draws do not depend on which rank, batch or position it lands in, so a run on N ranks
         computes the same per-sample losses as one rank holding the same global batch (tested), and a
@@ -208,11 +208,14 @@ class AnimateXSystem(pl.LightningModule):
         draws (the official dropout couples the samples of a batch).
         """
         timesteps, noises = [], []
-        for key in keys:
-            generator = torch.Generator().manual_seed(_seed_of(self.seed, "noise", self.current_epoch, key))
-            timesteps.append(self.diffusion.sample_timesteps(1, generator, device="cpu"))
-            noises.append(self.diffusion.sample_noise((1, *x0.shape[1:]), generator, device="cpu", dtype=x0.dtype))
-        return torch.cat(timesteps).to(x0.device), torch.cat(noises).to(x0.device)
+        for generator in self._sample_generators(keys, x0.device, "noise", self.current_epoch):
+            timesteps.append(self.diffusion.sample_timesteps(1, generator, device=x0.device))
+            noises.append(self.diffusion.sample_noise((1, *x0.shape[1:]), generator, device=x0.device, dtype=x0.dtype))
+        return torch.cat(timesteps), torch.cat(noises)
+
+    def _sample_generators(self, keys: list[str], device: torch.device, *context: object) -> list[torch.Generator]:
+        """One generator per sample on ``device``, seeded by (seed, context, key) alone."""
+        return [torch.Generator(device=device).manual_seed(_seed_of(self.seed, *context, key)) for key in keys]
 
     def on_before_optimizer_step(self, optimizer) -> None:
         grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
@@ -282,9 +285,7 @@ class AnimateXSystem(pl.LightningModule):
         sample from its own generator seeded by (seed, "posterior", context, key), so, like the timesteps, a
         draw does not depend on the rank, batch or position a sample lands in.
         """
-        device = batch.latent_mean.device
-        generators = [torch.Generator(device=device).manual_seed(_seed_of(self.seed, "posterior", *context, key))
-                      for key in batch.keys]  # fmt: skip
+        generators = self._sample_generators(batch.keys, batch.latent_mean.device, "posterior", *context)
         return batch.sample_posterior(generators)
 
     def _render_samples(self, batch: Batch, latents: torch.Tensor) -> None:
