@@ -51,7 +51,7 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
     """The conditional-branch inputs for ``batch`` (pixels to [0, 1], reference latent to model space).
 
     ``ref_latents`` is the raw ``(b, 4, 1, h, w)`` reference latent drawn with ``Batch.sample_posterior``.
-    Pose images arrive as palette labels and are expanded to RGB here, on the device (``Batch.pose_images``).
+    Pose images arrive as cropped palette labels and become RGB images here, on the device (``Batch.pose_images``).
     """
     b, device = batch.batch_size, batch.latent_mean.device
     if training:

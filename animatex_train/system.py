@@ -163,7 +163,7 @@ class AnimateXSystem(pl.LightningModule):
     def forward(self, batch: Batch, num_samples: int | None = None, progress: bool = False) -> torch.Tensor:
         """Sample clips for the first ``num_samples`` of ``batch``: uint8 frames ``(n, f, H, W, 3)``."""
         n = num_samples or batch.batch_size
-        batch = _head(batch, n)
+        batch = batch.head(n)
         latents, ref_latents = self._posterior(batch, "sample")
         conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False,
                                       ref_latents=ref_latents)  # fmt: skip
@@ -320,9 +320,3 @@ def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Mean over valid samples; 0 (with a graph) when none is valid, so every rank still steps."""
     weights = valid.to(values)
     return (values * weights).sum() / weights.sum().clamp(min=1.0)
-
-
-def _head(batch: Batch, n: int) -> Batch:
-    from dataclasses import fields
-
-    return Batch(**{f.name: getattr(batch, f.name)[:n] for f in fields(batch)})

@@ -17,23 +17,26 @@ What is measured
    a. each loader in this process (no worker processes);
    b. each through one DataLoader worker process, as training runs them (the main figure): the CPU time of
       the worker and of this process is charged, so a batch also pays for its trip to the training
-      process. Ours is written into shared memory from the start and crosses as one file descriptor; the
-      baseline goes through a plain ``DataLoader(batch_size=1, num_workers=1)`` whose default collate
-      copies its float tensors into shared memory, as peers' loaders do. Each pass is one epoch, so a worker
-      start (~50 ms here) is charged per 6 baseline samples and per 96 of ours. The difference to (a) is
-      the cost of moving batches between processes through shared memory: for our 17.5 MB sample about
-      20 ms of kernel page work, receiving and releasing on this VM, as much as our loader's own work.
+      process. Ours is written into one of the worker's reused shared-memory slots and copied out of it by
+      the loader's receiving thread (``data/batch_ring.py``); the baseline goes through a plain
+      ``DataLoader(batch_size=1, num_workers=1)`` whose default collate copies its float tensors into a new
+      shared-memory segment per sample, as peers' loaders do. Each pass is one epoch, so a worker start
+      (~50 ms here) is charged per 6 baseline samples and per 96 of ours. The difference to (a) is the cost
+      of moving batches between processes: with a new segment per batch (how DataLoader does it) about 1.1 ms
+      per MB on this VM, in kernel zeroing and page faults; with the reused slots, the copy out of the slot.
    Our sample: read and decode the shard sample, draw the window and the reference, copy and check the
    window's VAE posterior (mean, std), run the explicit pose indicator (realign + rescale), draw 33 pose
-   images at 768x512, decode the reference JPEG, all written into the step's batch.
+   images at 768x512 (each frame's box around its drawn pixels, ``pose_render.pose_label_boxes``), decode
+   the reference JPEG, all written into the step's batch. The batch size per sample is printed.
 3. Data wait: our loader with 2 worker processes feeds a consumer that sleeps for the predicted H100 step
    time (3 x forward FLOPs of the paper model at 35% MFU, PERFORMANCE.md section 2.5) per batch of 1 (the
    H100 recipe uses 2 per GPU: twice the step, half the fraction). The fraction is the time spent in
    ``next()`` over all batches of one epoch but its first, whose wait (worker start-up, once per epoch) is
    printed separately: epochs of real runs are thousands of steps. The consumer holds each batch through its
-   step, as training does; releasing it afterwards is timed and printed apart. There is no pin-memory
-   thread on a CPU-only machine, so the main thread receives each batch itself (on a GPU node
-   ``pin_memory=True`` moves that to a background thread): this measures the slower path.
+   step, as training does; releasing it afterwards is timed and printed apart. On a GPU node
+   ``pin_memory=True`` receives batches in DataLoader's pin-memory thread; a CPU-only machine has none, and
+   the loader's own receiving thread (``loader._Receiver``) does it instead, so here too the main thread
+   only takes ready batches (receiving one in the main thread would cost it about 5 ms per batch here).
 
 Fairness, in both directions
 * For the baseline: its source videos are already at the training resolution and frame rate (peers decode
@@ -46,13 +49,14 @@ Fairness, in both directions
   ``VideoReader`` would (forward decoding, one re-decode from the keyframe for a reference behind the
   window), with no extra passes. Our loader does more work than the baseline (the explicit pose indicator
   and drawing the poses from keypoints, which the baseline reads pre-drawn) and hands over complete
-  batches, every byte written (not left to the kernel's lazy zero pages). Two things happen on the device
-  instead of in our loader, like the baseline's encoders: the lookup of the pose-image palette labels into
-  RGB (``pose_render.POSE_PALETTE``: the labels are exactly the RGB images at a third of the bytes) and the
-  posterior draw ``mean + std * N(0, 1)`` (``Batch.sample_posterior``; 0.8 M normals, microseconds on a GPU,
-  4-5 ms of a CPU core). Our offline preprocessing (``animatex-train prepare``: VAE/CLIP encoding, pose
-  extraction) is not charged either, like the baseline's encoders; it runs once per dataset, not once per
-  sample per epoch.
+  batches, every byte written (a reused slot is cleared first). Three things happen on the device
+  instead of in our loader, like the baseline's encoders: putting the pose-label crops back into blank
+  images (one masked scatter, ``Batch.pose_labels``; the crops hold every drawn pixel, tested bit for bit),
+  the lookup of the palette labels into RGB (``pose_render.POSE_PALETTE``: the labels are exactly the RGB
+  images at a third of the bytes) and the posterior draw ``mean + std * N(0, 1)`` (``Batch.sample_posterior``;
+  0.8 M normals, microseconds on a GPU, 4-5 ms of a CPU core). Our offline preprocessing (``animatex-train
+  prepare``: VAE/CLIP encoding, pose extraction) is not charged either, like the baseline's encoders; it runs
+  once per dataset, not once per sample per epoch.
 """
 
 from __future__ import annotations
@@ -174,6 +178,16 @@ class Meter:
                 f"core (wall {self.samples / self.wall:5.2f}/s, {self.samples} samples)")  # fmt: skip
 
 
+def batch_bytes(index: DataIndex, anchors: Path, frames: int, size: tuple[int, int]) -> tuple[float, float]:
+    """(MB per sample crossing to the training process, pose crops as a fraction of the whole label images)."""
+    total = crops = samples = 0
+    for batch in our_loader(index, anchors, frames, workers=0):
+        total += batch._packed[0].numel()
+        crops += batch.pose_crops.numel()
+        samples += batch.batch_size
+    return total / samples / 1e6, crops / (samples * frames * size[0] * size[1])
+
+
 def count(batches: Iterable) -> int:
     """Samples in ``batches``: ``Batch`` es, baseline samples, or baseline batches (collated, one more axis)."""
     return sum(batch.batch_size if not isinstance(batch, dict) else len(batch["frames"]) if batch["frames"].dim() == 5
@@ -267,8 +281,11 @@ def main() -> None:
         print(f"built {args.clips} clips of {args.frames} frames at {args.height}x{args.width} "
               f"({args.clips * args.copies} shard samples) in {time.perf_counter() - start:.1f} s")  # fmt: skip
         meters = measure_per_core(pairs, index, anchors, args.frames, size, args.rounds)
+        megabytes, crop_fraction = batch_bytes(index, anchors, args.frames, size)
         encode_s = None if args.skip_encoders else tiny_encoder_seconds(pairs, args.frames, size)
         first, waited, total, steps, release_s = data_wait(index, anchors, args.frames, step_s)
+    print(f"our batch: {megabytes:.1f} MB per sample; its pose-label crops hold {crop_fraction:.0%} of the pixels of "
+          f"the whole label images")  # fmt: skip
     for name, meter in meters.items():
         print(meter.line(f"{name:<19}"))
     for path in ("", ", 1 worker"):

@@ -4,8 +4,9 @@ The loader assembles one ``Batch`` per step inside its worker processes: ``alloc
 batch's tensors up front, as views of one flat buffer (shared memory inside a worker), and each sample is
 written straight into its row, so no per-sample tensor is stacked or copied again and handing the batch to
 the main process passes one file descriptor. The system moves it to the device and turns it into the
-denoiser's conditions; two steps of the sample are done there, where they are free: the posterior draw of
-the latents (``sample_posterior``) and the palette lookup of the pose images (``pose_images``).
+denoiser's conditions; three steps of the sample are done there, where they are free: the posterior draw of
+the latents (``sample_posterior``), putting the pose-label crops back into whole images (``pose_labels``) and
+their palette lookup to RGB (``pose_images``).
 Shapes use ``f`` generated frames, ``(h, w)`` the latent grid and ``(H, W) = (8h, 8w)`` the conditioning
 pixel grid; ``d`` is the CLIP embedding width.
 """
@@ -16,9 +17,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from animatex_train.data import batch_ring
+from animatex_train.data.batch_ring import RingRef, WorkerSlots
 from animatex_train.data.keypoints import NUM_BODY
 from animatex_train.data.pose_render import POSE_PALETTE
 from animatex_train.data.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE
@@ -42,9 +46,12 @@ class Batch:
         driving_clip: ``(b, f + 1, d)`` float32; row 0 is the reference frame's, rows 1..f the window's.
         ipi_keypoints: ``(b, f + 1, 2, 18)`` float32 body keypoints for the implicit pose indicator
             (x row, y row; -1 = missing); row 0 is the reference pose.
-        pose_labels: ``(b, f + 1, H, W)`` uint8 rendered pose images (after the explicit pose indicator's
-            transform) as ``pose_render.POSE_PALETTE`` indices; frame 0 is the reference pose. The RGB
-            images are ``pose_images``; labels are a third of the bytes and need no channel transpose.
+        pose_crops: ``(n,)`` uint8, the rendered pose images (after the explicit pose indicator's transform) as
+            ``pose_render.POSE_PALETTE`` indices, cropped: per sample and frame (frame 0 the reference pose) the
+            ``pose_boxes`` window of its ``(H, W)`` label image, row-major, one after another. Only about 3% of
+            a pose image is drawn and the crops hold 35-50% of its pixels, so this is what crosses from the loader
+            process; ``pose_labels`` and ``pose_images`` give the whole images on the batch's device.
+        pose_boxes: ``(b, f + 1, 4)`` int32 ``(top, left, height, width)`` of each crop (all zeros: blank frame).
         ref_image: ``(b, 3, H, W)`` uint8 RGB reference frame.
         valid: ``(b,)`` bool; False marks a placeholder for a sample that could not be read (its loss is
             masked out), which keeps every rank's batch count equal.
@@ -57,7 +64,8 @@ class Batch:
     ref_clip: torch.Tensor
     driving_clip: torch.Tensor
     ipi_keypoints: torch.Tensor
-    pose_labels: torch.Tensor
+    pose_crops: torch.Tensor
+    pose_boxes: torch.Tensor
     ref_image: torch.Tensor
     valid: torch.Tensor
     epi_applied: torch.Tensor
@@ -95,11 +103,32 @@ class Batch:
     @property
     def image_size(self) -> tuple[int, int]:
         """``(H, W)`` of the conditioning images."""
-        return int(self.pose_labels.shape[-2]), int(self.pose_labels.shape[-1])
+        return int(self.ref_image.shape[-2]), int(self.ref_image.shape[-1])
+
+    @property
+    def pose_labels(self) -> torch.Tensor:
+        """``(b, f + 1, H, W)`` uint8 palette labels, the crops put back into blank images on their device.
+
+        One masked scatter: the pixels inside the boxes, in row-major order over ``(b, f + 1, H, W)``, are the
+        crops' bytes in their stored order. No host synchronisation (the boxes stay on the device).
+        """
+        b, frames = self.pose_boxes.shape[:2]
+        height, width = self.image_size
+        device = self.pose_crops.device
+        boxes = self.pose_boxes.reshape(-1, 4).long()
+        top, left, box_h, box_w = (boxes[:, i, None] for i in range(4))  # (b * (f + 1), 1) each
+        rows = torch.arange(height, device=device)
+        cols = torch.arange(width, device=device)
+        inside_rows = (rows >= top) & (rows < top + box_h)  # (b * (f + 1), H)
+        inside_cols = (cols >= left) & (cols < left + box_w)  # (b * (f + 1), W)
+        mask = inside_rows[:, :, None] & inside_cols[:, None, :]
+        labels = torch.zeros((b * frames, height, width), dtype=torch.uint8, device=device)
+        labels.masked_scatter_(mask, self.pose_crops)
+        return labels.view(b, frames, height, width)
 
     @property
     def pose_images(self) -> torch.Tensor:
-        """``(b, 3, f + 1, H, W)`` uint8 RGB pose images, expanded from ``pose_labels`` on their device.
+        """``(b, 3, f + 1, H, W)`` uint8 RGB pose images, expanded from the label crops on their device.
 
         Pixel for pixel the images ``pose_render.render_pose`` draws (a palette lookup, no arithmetic), so
         ``pose_images.float() / 255`` is the same tensor as before labels were introduced.
@@ -110,6 +139,26 @@ class Batch:
             palette = _palette_on.setdefault(labels.device, _PALETTE_T.to(labels.device))
         return palette[:, labels.long()].transpose(0, 1).contiguous()
 
+    def row_pose_crops(self, row: int) -> torch.Tensor:
+        """The ``(n_row,)`` slice of ``pose_crops`` that holds row ``row``'s frames (reads the boxes on the host)."""
+        start, end = _crop_spans(self.pose_boxes)[row]
+        return self.pose_crops[start:end]
+
+    def head(self, n: int) -> Batch:
+        """The first ``n`` rows (views, no copy)."""
+        end = _crop_spans(self.pose_boxes)[n - 1][1] if n > 0 else 0
+        values = {f.name: getattr(self, f.name)[:n] for f in fields(self) if f.name != "pose_crops"}
+        return Batch(pose_crops=self.pose_crops[:end], **values)
+
+    @staticmethod
+    def concat(batches: Sequence[Batch]) -> Batch:
+        """The rows of ``batches`` as one batch (copies)."""
+        values = {}
+        for f in fields(Batch):
+            parts = [getattr(b, f.name) for b in batches]
+            values[f.name] = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else sum(parts, [])
+        return Batch(**values)
+
     def _intact_packing(self) -> tuple[torch.Tensor, _Layout] | None:
         """The flat buffer and layout of a batch from ``allocate_batch`` whose fields are still its views."""
         packed = getattr(self, "_packed", None)
@@ -118,16 +167,23 @@ class Batch:
         return None
 
     def __reduce__(self):
-        """Pickle a batch from ``allocate_batch`` as its one flat buffer (one shared-memory handle to pass)."""
+        """Pickle a batch from ``allocate_batch`` as its one flat buffer (one shared-memory handle to pass), or,
+        in a worker's reused slot (``batch_ring``), as the slot's reference."""
         packed = self._intact_packing()
         if packed is not None:
+            ring = getattr(self, "_ring", None)
+            if ring is not None:
+                return _unpack_from_ring, (self.keys, packed[1], ring)
             return _unpack, (self.keys, *packed)
         return _rebuild, tuple(getattr(self, f.name) for f in fields(self))
 
     def pin_memory(self) -> Batch:
-        """Called by ``DataLoader(pin_memory=True)``: one pinned copy of the flat buffer when there is one."""
+        """Called by ``DataLoader(pin_memory=True)``: one pinned copy of the flat buffer when there is one (none
+        when it was received into pinned memory already)."""
         packed = self._intact_packing()
         if packed is not None:
+            if packed[0].is_pinned():
+                return self
             return _unpack(self.keys, packed[0].pin_memory(), packed[1])
         return Batch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
 
@@ -137,6 +193,20 @@ class Batch:
         if packed is not None:
             return _unpack(self.keys, packed[0].to(device, non_blocking=non_blocking), packed[1])
         return Batch(**{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
+
+
+def _unpack_from_ring(keys: list[str], layout: _Layout, ring: RingRef) -> Batch:
+    return _unpack(keys, batch_ring.receive(ring), layout)
+
+
+def _crop_spans(boxes: torch.Tensor) -> list[tuple[int, int]]:
+    """``(start, end)`` in ``pose_crops`` of every row's crops, from ``(b, f + 1, 4)`` boxes."""
+    areas = (boxes[..., 2].long() * boxes[..., 3].long()).sum(dim=1).tolist()
+    spans, start = [], 0
+    for area in areas:
+        spans.append((start, start + area))
+        start += area
+    return spans
 
 
 def _rebuild(*values) -> Batch:
@@ -189,7 +259,8 @@ def _unpack(keys: list[str], flat: torch.Tensor, layout: _Layout) -> Batch:
 
 
 def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int], clip_dim: int,
-                   shared: bool = False) -> Batch:  # fmt: skip
+                   shared: bool = False, pose_boxes: Sequence[np.ndarray | None] | None = None,
+                   slots: WorkerSlots | None = None) -> Batch:  # fmt: skip
     """A ``Batch`` of placeholder rows (zeros, missing keypoints, ``valid`` False) to be filled in place.
 
     All its tensors are views of one flat byte buffer, so handing the batch from a worker to the main process
@@ -202,16 +273,25 @@ def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int]
         image_size: ``(H, W)``, a multiple of the VAE factor.
         clip_dim: CLIP width ``d``.
         shared: allocate in shared memory (inside a loader worker process).
+        pose_boxes: per row the ``(f + 1, 4)`` pose-label boxes it will draw (``pose_render.pose_label_boxes``),
+            or None for a row that stays a placeholder (blank frames); None: every row blank.
+        slots: the worker's reused shared-memory slots (``batch_ring``) to allocate from (``shared`` implied).
     """
     b, f, (height, width) = batch_size, num_frames, image_size
     h, w = height // VAE_DOWNSAMPLE, width // VAE_DOWNSAMPLE
+    boxes = np.zeros((b, f + 1, 4), dtype=np.int32)
+    for row, row_boxes in enumerate(pose_boxes or ()):
+        if row_boxes is not None:
+            boxes[row] = row_boxes
+    crop_bytes = int((boxes[..., 2].astype(np.int64) * boxes[..., 3]).sum())
     fields_ = (
         ("latent_mean", torch.float16, (b, LATENT_CHANNELS, f + 1, h, w)),
         ("latent_std", torch.float16, (b, LATENT_CHANNELS, f + 1, h, w)),
         ("ref_clip", torch.float32, (b, clip_dim)),
         ("driving_clip", torch.float32, (b, f + 1, clip_dim)),
         ("ipi_keypoints", torch.float32, (b, f + 1, 2, NUM_BODY)),
-        ("pose_labels", torch.uint8, (b, f + 1, height, width)),
+        ("pose_crops", torch.uint8, (crop_bytes,)),
+        ("pose_boxes", torch.int32, (b, f + 1, 4)),
         ("ref_image", torch.uint8, (b, 3, height, width)),
         ("valid", torch.bool, (b,)),
         ("epi_applied", torch.bool, (b,)),
@@ -220,16 +300,28 @@ def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int]
     for name, dtype, shape in fields_:
         layout.append((name, dtype, shape, offset))
         offset += -(-dtype.itemsize * math.prod(shape) // _ALIGN) * _ALIGN
-    batch = _unpack([""] * b, _zeros(offset, shared), tuple(layout))
+    if slots is not None:
+        flat, ring = slots.acquire(offset)
+        if ring is not None:
+            flat.zero_()  # a reused slot holds an earlier batch; pages are mapped, so this is a plain memset
+    else:
+        flat, ring = _zeros(offset, shared), None
+    batch = _unpack([""] * b, flat, tuple(layout))
+    batch._ring = ring
     batch.ipi_keypoints.fill_(-1.0)
+    batch.pose_boxes.copy_(torch.from_numpy(boxes))
     return batch
 
 
 def clear_row(batch: Batch, row: int, key: str) -> None:
-    """Turn row ``row`` back into a placeholder for ``key`` (a sample that failed part-way through filling it)."""
+    """Turn row ``row`` back into a placeholder for ``key`` (a sample that failed part-way through filling it).
+
+    Its pose crops are blanked in place; their boxes stay, so the other rows' crops keep their positions.
+    """
     batch.keys[row] = key
-    for name in ("latent_mean", "latent_std", "ref_clip", "driving_clip", "pose_labels", "ref_image"):
+    for name in ("latent_mean", "latent_std", "ref_clip", "driving_clip", "ref_image"):
         getattr(batch, name)[row].zero_()
+    batch.row_pose_crops(row).zero_()
     batch.ipi_keypoints[row].fill_(-1.0)
     batch.valid[row] = False
     batch.epi_applied[row] = False

@@ -135,6 +135,21 @@ class PoseSequence:
         return np.ascontiguousarray(self.body.transpose(0, 2, 1))
 
 
+def concat_poses(*poses: PoseSequence) -> PoseSequence:
+    """The frames of ``poses`` one after another (same frame size; the face is kept only if all have one)."""
+    sizes = {pose.frame_size for pose in poses}
+    if len(sizes) != 1:
+        raise KeypointError(f"cannot join pose sequences measured on different frame sizes: {sorted(sizes)}")
+    faces = [pose.face for pose in poses]
+    return PoseSequence(
+        body=np.concatenate([pose.body for pose in poses]),
+        feet=np.concatenate([pose.feet for pose in poses]),
+        hands=np.concatenate([pose.hands for pose in poses]),
+        face=None if any(face is None for face in faces) else np.concatenate(faces),
+        frame_size=poses[0].frame_size,
+    )
+
+
 def visible(points: np.ndarray) -> np.ndarray:
     """``(...)`` bool of which points in ``(..., 2)`` are present (not ``(-1, -1)``)."""
     # Two column tests instead of np.all(axis=-1): same result, several times faster on the small pose arrays

@@ -27,143 +27,44 @@ holds the colour of the last limb drawn over it, and dimming each limb colour be
 pixels as dimming the canvas afterwards, without a float pass over the whole image.
 
 The training loader draws palette labels instead of colours (``render_pose_labels``, one byte per pixel, see
-``LABEL_COLOURS``): ``POSE_PALETTE[labels]`` is the RGB image exactly, and the device does that lookup.
+``LABEL_COLOURS``): ``POSE_PALETTE[labels]`` is the RGB image exactly, and the device does that lookup. It draws
+only each frame's box around the drawn pixels (``pose_label_boxes``, computed from the keypoints before drawing;
+``render_pose_label_crops``): about 3% of a pose image's pixels are drawn and the boxes hold 35-50% of them, so
+the batch that crosses to the training process shrinks by that much (``batch.Batch.pose_labels`` puts the crops
+back on the device).
 """
 
 from __future__ import annotations
 
-import colorsys
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, NUM_BODY, PoseSequence
+from animatex_train.data.keypoints import PoseSequence
 from animatex_train.data.pose_realign import validate_pose
-
-LIMB_HALF_WIDTH_PX = 4
-JOINT_RADIUS_PX = 4
-HAND_LINE_THICKNESS_PX = 2
-HAND_DOT_RADIUS_PX = 4
-LIMB_DIMMING = 0.6
-# Official hand-point presence test, applied to integer pixel coordinates.
-HAND_EPS = 0.01
-
-_LEFT_TOES = NUM_BODY  # joint 18 of the 20-point body-and-feet list
-_RIGHT_TOES = NUM_BODY + 1
-
-# The official limb list, in drawing order (the order decides which colour wins where limbs overlap).
-LIMBS: tuple[tuple[int, int], ...] = (
-    (BODY["neck"], BODY["right_shoulder"]),
-    (BODY["neck"], BODY["left_shoulder"]),
-    (BODY["right_shoulder"], BODY["right_elbow"]),
-    (BODY["right_elbow"], BODY["right_wrist"]),
-    (BODY["left_shoulder"], BODY["left_elbow"]),
-    (BODY["left_elbow"], BODY["left_wrist"]),
-    (BODY["neck"], BODY["right_hip"]),
-    (BODY["right_hip"], BODY["right_knee"]),
-    (BODY["right_knee"], BODY["right_ankle"]),
-    (BODY["neck"], BODY["left_hip"]),
-    (BODY["left_hip"], BODY["left_knee"]),
-    (BODY["left_knee"], BODY["left_ankle"]),
-    (BODY["neck"], BODY["nose"]),
-    (BODY["nose"], BODY["right_eye"]),
-    (BODY["right_eye"], BODY["right_ear"]),
-    (BODY["nose"], BODY["left_eye"]),
-    (BODY["left_eye"], BODY["left_ear"]),
-    (BODY["left_ankle"], _LEFT_TOES),
-    (BODY["right_ankle"], _RIGHT_TOES),
+from animatex_train.data.pose_style import (
+    CANVAS_COLOURS,
+    HAND_BONE_DRAW_COLOURS,
+    HAND_DOT_DRAW_COLOUR,
+    HAND_DOT_RADIUS_PX,
+    HAND_EDGES,
+    HAND_EPS,
+    HAND_LINE_THICKNESS_PX,
+    JOINT_DRAW_COLOURS,
+    JOINT_RADIUS_PX,
+    LABEL_COLOURS,
+    LIMB_DRAW_COLOURS,
+    LIMB_HALF_WIDTH_PX,
+    LIMBS,
+    POSE_PALETTE,
+    RGB_COLOURS,
+    DrawColours,
 )
 
-# Official colour table on the (BGR-saved) canvas; limb i uses entry i, joint j uses entry j.
-CANVAS_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-    (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85), (170, 255, 255), (255, 255, 0),
-)  # fmt: skip
-CANVAS_HAND_DOT_COLOUR = (0, 0, 255)
-
-# Hand bones: wrist -> each finger's 4 points, thumb first.
-HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
-    edge for finger in range(5) for edge in (
-        (0, 4 * finger + 1), (4 * finger + 1, 4 * finger + 2), (4 * finger + 2, 4 * finger + 3),
-        (4 * finger + 3, 4 * finger + 4),
-    )
-)  # fmt: skip
-
-
-def _reversed(colour: tuple[float, ...]) -> tuple[float, ...]:
-    return tuple(colour[::-1])
-
-
-def _dimmed(colour: tuple[int, int, int]) -> tuple[int, int, int]:
-    # Same arithmetic as the official ``(canvas * 0.6).astype(np.uint8)``: float64 product, truncation.
-    dimmed = (np.asarray(colour, dtype=np.uint8) * LIMB_DIMMING).astype(np.uint8)
-    return tuple(int(c) for c in dimmed)
-
-
-# Drawing colours in output (RGB) order.
-LIMB_DRAW_COLOURS = tuple(_reversed(_dimmed(CANVAS_COLOURS[i])) for i in range(len(LIMBS)))
-JOINT_DRAW_COLOURS = tuple(_reversed(c) for c in CANVAS_COLOURS)
-# Official: ``matplotlib.colors.hsv_to_rgb([i / 20, 1, 1]) * 255`` (same formula as colorsys), passed to OpenCV as
-# floats, which OpenCV rounds half to even when it writes uint8.
-HAND_BONE_DRAW_COLOURS = tuple(
-    _reversed(tuple(c * 255.0 for c in colorsys.hsv_to_rgb(i / float(len(HAND_EDGES)), 1.0, 1.0)))
-    for i in range(len(HAND_EDGES))
-)
-HAND_DOT_DRAW_COLOUR = _reversed(CANVAS_HAND_DOT_COLOUR)
-
-
-@dataclass(frozen=True)
-class DrawColours:
-    """The value each drawn element is painted with: RGB triples, or single-channel palette labels."""
-
-    limbs: tuple
-    joints: tuple
-    hand_bones: tuple
-    hand_dot: object
-
-
-RGB_COLOURS = DrawColours(LIMB_DRAW_COLOURS, JOINT_DRAW_COLOURS, HAND_BONE_DRAW_COLOURS, HAND_DOT_DRAW_COLOUR)
-# Label images: every element is drawn with a distinct index into ``POSE_PALETTE`` instead of its colour. The
-# drawing is solid and non-antialiased, so which pixels a primitive covers does not depend on the value it paints;
-# a label image looked up in the palette is therefore the RGB image pixel for pixel, at a third of the bytes and
-# without an HWC -> CHW transpose (the loader ships labels; the device expands them, ``batch.Batch.pose_images``).
-_LIMB_LABEL0 = 1
-_JOINT_LABEL0 = _LIMB_LABEL0 + len(LIMBS)
-_HAND_BONE_LABEL0 = _JOINT_LABEL0 + len(CANVAS_COLOURS)
-HAND_DOT_LABEL = _HAND_BONE_LABEL0 + len(HAND_EDGES)
-LABEL_COLOURS = DrawColours(
-    limbs=tuple(range(_LIMB_LABEL0, _JOINT_LABEL0)),
-    joints=tuple(range(_JOINT_LABEL0, _HAND_BONE_LABEL0)),
-    hand_bones=tuple(range(_HAND_BONE_LABEL0, HAND_DOT_LABEL)),
-    hand_dot=HAND_DOT_LABEL,
-)
-
-
-def _painted(colour: tuple[float, ...]) -> tuple[int, int, int]:
-    """The uint8 pixel OpenCV writes for ``colour`` (it rounds float colours), read back from a 1-pixel drawing."""
-    pixel = np.zeros((1, 1, 3), dtype=np.uint8)
-    cv2.rectangle(pixel, (0, 0), (0, 0), colour, thickness=-1)
-    return tuple(int(c) for c in pixel[0, 0])
-
-
-def _palette() -> np.ndarray:
-    palette = np.zeros((256, 3), dtype=np.uint8)  # label 0 (and every unused label) is black
-    for labels, colours in (
-        (LABEL_COLOURS.limbs, RGB_COLOURS.limbs),
-        (LABEL_COLOURS.joints, RGB_COLOURS.joints),
-        (LABEL_COLOURS.hand_bones, RGB_COLOURS.hand_bones),
-        ((LABEL_COLOURS.hand_dot,), (RGB_COLOURS.hand_dot,)),
-    ):
-        for label, colour in zip(labels, colours, strict=True):
-            palette[label] = _painted(colour)
-    palette.setflags(write=False)
-    return palette
-
-
-POSE_PALETTE = _palette()  # (256, 3) uint8 RGB of every label
+# The style (sizes, limb list, colours, palette) lives in pose_style; re-exported here for callers.
 
 
 def render_pose(
@@ -211,43 +112,145 @@ def render_pose_labels(
     return _render(pose, size, out, name, LABEL_COLOURS, channels=1, blank=out_is_blank)
 
 
-def _render(pose: PoseSequence, size: tuple[int, int] | None, out: np.ndarray | None, name: str,
-            colours: DrawColours, channels: int, blank: bool) -> np.ndarray:  # fmt: skip
+def pose_label_boxes(pose: PoseSequence, size: tuple[int, int] | None = None, name: str = "pose") -> np.ndarray:
+    """Per frame, the box of the image that holds every pixel ``render_pose`` draws.
+
+    Computed from the keypoints with the drawing's own integer geometry, clipped to the image; nothing is drawn
+    to find it. A limb is an ellipse of half-axes ``(half length, 4)`` turned by its integer angle, whose polygon
+    vertices are rounded to pixels: it reaches ``sqrt((a cos)^2 + (b sin)^2)`` along x (y alike) plus a pixel
+    of rounding, plus 2% of its length in case numpy's angle truncates to the neighbouring degree of the one
+    Python's ``math.atan2`` gives the drawing. Dots reach ``JOINT_RADIUS_PX``; hand bones, 2 px wide, run between
+    points that carry dots.
+
+    Returns:
+        ``(t, 4)`` int64 ``(top, left, height, width)``; ``(0, 0, 0, 0)`` for a frame where nothing is drawn.
+    """
     validate_pose(pose, name)
+    height, width = _size(pose, size, name)
+    t = pose.num_frames
+    joints = np.concatenate([pose.body, pose.feet], axis=1)  # (t, 20, 2)
+    limb = _limb_geometry(joints, height, width)
+    angle = np.radians(np.trunc(np.degrees(np.arctan2(limb.dy.astype(np.float64), limb.dx.astype(np.float64)))))
+    a, b = limb.half_lengths.astype(np.float64), float(LIMB_HALF_WIDTH_PX)
+    slack = 0.02 * a + 1.0
+    limb_reach_x = np.ceil(np.hypot(a * np.cos(angle), b * np.sin(angle)) + slack).astype(np.int64)
+    limb_reach_y = np.ceil(np.hypot(a * np.sin(angle), b * np.cos(angle)) + slack).astype(np.int64)
+    hand_xs, hand_ys, hand_shown = _hand_pixels(pose, height, width)
+    joint_xs, joint_ys, joint_present = _joint_pixels(joints, height, width)
+    assert HAND_LINE_THICKNESS_PX // 2 + 1 <= _DOT_REACH  # bones between dotted points stay inside the dots' reach
+    # (t, k) candidates: centre, reach and whether drawn, for limbs, joint dots and hand dots.
+    dots = np.full((t, joint_xs.shape[1] + hand_xs[0].size), _DOT_REACH)
+    xs = np.concatenate([limb.centre_x, joint_xs, hand_xs.reshape(t, -1)], axis=1)
+    ys = np.concatenate([limb.centre_y, joint_ys, hand_ys.reshape(t, -1)], axis=1)
+    reach_x, reach_y = np.concatenate([limb_reach_x, dots], axis=1), np.concatenate([limb_reach_y, dots], axis=1)
+    drawn = np.concatenate([limb.drawn, joint_present, hand_shown.reshape(t, -1)], axis=1)
+    big = np.int64(1) << 40
+    top = np.where(drawn, ys - reach_y, big).min(axis=1).clip(0, height)
+    bottom = np.where(drawn, ys + reach_y + 1, -big).max(axis=1).clip(0, height)
+    left = np.where(drawn, xs - reach_x, big).min(axis=1).clip(0, width)
+    right = np.where(drawn, xs + reach_x + 1, -big).max(axis=1).clip(0, width)
+    empty = (bottom <= top) | (right <= left)
+    boxes = np.stack([top, left, bottom - top, right - left], axis=1).astype(np.int64)
+    boxes[empty] = 0
+    return boxes
+
+
+def render_pose_label_crops(pose: PoseSequence, boxes: np.ndarray, out: np.ndarray,
+                            size: tuple[int, int] | None = None, name: str = "pose",
+                            out_is_blank: bool = False) -> np.ndarray:  # fmt: skip
+    """``render_pose_labels`` drawing only each frame's box, the crops stored back to back in ``out``.
+
+    Frame ``k``'s crop is ``boxes[k]`` of its label image, row-major; crops follow each other in frame order, so
+    ``out`` holds ``sum(height * width)`` bytes. With the boxes of ``pose_label_boxes`` the crops hold every drawn
+    pixel (drawing happens in image coordinates translated by whole pixels, which OpenCV rasterises identically).
+
+    Args:
+        pose, size, name: as for ``render_pose``.
+        boxes: ``(t, 4)`` ``(top, left, height, width)`` from ``pose_label_boxes(pose, size)``.
+        out: ``(sum of box areas,)`` uint8 C-contiguous buffer; cleared first unless ``out_is_blank``.
+        out_is_blank: the caller guarantees ``out`` is all zeros.
+    """
+    validate_pose(pose, name)
+    height, width = _size(pose, size, name)
+    boxes = np.asarray(boxes, dtype=np.int64)
+    if boxes.shape != (pose.num_frames, 4):
+        raise ValueError(f"{name}: boxes must be ({pose.num_frames}, 4), got {boxes.shape}")
+    areas = boxes[:, 2] * boxes[:, 3]
+    if out.shape != (int(areas.sum()),) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"{name}: crop buffer must be contiguous uint8 of shape ({int(areas.sum())},), "
+                         f"got {out.dtype} {out.shape}")  # fmt: skip
+    if not out_is_blank:
+        out[...] = 0
+    offsets = np.concatenate([[0], np.cumsum(areas)[:-1]]).astype(np.int64)
+    _draw(pose, _Canvas(out, boxes, offsets), height, width, LABEL_COLOURS)
+    return out
+
+
+def _size(pose: PoseSequence, size: tuple[int, int] | None, name: str) -> tuple[int, int]:
     height, width = pose.frame_size if size is None else (int(size[0]), int(size[1]))
     if height < 1 or width < 1:
         raise ValueError(f"{name}: image size must be positive, got (height, width) = ({height}, {width})")
+    return height, width
+
+
+def _render(pose: PoseSequence, size: tuple[int, int] | None, out: np.ndarray | None, name: str,
+            colours: DrawColours, channels: int, blank: bool) -> np.ndarray:  # fmt: skip
+    validate_pose(pose, name)
+    height, width = _size(pose, size, name)
     shape = (pose.num_frames, height, width) + ((channels,) if channels > 1 else ())
     if out is None:
         out = np.zeros(shape, dtype=np.uint8)
     else:
-        if out.shape != shape or out.dtype != np.uint8:
-            raise ValueError(f"{name}: output buffer must be uint8 of shape {shape}, got {out.dtype} {out.shape}")
+        if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"{name}: output buffer must be C-contiguous uint8 of shape {shape}, got {out.dtype} "
+                             f"{out.shape}")  # fmt: skip
         if not blank:
             out[...] = 0
-    _draw(pose, out, height, width, colours)
+    t = pose.num_frames
+    boxes = np.tile(np.array([0, 0, height, width], dtype=np.int64), (t, 1))
+    offsets = np.arange(t, dtype=np.int64) * (height * width)
+    canvas = _Canvas(out.reshape((t * height * width,) + shape[3:]), boxes, offsets)
+    _draw(pose, canvas, height, width, colours)
     return out
 
 
-def _draw(pose: PoseSequence, out: np.ndarray, height: int, width: int, colours: DrawColours) -> None:
-    """Paint every frame of ``out`` in the official order: limbs, joint dots, then per hand its bones and dots.
+@dataclass(frozen=True)
+class _Canvas:
+    """Where each frame is drawn: frame ``k`` is the window ``boxes[k] = (top, left, height, width)`` of its image,
+    stored row-major from ``flat[offsets[k]]`` (whole frames: every box is the image)."""
+
+    flat: np.ndarray  # (n,) labels or (n, 3) RGB
+    boxes: np.ndarray  # (t, 4) int64
+    offsets: np.ndarray  # (t,) int64
+
+    def frames(self) -> list[np.ndarray]:
+        """Per frame a 2-D view into ``flat`` (OpenCV draws into it)."""
+        return [self.flat[o : o + h * w].reshape((h, w) + self.flat.shape[1:])
+                for o, (_, _, h, w) in zip(self.offsets.tolist(), self.boxes.tolist(), strict=True)]  # fmt: skip
+
+
+def _draw(pose: PoseSequence, canvas: _Canvas, height: int, width: int, colours: DrawColours) -> None:
+    """Paint every frame in the official order: limbs, joint dots, then per hand its bones and dots.
 
     Each frame is a separate canvas, so drawing one layer for all frames before the next layer gives every frame
     exactly the per-frame order; it lets each layer of same-sized dots be stamped for all frames at once.
+    Coordinates are computed in the ``(height, width)`` image, as the official code does, then moved by whole
+    pixels into each frame's box.
     """
+    views = canvas.frames()
+    origins = canvas.boxes[:, [1, 0]].tolist()  # (left, top) per frame
     joints = np.concatenate([pose.body, pose.feet], axis=1)  # (t, 20, 2), the official body-and-feet order
     for frame, limb, centre, axes, angle in _limbs(joints, height, width):
-        cv2.fillConvexPoly(out[frame], cv2.ellipse2Poly(centre, axes, angle, 0, 360, 1), colours.limbs[limb])
-    joint_present = ~np.all(joints == -1.0, axis=-1)  # (t, 20); body points have no eps test
-    joint_xs = (joints[..., 0] * np.float32(width)).astype(np.int64)
-    joint_ys = (joints[..., 1] * np.float32(height)).astype(np.int64)
+        polygon = cv2.ellipse2Poly(centre, axes, angle, 0, 360, 1)
+        left, top = origins[frame]
+        if left or top:
+            polygon -= np.array([left, top], dtype=polygon.dtype)
+        cv2.fillConvexPoly(views[frame], polygon, colours.limbs[limb])
+    joint_xs, joint_ys, joint_present = _joint_pixels(joints, height, width)
     for joint in range(joints.shape[1]):  # joint order decides overlaps
         frames = np.flatnonzero(joint_present[:, joint])
-        _stamp_dots(out, frames, joint_xs[frames, joint], joint_ys[frames, joint], colours.joints[joint])
-    hand_xs = (pose.hands[..., 0] * np.float32(width)).astype(np.int64)  # (t, 2, 21)
-    hand_ys = (pose.hands[..., 1] * np.float32(height)).astype(np.int64)
-    # The official hand test is on the truncated pixel coordinates; missing points (-1) become negative there.
-    hand_shown = (hand_xs > HAND_EPS) & (hand_ys > HAND_EPS)
+        _stamp_dots(canvas, frames, joint_xs[frames, joint], joint_ys[frames, joint], colours.joints[joint])
+    hand_xs, hand_ys, hand_shown = _hand_pixels(pose, height, width)
     for hand in range(2):
         xs, ys, shown = hand_xs[:, hand], hand_ys[:, hand], hand_shown[:, hand]
         frames, edges = np.nonzero(shown[:, _EDGE_FROM] & shown[:, _EDGE_TO])  # frame-major, edges in order
@@ -255,9 +258,27 @@ def _draw(pose: PoseSequence, out: np.ndarray, height: int, width: int, colours:
         for frame, edge, x0, y0, x1, y1 in zip(frames.tolist(), edges.tolist(), xs[frames, a].tolist(),
                                                ys[frames, a].tolist(), xs[frames, b].tolist(),
                                                ys[frames, b].tolist(), strict=True):  # fmt: skip
-            cv2.line(out[frame], (x0, y0), (x1, y1), colours.hand_bones[edge], thickness=HAND_LINE_THICKNESS_PX)
+            left, top = origins[frame]
+            cv2.line(views[frame], (x0 - left, y0 - top), (x1 - left, y1 - top), colours.hand_bones[edge],
+                     thickness=HAND_LINE_THICKNESS_PX)  # fmt: skip
         frames, points = np.nonzero(shown)
-        _stamp_dots(out, frames, xs[frames, points], ys[frames, points], colours.hand_dot)
+        _stamp_dots(canvas, frames, xs[frames, points], ys[frames, points], colours.hand_dot)
+
+
+def _joint_pixels(joints: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(xs, ys, present)`` of the ``(t, 20)`` body-and-feet dots; body points have no eps test."""
+    present = ~np.all(joints == -1.0, axis=-1)
+    xs = (joints[..., 0] * np.float32(width)).astype(np.int64)
+    ys = (joints[..., 1] * np.float32(height)).astype(np.int64)
+    return xs, ys, present
+
+
+def _hand_pixels(pose: PoseSequence, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(xs, ys, shown)`` of the ``(t, 2, 21)`` hand points."""
+    xs = (pose.hands[..., 0] * np.float32(width)).astype(np.int64)
+    ys = (pose.hands[..., 1] * np.float32(height)).astype(np.int64)
+    # The official hand test is on the truncated pixel coordinates; missing points (-1) become negative there.
+    return xs, ys, (xs > HAND_EPS) & (ys > HAND_EPS)
 
 
 def _disc_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
@@ -280,46 +301,70 @@ _EDGE_FROM = np.array([a for a, _ in HAND_EDGES])
 _EDGE_TO = np.array([b for _, b in HAND_EDGES])
 
 
-def _stamp_dots(out: np.ndarray, frames: np.ndarray, xs: np.ndarray, ys: np.ndarray, colour: object) -> None:
-    """Filled radius-4 dots of one colour at ``(xs, ys)`` on ``out[frames]``; overlaps within a layer are equal."""
+def _stamp_dots(canvas: _Canvas, frames: np.ndarray, xs: np.ndarray, ys: np.ndarray, colour: object) -> None:
+    """Filled radius-4 dots of one colour at image pixels ``(xs, ys)`` of ``frames``; overlaps within a layer are
+    equal. Each dot is clipped to its frame's box like OpenCV's drawing is clipped to the image."""
     if frames.size == 0:
         return
-    height, width = out.shape[1], out.shape[2]
+    top, left, height, width = (canvas.boxes[frames, i] for i in range(4))
+    ys, xs = ys - top, xs - left
     py, px = ys[:, None] + _DOT_DY, xs[:, None] + _DOT_DX
-    pixels = (frames[:, None] * height + py) * width + px  # flat pixel index (out is C-contiguous)
+    pixels = canvas.offsets[frames, None] + py * width[:, None] + px  # flat pixel index of the frame's box
     reach = _DOT_REACH
-    if ys.min() < reach or xs.min() < reach or ys.max() >= height - reach or xs.max() >= width - reach:
-        pixels = pixels[(py >= 0) & (py < height) & (px >= 0) & (px < width)]  # clipped like OpenCV's drawing
-    out.reshape((-1,) + out.shape[3:])[pixels.ravel()] = colour
+    if (ys < reach).any() or (xs < reach).any() or (ys >= height - reach).any() or (xs >= width - reach).any():
+        pixels = pixels[(py >= 0) & (py < height[:, None]) & (px >= 0) & (px < width[:, None])]
+    canvas.flat[pixels.ravel()] = colour
 
 
 _LIMB_FIRST = np.array([a for a, _ in LIMBS])
 _LIMB_SECOND = np.array([b for _, b in LIMBS])
 
 
-def _limbs(joints: np.ndarray, height: int, width: int) -> zip:
-    """``(frame, limb, centre, axes, angle)`` of every drawn limb, frame-major and in limb order.
+@dataclass(frozen=True)
+class _LimbGeometry:
+    """``(t, 19)`` arrays of every limb: drawn (both ends present), integer centre, half-length, end deltas."""
 
-    ``joints`` is ``(t, 20, 2)`` normalised. Same arithmetic as the official code on float32 keypoints: float32
-    pixel coordinates, their float32 mean and length, truncation to int, and the angle from ``math.atan2`` in
-    degrees truncated to int (Python's libm call, not numpy's, whose SIMD arctan2 may differ in the last bit).
-    """
+    drawn: np.ndarray
+    centre_x: np.ndarray
+    centre_y: np.ndarray
+    half_lengths: np.ndarray
+    dx: np.ndarray
+    dy: np.ndarray
+
+
+def _limb_geometry(joints: np.ndarray, height: int, width: int) -> _LimbGeometry:
+    """Same arithmetic as the official code on float32 keypoints: float32 pixel coordinates, their float32 mean
+    and length, truncation to int. ``joints`` is ``(t, 20, 2)`` normalised; absent limbs hold garbage."""
     present = ~np.all(joints == -1.0, axis=-1)
-    frames, limbs = np.nonzero(present[:, _LIMB_FIRST] & present[:, _LIMB_SECOND])
-    first, second = _LIMB_FIRST[limbs], _LIMB_SECOND[limbs]
     px = joints[..., 0] * np.float32(width)
     py = joints[..., 1] * np.float32(height)
-    x0, x1, y0, y1 = px[frames, first], px[frames, second], py[frames, first], py[frames, second]
-    centres = zip(((x0 + x1) / np.float32(2)).astype(np.int64).tolist(),
-                  ((y0 + y1) / np.float32(2)).astype(np.int64).tolist(), strict=True)  # fmt: skip
+    x0, x1, y0, y1 = px[:, _LIMB_FIRST], px[:, _LIMB_SECOND], py[:, _LIMB_FIRST], py[:, _LIMB_SECOND]
     dx, dy = x0 - x1, y0 - y1
-    half_lengths = (np.sqrt(dy * dy + dx * dx) / np.float32(2)).astype(np.int64).tolist()
-    axes = ((length, LIMB_HALF_WIDTH_PX) for length in half_lengths)
-    angles = (int(math.degrees(math.atan2(y, x))) for y, x in zip(dy.tolist(), dx.tolist(), strict=True))
+    return _LimbGeometry(
+        drawn=present[:, _LIMB_FIRST] & present[:, _LIMB_SECOND],
+        centre_x=((x0 + x1) / np.float32(2)).astype(np.int64),
+        centre_y=((y0 + y1) / np.float32(2)).astype(np.int64),
+        half_lengths=(np.sqrt(dy * dy + dx * dx) / np.float32(2)).astype(np.int64),
+        dx=dx,
+        dy=dy,
+    )
+
+
+def _limbs(joints: np.ndarray, height: int, width: int) -> Iterator[tuple[int, int, tuple, tuple, int]]:
+    """``(frame, limb, centre, axes, angle)`` of every drawn limb, frame-major and in limb order; the angle from
+    ``math.atan2`` in degrees truncated to int (Python's libm call, not numpy's, whose SIMD arctan2 may differ in
+    the last bit)."""
+    g = _limb_geometry(joints, height, width)
+    frames, limbs = np.nonzero(g.drawn)
+    centres = zip(g.centre_x[frames, limbs].tolist(), g.centre_y[frames, limbs].tolist(), strict=True)
+    axes = ((length, LIMB_HALF_WIDTH_PX) for length in g.half_lengths[frames, limbs].tolist())
+    angles = (int(math.degrees(math.atan2(y, x)))
+              for y, x in zip(g.dy[frames, limbs].tolist(), g.dx[frames, limbs].tolist(), strict=True))  # fmt: skip
     return zip(frames.tolist(), limbs.tolist(), centres, axes, angles, strict=True)
 
 
 __all__ = [
     "CANVAS_COLOURS", "HAND_BONE_DRAW_COLOURS", "HAND_DOT_DRAW_COLOUR", "HAND_EDGES", "JOINT_DRAW_COLOURS",
-    "LABEL_COLOURS", "LIMBS", "LIMB_DRAW_COLOURS", "POSE_PALETTE", "render_pose", "render_pose_labels",
+    "LABEL_COLOURS", "LIMBS", "LIMB_DRAW_COLOURS", "POSE_PALETTE", "pose_label_boxes", "render_pose",
+    "render_pose_label_crops", "render_pose_labels",
 ]  # fmt: skip

@@ -1,10 +1,12 @@
 """Per-sample assembly: a decoded clip -> one training sample (window, reference, EPI, pose images).
 
-Runs in the loader's worker processes, writing each sample straight into its row of the step's
-preallocated ``Batch``. Every random choice (window start, reference frame and the EPI draw) comes from
-generators seeded by ``(seed, epoch, sample draw id)`` only, so a resumed or re-sharded run assembles the
-same sample identically on any rank and worker. The posterior noise is drawn on the device by the step,
-from a per-sample seed (``Batch.sample_posterior``).
+Runs in the loader's worker processes in two steps. ``prepare_sample`` makes every choice and transform that
+decides the sample's size: the window, the reference frame, the EPI draw and the boxes of the pose images that
+will hold drawn pixels. Once a batch's samples are prepared, the batch is allocated at its exact size and
+``write_sample`` writes each sample straight into its row (posterior, pose-label crops, keypoints, CLIP
+features, reference image). Every random choice comes from generators seeded by ``(seed, epoch, sample draw
+id)`` only, so a resumed or re-sharded run assembles the same sample identically on any rank and worker. The
+posterior noise is drawn on the device by the step, from a per-sample seed (``Batch.sample_posterior``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 from animatex_train.data.batch import Batch
 from animatex_train.data.epi import EPITransform
 from animatex_train.data.epoch_plan import rng_for
-from animatex_train.data.pose_render import render_pose_labels
+from animatex_train.data.keypoints import PoseSequence, concat_poses
+from animatex_train.data.pose_render import pose_label_boxes, render_pose_label_crops
 from animatex_train.data.schema import ClipRecord, SampleError, check_latent_values
 
 
@@ -46,31 +49,51 @@ class WindowConfig:
         return (self.num_frames - 1) * self.frame_stride + 1
 
 
-def assemble_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, window: WindowConfig,
-                    epi: EPITransform | None, out: Batch, row: int) -> None:  # fmt: skip
-    """Build one training sample into row ``row`` of ``out`` (from ``batch.allocate_batch``; see ``Batch``).
+@dataclass(frozen=True)
+class PreparedSample:
+    """A sample whose choices are made, ready to be written into a batch row.
+
+    Attributes:
+        record: the decoded clip.
+        start: first stored frame of the window.
+        ref_index: stored frame used as the reference; ``ref_slot`` its index in ``record.meta.ref_frames``.
+        draw_pose: ``f + 1`` frames of keypoints to draw, the reference pose first (after EPI).
+        ipi_keypoints: ``(f + 1, 2, 18)`` float32 keypoints for the implicit pose indicator, reference first.
+        epi_applied: whether the explicit pose indicator transformed the poses.
+        pose_boxes: ``(f + 1, 4)`` boxes of ``draw_pose``'s drawn pixels (``pose_render.pose_label_boxes``).
+    """
+
+    record: ClipRecord
+    start: int
+    ref_index: int
+    ref_slot: int
+    draw_pose: PoseSequence
+    ipi_keypoints: np.ndarray
+    epi_applied: bool
+    pose_boxes: np.ndarray
+
+
+def prepare_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, window: WindowConfig,
+                   epi: EPITransform | None, image_size: tuple[int, int], clip_dim: int) -> PreparedSample:  # fmt: skip
+    """Check the clip against the run, draw the window and the reference, transform the poses (EPI).
 
     Raises:
-        SampleError, KeypointError: unusable data; ``out`` may then hold part of the sample, so the caller
-            turns the row back into a placeholder (``batch.clear_row``).
+        SampleError, KeypointError: unusable data (the sample becomes a placeholder).
     """
     meta = record.meta
     if meta.num_frames < window.span:
         raise SampleError(f"sample {record.key!r} has {meta.num_frames} frames, the window needs {window.span}")
-    height, width = meta.height, meta.width
-    if (height, width) != out.image_size:
-        raise SampleError(f"sample {record.key!r} is {height}x{width}, its manifest bucket is {out.image_size}")
-    if record.clip_embeds.shape[1] != out.driving_clip.shape[-1]:
-        raise SampleError(f"sample {record.key!r}: CLIP width {record.clip_embeds.shape[1]}, the run expects "
-                          f"{out.driving_clip.shape[-1]}")  # fmt: skip
+    if (meta.height, meta.width) != tuple(image_size):
+        raise SampleError(f"sample {record.key!r} is {meta.height}x{meta.width}, its manifest bucket is "
+                          f"{image_size[0]}x{image_size[1]}")  # fmt: skip
+    if record.clip_embeds.shape[1] != clip_dim:
+        raise SampleError(
+            f"sample {record.key!r}: CLIP width {record.clip_embeds.shape[1]}, the run expects {clip_dim}"
+        )
     rng = rng_for("sample", seed, epoch, draw_id)
     start = int(rng.integers(0, meta.num_frames - window.span + 1))
     frames = np.arange(start, start + window.span, window.frame_stride)
     ref_index = int(meta.ref_frames[int(rng.integers(len(meta.ref_frames)))])
-    ref_slot = meta.ref_frames.index(ref_index)
-
-    idx = np.concatenate([[ref_index], frames])
-    _copy_posterior(record, ref_index, start, window, out.latent_mean[row].numpy(), out.latent_std[row].numpy())
 
     driving_pose = record.pose.select(frames)
     ref_pose = record.pose.select([ref_index])
@@ -80,18 +103,43 @@ def assemble_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, win
         ipi_pose, ipi_ref, applied = result.ipi_pose, result.ipi_reference_pose, bool(result.plan.applied)
     else:
         draw_pose, draw_ref, ipi_pose, ipi_ref, applied = driving_pose, ref_pose, driving_pose, ref_pose, False
-    # Drawn straight into the batch (zeroed at allocation, so no clearing pass); the device expands labels to RGB.
-    labels = out.pose_labels[row].numpy()
-    name = f"sample {record.key!r}"
-    render_pose_labels(draw_ref, (height, width), out=labels[:1], name=f"{name} reference pose", out_is_blank=True)
-    render_pose_labels(draw_pose, (height, width), out=labels[1:], name=name, out_is_blank=True)
-    out.ipi_keypoints[row, :1] = torch.from_numpy(ipi_ref.ipi_keypoints())
-    out.ipi_keypoints[row, 1:] = torch.from_numpy(ipi_pose.ipi_keypoints())  # (f+1, 2, 18) in all
+    draw_all = concat_poses(draw_ref, draw_pose)  # (f + 1) frames, the reference pose first
+    return PreparedSample(
+        record=record,
+        start=start,
+        ref_index=ref_index,
+        ref_slot=meta.ref_frames.index(ref_index),
+        draw_pose=draw_all,
+        ipi_keypoints=np.concatenate([ipi_ref.ipi_keypoints(), ipi_pose.ipi_keypoints()]),
+        epi_applied=applied,
+        pose_boxes=pose_label_boxes(draw_all, image_size, name=f"sample {record.key!r}"),
+    )
 
+
+def write_sample(sample: PreparedSample, window: WindowConfig, out: Batch, row: int) -> None:
+    """Write a prepared sample into row ``row`` of ``out`` (``batch.allocate_batch`` with its boxes there).
+
+    Raises:
+        SampleError: unusable data found while copying (non-finite latents, an undecodable JPEG); ``out`` may
+            then hold part of the sample, so the caller turns the row back into a placeholder
+            (``batch.clear_row``).
+    """
+    record = sample.record
+    if not np.array_equal(out.pose_boxes[row].numpy(), sample.pose_boxes):
+        raise ValueError(f"sample {record.key!r}: batch row {row} was allocated for other pose boxes")
+    _copy_posterior(record, sample.ref_index, sample.start, window, out.latent_mean[row].numpy(),
+                    out.latent_std[row].numpy())  # fmt: skip
+    # Drawn straight into the batch (zeroed at allocation, so no clearing pass); the device puts the crops back
+    # into whole images and expands the labels to RGB.
+    render_pose_label_crops(sample.draw_pose, sample.pose_boxes, out.row_pose_crops(row).numpy(), out.image_size,
+                            name=f"sample {record.key!r}", out_is_blank=True)  # fmt: skip
+    out.ipi_keypoints[row] = torch.from_numpy(sample.ipi_keypoints)  # (f + 1, 2, 18)
+    frames = np.arange(sample.start, sample.start + window.span, window.frame_stride)
+    idx = np.concatenate([[sample.ref_index], frames])
     out.driving_clip[row] = torch.from_numpy(record.clip_embeds[idx])  # (f+1, d), row 0 the reference frame
     out.ref_clip[row] = out.driving_clip[row, 0]
-    _decode_reference(record, ref_slot, out.ref_image[row].numpy())
-    out.keys[row], out.valid[row], out.epi_applied[row] = record.key, True, applied
+    _decode_reference(record, sample.ref_slot, out.ref_image[row].numpy())
+    out.keys[row], out.valid[row], out.epi_applied[row] = record.key, True, sample.epi_applied
 
 
 def _copy_posterior(record: ClipRecord, ref_index: int, start: int, window: WindowConfig, mean_out: np.ndarray,

@@ -19,6 +19,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from animatex_train.data.anchor_pool import AnchorPool
 from animatex_train.data.batch import Batch, allocate_batch, clear_row
+from animatex_train.data.batch_ring import RingHandle, WorkerSlots
 from animatex_train.data.epi import EPIConfig, EPITransform
 from animatex_train.data.epoch_plan import (
     DataIndex,
@@ -28,7 +29,7 @@ from animatex_train.data.epoch_plan import (
     consumed_batches_of_worker,
     plan_epoch,
 )
-from animatex_train.data.sample_assembly import WindowConfig, assemble_sample
+from animatex_train.data.sample_assembly import PreparedSample, WindowConfig, prepare_sample, write_sample
 from animatex_train.data.schema import decode_clip
 from animatex_train.data.shard_reader import ShardReadError, iter_samples
 
@@ -76,6 +77,7 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.settings = settings
         self.position = StreamPosition()
+        self.ring: RingHandle | None = None  # set by the loader for worker processes (batch_ring)
         self._epi: EPITransform | None = None
 
     def _transform(self) -> EPITransform | None:
@@ -104,15 +106,21 @@ class ShardStream(IterableDataset):
         readers = {bucket: self._read_segment(segment, needed) for bucket, segment in plan.segments.items()}
         pending: dict[tuple[int, int], dict] = {}
         epi = self._transform()
+        slots = WorkerSlots(self.ring, worker) if info is not None and self.ring is not None else None
         for batch in batches:
-            # Every batch is one resolution bucket; in a worker process it lives in shared memory.
-            out = allocate_batch(len(batch), s.window.num_frames, batch[0].bucket, s.clip_dim, shared=info is not None)
-            for row, ref in enumerate(batch):
+            prepared = []
+            for ref in batch:
                 while (ref.occurrence, ref.index) not in pending:
                     got_ref, sample = next(readers[ref.bucket])
                     pending[(got_ref.occurrence, got_ref.index)] = sample
-                raw = pending.pop((ref.occurrence, ref.index))
-                self._assemble(ref, raw, pos.epoch, epi, out, row)
+                prepared.append(self._prepare(ref, pending.pop((ref.occurrence, ref.index)), pos.epoch, epi))
+            # Every batch is one resolution bucket, allocated at its exact size once its samples' pose boxes are
+            # known; in a worker process it lives in shared memory, in one of the worker's reused slots.
+            boxes = [None if isinstance(p, str) else p.pose_boxes for p in prepared]
+            out = allocate_batch(len(batch), s.window.num_frames, batch[0].bucket, s.clip_dim,
+                                 shared=info is not None, pose_boxes=boxes, slots=slots)  # fmt: skip
+            for row, (ref, sample) in enumerate(zip(batch, prepared, strict=True)):
+                self._write(ref, sample, out, row)
             yield out
 
     def _read_segment(self, segment: list[SampleRef], needed: set[tuple[int, int]]):
@@ -156,16 +164,26 @@ class ShardStream(IterableDataset):
         for missing in [ref, *rest]:
             yield missing, error
 
-    def _assemble(self, ref: SampleRef, raw: dict | str, epoch: int, epi: EPITransform | None, out: Batch,
-                  row: int) -> None:  # fmt: skip
+    def _prepare(self, ref: SampleRef, raw: dict | str, epoch: int, epi: EPITransform | None) -> PreparedSample | str:
+        """The sample's choices and pose boxes, or the reason it becomes a placeholder."""
         s = self.settings
-        if isinstance(raw, dict):
+        if not isinstance(raw, dict):
+            return raw
+        try:
+            # Latent values are checked for the frames the sample uses, when they are copied (write_sample).
+            record = decode_clip(raw, check_values=False)
+            return prepare_sample(record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi,
+                                  ref.bucket, s.clip_dim)  # fmt: skip
+        except (ValueError, KeyError, OSError) as error:  # SampleError/KeypointError are ValueErrors
+            return f"shard {raw.get('__url__', '?')!r}, sample {ref.key!r}: {error}"
+
+    def _write(self, ref: SampleRef, sample: PreparedSample | str, out: Batch, row: int) -> None:
+        if not isinstance(sample, str):
             try:
-                # Latent values are checked for the frames the sample uses, inside assemble_sample.
-                record = decode_clip(raw, check_values=False)
-                assemble_sample(record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi, out, row)
+                write_sample(sample, self.settings.window, out, row)
                 return
-            except (ValueError, KeyError, OSError) as error:  # SampleError/KeypointError are ValueErrors
-                raw = f"shard {raw.get('__url__', '?')!r}, sample {ref.key!r}: {error}"
-        log.warning("skipping unreadable sample (placeholder, loss masked): %s", raw)
+            except (ValueError, KeyError, OSError) as error:
+                url = self.settings.index.datasets[ref.dataset][ref.shard].url
+                sample = f"shard {url!r}, sample {ref.key!r}: {error}"
+        log.warning("skipping unreadable sample (placeholder, loss masked): %s", sample)
         clear_row(out, row, ref.key)

@@ -207,22 +207,40 @@ def test_tar_members_are_never_extracted(tmp_path):
 
 
 def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
-    from animatex_train.data.batch import allocate_batch
+    from animatex_train.data.batch import allocate_batch, clear_row
     from animatex_train.data.pose_render import POSE_PALETTE
 
     for shared in (True, False):  # a worker's batch lives in shared memory
         batch = allocate_batch(2, 3, (16, 8), clip_dim=4, shared=shared)
         assert batch.latent_mean.is_shared() == shared and not batch.valid.any() and not batch.latent_std.any()
         assert (batch.ipi_keypoints == -1).all() and not batch.pose_labels.any() and not batch.ref_image.any()
+        assert batch.pose_crops.numel() == 0 and batch.pose_labels.shape == (2, 4, 16, 8)
+    # Row 0 draws nothing; row 1 has a 2x3 crop at (3, 4) in frame 2 and a 1x1 crop at (15, 7) in frame 3.
+    row1 = np.zeros((4, 4), np.int64)
+    row1[2], row1[3] = (3, 4, 2, 3), (15, 7, 1, 1)
+    batch = allocate_batch(2, 3, (16, 8), clip_dim=4, shared=True, pose_boxes=[None, row1])
+    assert batch.pose_crops.numel() == 7 and batch.row_pose_crops(0).numel() == 0
     batch.keys[:] = ["a", "b"]
     batch.latent_mean.normal_()
-    batch.pose_labels[1, 2, 3, 4] = 60  # a hand dot
+    batch.row_pose_crops(1).copy_(torch.tensor([60, 0, 1, 2, 3, 4, 5], dtype=torch.uint8))
     copy = pickle.loads(pickle.dumps(batch))
     assert copy.keys == ["a", "b"] and torch.equal(copy.latent_mean, batch.latent_mean)
-    assert len({t.untyped_storage().data_ptr() for t in (copy.latent_mean, copy.pose_labels, copy.valid)}) == 1
+    assert len({t.untyped_storage().data_ptr() for t in (copy.latent_mean, copy.pose_crops, copy.valid)}) == 1
+    labels = copy.pose_labels
+    expected = torch.zeros(2, 4, 16, 8, dtype=torch.uint8)
+    expected[1, 2, 3:5, 4:7] = torch.tensor([[60, 0, 1], [2, 3, 4]])
+    expected[1, 3, 15, 7] = 5
+    assert torch.equal(labels, expected)
     rgb = copy.pose_images
     assert rgb.shape == (2, 3, 4, 16, 8) and rgb.dtype == torch.uint8 and rgb.is_contiguous()
-    assert rgb[1, :, 2, 3, 4].tolist() == POSE_PALETTE[60].tolist() and rgb.sum() == int(POSE_PALETTE[60].sum())
+    assert rgb[1, :, 2, 3, 4].tolist() == POSE_PALETTE[60].tolist()
+    assert torch.equal(rgb, torch.from_numpy(POSE_PALETTE.copy())[expected.long()].permute(0, 4, 1, 2, 3))
+    # Row selection and joining keep each row's crops with it.
+    assert torch.equal(copy.head(1).pose_labels, expected[:1]) and copy.head(1).pose_crops.numel() == 0
+    joined = type(copy).concat([copy, copy.head(1), copy])
+    assert torch.equal(joined.pose_labels, torch.cat([expected, expected[:1], expected]))
+    clear_row(copy, 1, "b")
+    assert not copy.pose_labels.any() and copy.pose_boxes[1, 2].tolist() == [3, 4, 2, 3]
     batch.latent_std = torch.ones_like(batch.latent_std)  # a replaced field: pickled field by field instead
     assert torch.equal(pickle.loads(pickle.dumps(batch)).latent_std, batch.latent_std)
 

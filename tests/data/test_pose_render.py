@@ -204,3 +204,59 @@ def test_labels_through_the_palette_are_the_rgb_images(frame_size):
     blank = np.zeros((moving.num_frames, *frame_size), np.uint8)
     assert render_pose_labels(moving, out=blank, out_is_blank=True) is blank
     np.testing.assert_array_equal(blank, render_pose_labels(moving))
+
+
+def _expand_crops(crops: np.ndarray, boxes: np.ndarray, frames: int, size: tuple[int, int]) -> np.ndarray:
+    images, offset = np.zeros((frames, *size), np.uint8), 0
+    for frame, (top, left, height, width) in enumerate(boxes.tolist()):
+        images[frame, top : top + height, left : left + width] = crops[offset : offset + height * width].reshape(
+            height, width
+        )
+        offset += height * width
+    return images
+
+
+@pytest.mark.parametrize("frame_size", [(768, 512), (96, 64), (33, 47)])
+def test_label_crops_hold_every_drawn_pixel(frame_size):
+    """Drawing only the boxes and putting the crops back gives the whole label images, bit for bit; each box is
+    the tight box of the drawn pixels or at most a few pixels wider."""
+    from animatex_train.data.pose_render import pose_label_boxes, render_pose_label_crops, render_pose_labels
+
+    rng = np.random.default_rng(0)
+    poses = [demo_pose_sequence(6, frame_size, seed=seed, shape_jitter=0.3) for seed in range(25)]
+    poses.append(_edge_pose(frame_size))
+    for _ in range(25):  # random points anywhere, including on every border, some missing
+        pose = PoseSequence.empty(4, frame_size)
+        for part in (pose.body, pose.feet, pose.hands):
+            part[...] = rng.choice([0.0, 1.0, 0.5 / frame_size[0]], size=part.shape) * (rng.random(part.shape) < 0.2)
+            part[...] += rng.random(part.shape) * (part == 0)
+            part[rng.random(part.shape[:-1]) < 0.3] = -1.0
+        poses.append(pose)
+    poses.append(PoseSequence.empty(2, frame_size))
+    for pose in poses:
+        labels = render_pose_labels(pose, frame_size)
+        boxes = pose_label_boxes(pose, frame_size)
+        crops = np.full(int((boxes[:, 2] * boxes[:, 3]).sum()), 255, np.uint8)  # garbage: cleared first
+        render_pose_label_crops(pose, boxes, crops, frame_size)
+        np.testing.assert_array_equal(_expand_crops(crops, boxes, pose.num_frames, frame_size), labels)
+        for frame, (top, left, height, width) in enumerate(boxes.tolist()):
+            ys, xs = np.nonzero(labels[frame])
+            if ys.size == 0:
+                assert height == width == 0
+                continue
+            assert 0 <= top <= ys.min() and ys.max() < top + height <= frame_size[0]
+            assert 0 <= left <= xs.min() and xs.max() < left + width <= frame_size[1]
+            loose = 3 + 0.01 * max(frame_size)  # not loose: rounding and 2% of a half-limb only
+            assert top >= ys.min() - loose and left >= xs.min() - loose
+            assert top + height <= ys.max() + 1 + loose and left + width <= xs.max() + 1 + loose
+
+
+def test_label_crops_check_their_buffer():
+    from animatex_train.data.pose_render import pose_label_boxes, render_pose_label_crops
+
+    pose = demo_pose_sequence(2, (64, 48), seed=1)
+    boxes = pose_label_boxes(pose)
+    with pytest.raises(ValueError, match="crop buffer"):
+        render_pose_label_crops(pose, boxes, np.zeros(3, np.uint8))
+    with pytest.raises(ValueError, match="boxes must be"):
+        render_pose_label_crops(pose, boxes[:1], np.zeros(3, np.uint8))

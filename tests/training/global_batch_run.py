@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import animatex_train  # noqa: F401
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from strategy_probe import RunProbe
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -39,11 +37,7 @@ NO_BATCH_COUPLED_RANDOMNESS = [
 
 def concat_batches(batches: list[Batch]) -> Batch:
     """Rows of several batches as one batch."""
-    values = {}
-    for field in dataclasses.fields(Batch):
-        parts = [getattr(b, field.name) for b in batches]
-        values[field.name] = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else sum(parts, [])
-    return Batch(**values)
+    return Batch.concat(batches)
 
 
 class FixedSamples(Dataset):
