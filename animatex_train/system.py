@@ -297,8 +297,9 @@ class AnimateXSystem(pl.LightningModule):
             generated = self(batch, num_samples=n).numpy()
         truth = decode_frames(self.vae(), model_latents(latents[:n], self.config.vae.scale_factor)).numpy()
         out_dir = Path(self.config.validation.output_dir or Path(self.trainer.default_root_dir) / "samples")
+        poses = batch.head(n).pose_images[:, :, 1:].permute(0, 2, 3, 4, 1).cpu().numpy()  # (n, f, H, W, 3)
         for i in range(n):
-            pose = batch.pose_images[i, :, 1:].permute(1, 2, 3, 0).cpu().numpy()
+            pose = poses[i]
             ref = np.repeat(batch.ref_image[i].permute(1, 2, 0).cpu().numpy()[None], pose.shape[0], axis=0)
             clip = side_by_side(ref, pose, generated[i], truth[i])  # ref | pose | generated | ground truth
             stem = out_dir / f"step{self.global_step:07d}-{batch.keys[i]}"

@@ -238,8 +238,7 @@ def _zeros(nbytes: int, shared: bool) -> torch.Tensor:
     # is a newly created shared-memory object, which POSIX fills with zeros (torch also fallocates it, so its
     # pages are materialised here, not left for the consumer's page faults); placeholder rows and the undrawn
     # pose background rely on that, and a second zeroing pass would only cost time.
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
+    return batch_ring.shared_segment(nbytes)
 
 
 _Layout = tuple[tuple[str, torch.dtype, tuple[int, ...], int], ...]  # (field, dtype, shape, byte offset)

@@ -137,7 +137,7 @@ class WorkerSlots:
         (None: a fresh zeroed segment outside the ring, after waiting ``wait_s`` for a slot in vain)."""
         self._drain(block=False)
         if not self.free and len(self.segments) < self.max_slots:
-            self.segments.append(_segment(_capacity(nbytes)))
+            self.segments.append(shared_segment(_capacity(nbytes)))
             self.free.append(len(self.segments) - 1)
         if not self.free and not self._drain(block=True):
             self.fresh_fallbacks += 1
@@ -146,10 +146,10 @@ class WorkerSlots:
                 "(%d so far). The training process is not consuming batches",
                 self.worker, self.wait_s, self.fresh_fallbacks,
             )  # fmt: skip
-            return _segment(nbytes), None
+            return shared_segment(nbytes), None
         slot = self.free.pop()
         if self.segments[slot].numel() < nbytes:  # grow: a fresh segment, announced with its first batch
-            self.segments[slot] = _segment(_capacity(nbytes))
+            self.segments[slot] = shared_segment(_capacity(nbytes))
             self.announced.discard(slot)
         send = None if slot in self.announced else self.segments[slot]
         self.announced.add(slot)
@@ -174,7 +174,7 @@ def _capacity(nbytes: int) -> int:
     return -(-nbytes * 5 // 4 // _MIB) * _MIB
 
 
-def _segment(nbytes: int) -> torch.Tensor:
+def shared_segment(nbytes: int) -> torch.Tensor:
     """A new shared-memory segment of ``nbytes`` (zeroed by the kernel) as a flat uint8 tensor."""
     storage = torch.UntypedStorage._new_shared(nbytes)
     return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))

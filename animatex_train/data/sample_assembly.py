@@ -55,7 +55,7 @@ class PreparedSample:
 
     Attributes:
         record: the decoded clip.
-        start: first stored frame of the window.
+        frames: the stored frames of the window.
         ref_index: stored frame used as the reference; ``ref_slot`` its index in ``record.meta.ref_frames``.
         draw_pose: ``f + 1`` frames of keypoints to draw, the reference pose first (after EPI).
         ipi_keypoints: ``(f + 1, 2, 18)`` float32 keypoints for the implicit pose indicator, reference first.
@@ -64,7 +64,7 @@ class PreparedSample:
     """
 
     record: ClipRecord
-    start: int
+    frames: slice
     ref_index: int
     ref_slot: int
     draw_pose: PoseSequence
@@ -92,10 +92,10 @@ def prepare_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, wind
         )
     rng = rng_for("sample", seed, epoch, draw_id)
     start = int(rng.integers(0, meta.num_frames - window.span + 1))
-    frames = np.arange(start, start + window.span, window.frame_stride)
+    frames = slice(start, start + window.span, window.frame_stride)
     ref_index = int(meta.ref_frames[int(rng.integers(len(meta.ref_frames)))])
 
-    driving_pose = record.pose.select(frames)
+    driving_pose = record.pose.select(np.arange(meta.num_frames)[frames])
     ref_pose = record.pose.select([ref_index])
     if epi is not None:
         result = epi(driving_pose, epoch=epoch, sample_key=draw_id, reference_pose=ref_pose)
@@ -106,7 +106,7 @@ def prepare_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, wind
     draw_all = concat_poses(draw_ref, draw_pose)  # (f + 1) frames, the reference pose first
     return PreparedSample(
         record=record,
-        start=start,
+        frames=frames,
         ref_index=ref_index,
         ref_slot=meta.ref_frames.index(ref_index),
         draw_pose=draw_all,
@@ -116,7 +116,7 @@ def prepare_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, wind
     )
 
 
-def write_sample(sample: PreparedSample, window: WindowConfig, out: Batch, row: int) -> None:
+def write_sample(sample: PreparedSample, out: Batch, row: int) -> None:
     """Write a prepared sample into row ``row`` of ``out`` (``batch.allocate_batch`` with its boxes there).
 
     Raises:
@@ -127,22 +127,21 @@ def write_sample(sample: PreparedSample, window: WindowConfig, out: Batch, row: 
     record = sample.record
     if not np.array_equal(out.pose_boxes[row].numpy(), sample.pose_boxes):
         raise ValueError(f"sample {record.key!r}: batch row {row} was allocated for other pose boxes")
-    _copy_posterior(record, sample.ref_index, sample.start, window, out.latent_mean[row].numpy(),
+    _copy_posterior(record, sample.ref_index, sample.frames, out.latent_mean[row].numpy(),
                     out.latent_std[row].numpy())  # fmt: skip
     # Drawn straight into the batch (zeroed at allocation, so no clearing pass); the device puts the crops back
     # into whole images and expands the labels to RGB.
     render_pose_label_crops(sample.draw_pose, sample.pose_boxes, out.row_pose_crops(row).numpy(), out.image_size,
                             name=f"sample {record.key!r}", out_is_blank=True)  # fmt: skip
     out.ipi_keypoints[row] = torch.from_numpy(sample.ipi_keypoints)  # (f + 1, 2, 18)
-    frames = np.arange(sample.start, sample.start + window.span, window.frame_stride)
-    idx = np.concatenate([[sample.ref_index], frames])
-    out.driving_clip[row] = torch.from_numpy(record.clip_embeds[idx])  # (f+1, d), row 0 the reference frame
+    driving_clip = out.driving_clip[row].numpy()  # (f + 1, d), row 0 the reference frame
+    driving_clip[0], driving_clip[1:] = record.clip_embeds[sample.ref_index], record.clip_embeds[sample.frames]
     out.ref_clip[row] = out.driving_clip[row, 0]
     _decode_reference(record, sample.ref_slot, out.ref_image[row].numpy())
     out.keys[row], out.valid[row], out.epi_applied[row] = record.key, True, sample.epi_applied
 
 
-def _copy_posterior(record: ClipRecord, ref_index: int, start: int, window: WindowConfig, mean_out: np.ndarray,
+def _copy_posterior(record: ClipRecord, ref_index: int, frames: slice, mean_out: np.ndarray,
                     std_out: np.ndarray) -> None:  # fmt: skip
     """Copy the posterior of the reference frame and the window into ``(4, f + 1, h, w)`` rows, and check it.
 
@@ -150,7 +149,6 @@ def _copy_posterior(record: ClipRecord, ref_index: int, start: int, window: Wind
     its (channel, frame) layout. The draw ``mean + std * N(0, 1)`` happens on the device
     (``Batch.sample_posterior``).
     """
-    frames = slice(start, start + window.span, window.frame_stride)
     for source, out in ((record.latent_mean, mean_out), (record.latent_std, std_out)):
         layout = out.transpose(1, 0, 2, 3)  # (f + 1, 4, h, w) view of the row
         layout[0] = source[ref_index]

@@ -180,7 +180,7 @@ class ShardStream(IterableDataset):
     def _write(self, ref: SampleRef, sample: PreparedSample | str, out: Batch, row: int) -> None:
         if not isinstance(sample, str):
             try:
-                write_sample(sample, self.settings.window, out, row)
+                write_sample(sample, out, row)
                 return
             except (ValueError, KeyError, OSError) as error:
                 url = self.settings.index.datasets[ref.dataset][ref.shard].url
