@@ -13,6 +13,7 @@ worker would keep a stale copy of it).
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ class _Receiver:
         self._thread = threading.Thread(target=_receive, args=(iterator, self._queue, self._stop),
                                         name="animatex-loader-receive", daemon=True)  # fmt: skip
         self._thread.start()
+        _THREADS.difference_update([entry for entry in _THREADS if not entry[0].is_alive()])
+        _THREADS.add((self._thread, self._stop))
 
     def __iter__(self) -> _Receiver:
         return self
@@ -76,6 +79,22 @@ class _Receiver:
 
     def __del__(self) -> None:
         self.close()
+
+
+# Every receiving thread started in this process, with its stop flag (dead ones are pruned as new ones start).
+_THREADS: set[tuple[threading.Thread, threading.Event]] = set()
+
+
+@atexit.register
+def _stop_receiving_threads() -> None:
+    """Stop and join the receiving threads before the interpreter finalises. A daemon thread still inside
+    torch's C++ code at that point is ended by a forced unwind through ``noexcept`` frames, which aborts the
+    process ("terminate called without an active exception") after a run that otherwise finished; Lightning
+    keeps the last, abandoned loader iterator (and so its thread) alive until then."""
+    for _, stop in list(_THREADS):
+        stop.set()
+    for thread, _ in list(_THREADS):
+        thread.join(timeout=30.0)  # it ends once its current batch arrives (a worker is producing it)
 
 
 def _receive(iterator: Iterator[Batch], out: queue.Queue, stop: threading.Event) -> None:

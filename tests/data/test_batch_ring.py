@@ -105,3 +105,18 @@ def test_a_worker_whose_slots_never_come_back_falls_back_to_fresh_memory(caplog)
         ring.close()
     with pytest.raises(RuntimeError, match="does not hold"):
         batch_ring.receive(batch_ring.RingRef("gone", 0, 0, 10, None))
+
+
+def test_receiving_threads_are_stopped_and_joined_at_exit(index):
+    """At interpreter exit a daemon thread still inside torch's C++ code aborts the process ("terminate called
+    without an active exception", seen after Lightning fits that stop at max_steps with the last iterator
+    alive); the exit hook stops and joins every receiving thread first."""
+    from animatex_train.data import loader as loader_module
+
+    iterator = iter(loader(index, workers=1))
+    next(iterator)
+    threads = [thread for thread, _ in loader_module._THREADS if thread.is_alive()]
+    assert threads
+    loader_module._stop_receiving_threads()
+    assert not any(thread.is_alive() for thread in threads)
+    del iterator
