@@ -238,13 +238,12 @@ def _draw(pose: PoseSequence, canvas: _Canvas, height: int, width: int, colours:
     pixels into each frame's box.
     """
     views = canvas.frames()
-    origins = canvas.boxes[:, [1, 0]].tolist()  # (left, top) per frame
+    shifts = canvas.boxes[:, [1, 0]].astype(np.int32)  # (t, 2) (left, top): ellipse2Poly's dtype
+    origins = shifts.tolist()
     joints = np.concatenate([pose.body, pose.feet], axis=1)  # (t, 20, 2), the official body-and-feet order
     for frame, limb, centre, axes, angle in _limbs(joints, height, width):
         polygon = cv2.ellipse2Poly(centre, axes, angle, 0, 360, 1)
-        left, top = origins[frame]
-        if left or top:
-            polygon -= np.array([left, top], dtype=polygon.dtype)
+        polygon -= shifts[frame]
         cv2.fillConvexPoly(views[frame], polygon, colours.limbs[limb])
     joint_xs, joint_ys, joint_present = _joint_pixels(joints, height, width)
     for joint in range(joints.shape[1]):  # joint order decides overlaps
