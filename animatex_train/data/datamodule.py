@@ -155,15 +155,33 @@ class VideoDataModule(pl.LightningDataModule):
             )
         return int(record.clip_embeds.shape[1])
 
-    def _layout(self, batch_size: int, shuffle_buffer: int) -> Layout:
+    def _layout(self, batch_size: int, shuffle_buffer: int, num_workers: int | None = None) -> Layout:
         trainer = self.trainer
         world = trainer.world_size if trainer is not None else 1
-        return Layout(world, max(1, self.num_workers), batch_size, shuffle_buffer, self.seed)
+        workers = self.num_workers if num_workers is None else num_workers
+        return Layout(world, max(1, workers), batch_size, shuffle_buffer, self.seed)
+
+    def _validation_workers(self, index: DataIndex) -> int:
+        """``num_workers``, lowered until every worker of every rank can fill a validation batch.
+
+        A validation set is often a handful of clips: 3 clips with 6 workers per rank failed the first GPU run of
+        the paper recipe. Its order does not matter for resuming, so fewer workers are harmless there (training
+        keeps the configured count, which its exact-resume position depends on, and fails clearly instead).
+        """
+        workers = self.num_workers
+        while workers > 1 and not batches_per_rank(index, 0, self.window.span, [],
+                                                   self._layout(self.val_batch_size, 1, workers)):  # fmt: skip
+            workers -= 1
+        if workers != self.num_workers:
+            log.info("validation: %d loader worker(s) instead of data.num_workers=%d (%d validation clips)", workers,
+                     self.num_workers, sum(len(s.keys) for shards in index.datasets for s in shards))  # fmt: skip
+        return workers
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def _loader(self, index: DataIndex, layout: Layout, epi: EPIConfig | None, validation: bool) -> ShardStreamLoader:
+    def _loader(self, index: DataIndex, layout: Layout, epi: EPIConfig | None, validation: bool,
+                num_workers: int | None = None) -> ShardStreamLoader:  # fmt: skip
         settings = StreamSettings(index, layout, self._rank(), self.window, self.clip_dim, epi, self.anchor_pool,
                                   self.allow_remote_urls)  # fmt: skip
         if batches_per_rank(index, 0, self.window.span, [], layout) == 0:
@@ -172,7 +190,8 @@ class VideoDataModule(pl.LightningDataModule):
                 f"data: {total} samples cannot fill one batch on each of {layout.world_size} rank(s) x "
                 f"{layout.workers} worker(s) x batch {layout.batch_size}; lower data.num_workers or the batch size"
             )
-        return ShardStreamLoader(ShardStream(settings), self.num_workers, self.pin_memory, self.loader_timeout_s,
+        workers = self.num_workers if num_workers is None else num_workers
+        return ShardStreamLoader(ShardStream(settings), workers, self.pin_memory, self.loader_timeout_s,
                                  repeat_first_epoch=validation)  # fmt: skip
 
     def train_dataloader(self) -> ShardStreamLoader:
@@ -183,7 +202,8 @@ class VideoDataModule(pl.LightningDataModule):
         self.setup("validate")
         if self.val_index is None:
             return []
-        return self._loader(self.val_index, self._layout(self.val_batch_size, 1), None, True)
+        workers = self._validation_workers(self.val_index)
+        return self._loader(self.val_index, self._layout(self.val_batch_size, 1, workers), None, True, workers)
 
 
 def manifest_path(path: str | Path) -> str:

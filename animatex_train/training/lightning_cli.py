@@ -8,6 +8,8 @@ Besides Lightning's sections, a recipe has:
 * ``preemption:`` the signal -> checkpoint -> Slurm requeue -> exit callback (always on; outside Slurm it
   only checkpoints and stops). Under Slurm, Lightning's own auto-requeue is switched off so the two never race.
 * ``throughput:`` samples/s, MFU, data wait, memory (always on).
+* ``performance:`` speed levers that keep the numbers: attention kernel, compiled blocks, channels-last
+  (``training/performance.py``; always on, defaults change nothing).
 * ``tracking:`` Weights & Biases (``training/tracking.py``); with a logger, the learning rate of every
   parameter group is logged too (``LearningRateMonitor``).
 * ``distributed:`` the process-group timeout applied to strategies given by name.
@@ -33,6 +35,7 @@ from animatex_train.training.preemption import (
     multi_process_run,
     strategy_with_timeout,
 )
+from animatex_train.training.performance import PerformanceLevers
 from animatex_train.training.throughput import ThroughputMonitor
 from animatex_train.training.tracking import PosePreview, TrackedConfigSaver, TrackingConfig, build_logger
 
@@ -58,6 +61,7 @@ class AnimateXCLI(LightningCLI):
         parser.add_lightning_class_args(CrashSafeCheckpoint, "checkpoint")
         parser.add_lightning_class_args(PreemptionHandler, "preemption")
         parser.add_lightning_class_args(ThroughputMonitor, "throughput")
+        parser.add_lightning_class_args(PerformanceLevers, "performance")
         parser.add_class_arguments(TrackingConfig, "tracking")
         parser.add_class_arguments(DistributedConfig, "distributed")
 

@@ -30,6 +30,9 @@ class OptimConfig:
         lr_schedule: ``constant`` after warm-up, or ``cosine`` decay to ``min_lr_ratio * lr`` at ``lr_decay_steps``.
         lr_decay_steps: length of the cosine schedule in optimizer steps (defaults to the trainer's max_steps).
         min_lr_ratio: floor of the cosine schedule as a fraction of each group's rate.
+        fused: AdamW's single-kernel implementation (``fused=True``): one launch per step instead of a dozen
+            per parameter list; same update up to rounding. None: fused when the parameters are on a GPU
+            (PyTorch's own default is the multi-tensor ``foreach`` path), else ``foreach``.
     """
 
     lr: float = 5e-5
@@ -42,6 +45,7 @@ class OptimConfig:
     lr_schedule: str = "constant"
     lr_decay_steps: int | None = None
     min_lr_ratio: float = 0.0
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -76,8 +80,12 @@ def parameter_groups(model: nn.Module, config: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(parameter_groups(model, config), betas=config.betas, eps=config.eps,
-                             weight_decay=config.weight_decay)  # fmt: skip
+    groups = parameter_groups(model, config)
+    fused = config.fused
+    if fused is None:
+        fused = any(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
+                             fused=fused or None)  # fmt: skip
 
 
 def lr_multiplier(step: int, config: OptimConfig, total_steps: int | None) -> float:

@@ -2,7 +2,8 @@
 
 MFU follows PERFORMANCE.md section 2: model FLOPs per sample = 3 x the denoiser's forward FLOPs for the
 batch's clip shape (counted once per shape on the meta device), activation-checkpoint recompute not
-counted; the peak comes from Lightning's table of dense bf16/fp16/fp32 peaks per GPU model. The data
+counted; the peak is ``peak_tflops`` when given (e.g. the bf16 matmul rate measured on the card, as
+``benchmarks/gpu`` does), else Lightning's table of datasheet dense bf16/fp16/fp32 peaks per GPU model. The data
 wait is the time between the end of one step and the start of the next (fetch + host-to-device copy).
 """
 
@@ -23,11 +24,16 @@ class ThroughputMonitor(pl.Callback):
     Args:
         log_every_n_steps: interval of the averages.
         count_flops: compute FLOPs/MFU (the first batch of each clip shape costs one meta-device count).
+        peak_tflops: the MFU denominator per device in TFLOP/s; None: the datasheet peak for the GPU model and
+            precision (Lightning's table; no MFU on unknown hardware).
     """
 
-    def __init__(self, log_every_n_steps: int = 10, count_flops: bool = True):
+    def __init__(self, log_every_n_steps: int = 10, count_flops: bool = True, peak_tflops: float | None = None):
+        if peak_tflops is not None and peak_tflops <= 0:
+            raise ValueError(f"throughput.peak_tflops: expected > 0 TFLOP/s or null, got {peak_tflops}")
         self.log_every_n_steps = log_every_n_steps
         self.count_flops = count_flops
+        self.peak_tflops = peak_tflops
         self._flops_per_sample: dict[tuple[int, int, int], int] = {}
         self._reset()
 
@@ -60,7 +66,7 @@ class ThroughputMonitor(pl.Callback):
         if self.count_flops:
             tflops_per_device = self._flops / elapsed / trainer.world_size / 1e12
             metrics["perf/tflops_per_device"] = tflops_per_device
-            peak = _peak_flops(pl_module.device, trainer.precision)
+            peak = self.peak_tflops * 1e12 if self.peak_tflops else _peak_flops(pl_module.device, trainer.precision)
             if peak:
                 metrics["perf/mfu"] = tflops_per_device * 1e12 / peak
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
