@@ -38,12 +38,15 @@ class PerformanceConfig:
     attention: the attention kernel (see the module docstring).
     compile_blocks: ``torch.compile`` each outermost denoiser block.
     compile_mode: ``torch.compile`` mode (``default``, ``max-autotune-no-cudagraphs``, ...).
+    compile_backend: ``torch.compile`` backend (``inductor`` generates fused kernels; ``aot_eager`` only
+        captures the graphs, which tests use to check the capture quickly).
     channels_last: NHWC memory format for the denoiser's convolutions.
     """
 
     attention: AttentionBackend = "auto"
     compile_blocks: bool = False
     compile_mode: str = "default"
+    compile_backend: str = "inductor"
     channels_last: bool = False
 
     def __post_init__(self) -> None:
@@ -67,7 +70,8 @@ def apply_performance_levers(denoiser: torch.nn.Module, config: PerformanceConfi
     dynamo.recompile_limit = max(dynamo.recompile_limit, _RECOMPILE_LIMIT)
     blocks = outermost_blocks(denoiser)
     for block in blocks:
-        block.compile(mode=config.compile_mode, dynamic=False)
+        block.compile(backend=config.compile_backend, mode=None if config.compile_backend != "inductor"
+                      else config.compile_mode, dynamic=False)  # fmt: skip
     return len(blocks)
 
 
@@ -93,8 +97,9 @@ class PerformanceLevers(pl.Callback):
     """
 
     def __init__(self, attention: AttentionBackend = "auto", compile_blocks: bool = False,
-                 compile_mode: str = "default", channels_last: bool = False):  # fmt: skip
-        self.config = PerformanceConfig(attention, compile_blocks, compile_mode, channels_last)
+                 compile_mode: str = "default", compile_backend: str = "inductor",
+                 channels_last: bool = False):  # fmt: skip
+        self.config = PerformanceConfig(attention, compile_blocks, compile_mode, compile_backend, channels_last)
         self._previous_backend: AttentionBackend | None = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

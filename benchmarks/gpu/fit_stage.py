@@ -36,7 +36,7 @@ def dataset_commands(root: Path, dry_run: bool) -> list[list[str]]:
         cli("synth", "--out", str(videos), "--config", str(BENCH / f"dataset_{kind}.yaml")),
         cli("prepare", "--config", str(BENCH / f"prepare_{kind}.yaml"), "--videos", str(videos), "--metadata",
             str(videos / "metadata.jsonl"), "--output_dir", str(data), "--progress", "false",
-            "--encoders.num_threads", "8"),
+            "--encoders.num_threads", "1" if dry_run else "8"),
         cli("anchor-pool", "--shards", str(data), "--output", str(data / "anchors.npy"), "--num-anchors", "16"),
     ]  # fmt: skip
 
@@ -45,7 +45,7 @@ def start_dataset(root: Path, dry_run: bool, log_path: Path) -> subprocess.Popen
     """Run the data commands one after another in a background shell; its exit code says whether all worked."""
     root.mkdir(parents=True, exist_ok=True)
     script = " && ".join(" ".join(_quote(a) for a in command) for command in dataset_commands(root, dry_run))
-    env = {**os.environ, "OMP_NUM_THREADS": "8"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if dry_run else "8"}  # beside the benchmark, never over the cores
     return subprocess.Popen(["bash", "-c", script], stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -57,9 +57,10 @@ def fit_command(root: Path, run_dir: Path, steps: int, dry_run: bool, peak_tflop
                 extra: list[str]) -> list[str]:  # fmt: skip
     data = root / "data"
     manifest = data / "manifest.json"
+    log_every = 2 if dry_run else 5
     if dry_run:
         configs = ["--config", str(REPO / "recipes/debug/tiny_cpu.yaml")]
-        model = ["--data.num_workers", "1"]
+        model = ["--data.num_workers", "1", "--model.sampler.num_steps", "2"]
     else:
         configs = ["--config", str(REPO / "recipes/train/animatex_paper.yaml"),
                    "--config", str(REPO / "recipes/cluster/gpu1_zero2.yaml")]  # fmt: skip
@@ -75,7 +76,7 @@ def fit_command(root: Path, run_dir: Path, steps: int, dry_run: bool, peak_tflop
         "--data.anchor_pool", str(data / "anchors.npy"), "--model.empty_prompt_cache", str(data / "zero_y.safetensors"),
         "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(steps),
         "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "1",
-        "--trainer.log_every_n_steps", "5", "--throughput.log_every_n_steps", "5",
+        "--trainer.log_every_n_steps", str(log_every), "--throughput.log_every_n_steps", str(log_every),
         *(["--throughput.peak_tflops", f"{peak_tflops:.1f}"] if peak_tflops else []),
         "--checkpoint.every_n_steps", str(steps), "--tracking.mode", "disabled",
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),

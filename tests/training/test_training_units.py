@@ -551,6 +551,28 @@ def test_throughput_samples_per_second_tflops_and_mfu(monkeypatch):
     assert len(counted) == 1
 
 
+def test_measured_peak_replaces_the_datasheet_in_the_mfu(monkeypatch):
+    from animatex_train.training import throughput
+
+    monkeypatch.setattr(throughput, "count_forward_flops", lambda *a, **k: SimpleNamespace(forward_flops=1e12))
+    monkeypatch.setattr(throughput, "get_available_flops", lambda device, dtype: 989e12)
+    clock, logged = _Clock(), []
+    monkeypatch.setattr(throughput, "time", clock)
+    monitor = throughput.ThroughputMonitor(log_every_n_steps=1, peak_tflops=750.0)
+    trainer = SimpleNamespace(world_size=1, global_step=0, precision="bf16-mixed")
+    module = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace(denoiser="tiny"),
+                             log_dict=lambda metrics, rank_zero_only: logged.append(metrics))  # fmt: skip
+    batch = SimpleNamespace(batch_size=2, num_frames=8, image_size=(64, 64))
+    for _ in range(2):
+        monitor.on_train_batch_start(trainer, module, batch, 0)
+        clock.now += 1.0
+        trainer.global_step += 1
+        monitor.on_train_batch_end(trainer, module, None, batch, 0)
+    assert logged[-1]["perf/mfu"] == pytest.approx(3 * 1e12 * 2 / 1.0 / 750e12)
+    with pytest.raises(ValueError, match="throughput.peak_tflops"):
+        throughput.ThroughputMonitor(peak_tflops=0.0)
+
+
 def test_peak_flops_picks_the_dtype_of_the_precision(monkeypatch):
     from animatex_train.training import throughput
 
