@@ -29,13 +29,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from animatex_train.data.datamodule import VideoDataModule
 from animatex_train.system import AnimateXSystem
 from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint
+from animatex_train.training.performance import PerformanceLevers
 from animatex_train.training.preemption import (
     DistributedConfig,
     PreemptionHandler,
     multi_process_run,
     strategy_with_timeout,
 )
-from animatex_train.training.performance import PerformanceLevers
 from animatex_train.training.throughput import ThroughputMonitor
 from animatex_train.training.tracking import PosePreview, TrackedConfigSaver, TrackingConfig, build_logger
 
