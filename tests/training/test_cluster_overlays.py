@@ -16,12 +16,13 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 OVERLAYS = sorted((RECIPES / "cluster").glob("*.yaml"))
 EXPECTED = {  # overlay -> (strategy class, ZeRO stage or None, offload, activation checkpointing)
     "cpu_ddp2": (AnimateXDDPStrategy, None, False, False),
+    "gpu1_zero2": (AnimateXDeepSpeedStrategy, 2, False, True),
     "h100x8_zero2": (AnimateXDeepSpeedStrategy, 2, False, True),
     "h100x8_zero3_offload": (AnimateXDeepSpeedStrategy, 3, True, True),
     "a100x8_zero2": (AnimateXDeepSpeedStrategy, 2, False, True),
     "multinode_zero2": (AnimateXDeepSpeedStrategy, 2, False, True),
 }
-BATCH_COMMENT = re.compile(r"micro-batch (\d+) x accumulation (\d+) x (\d+) (?:GPUs|processes) = (\d+)")
+BATCH_COMMENT = re.compile(r"micro-batch (\d+) x accumulation (\d+) x (\d+) (?:GPUs?|processes) = (\d+)")
 
 
 def test_every_overlay_is_covered():
