@@ -84,10 +84,10 @@ def check_keypoint_pairing(denoiser: DenoiserConfig, micro_batch: int | None) ->
     reads_keypoints = ipi.enabled and ipi.query != "learned"  # "learned" (w/o DQ) has no keypoint encoder
     if reads_keypoints and ipi.keypoint_row_order == "official" and micro_batch is not None and micro_batch > 1:
         raise ValueError(
-            f"model.denoiser.ipi.keypoint_row_order: official pairs each sample's motion tokens with another "
-            f"sample's keypoints at data.batch_size > 1 (the official encoder's frame-major rows); expected "
+            "model.denoiser.ipi.keypoint_row_order: official pairs each sample's motion tokens with another "
+            "sample's keypoints at data.batch_size > 1 (the official encoder's frame-major rows); expected "
             f"per_sample for training, got official with data.batch_size={micro_batch}. Remove the key (per_sample "
-            f"is the default) or set it to per_sample; keep official only for parity checks at data.batch_size: 1"
+            "is the default) or set it to per_sample; keep official only for parity checks at data.batch_size: 1"
         )
 
 
