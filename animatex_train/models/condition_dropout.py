@@ -4,7 +4,7 @@ Reproduces the distribution of UniAnimate/Animate-X's ``DropPath`` scheme (spec 
 ``n_zero = #(U < p_all_zero)`` and ``n_keep = #(U < p_all_keep)`` over ``b`` uniforms; a random
 permutation puts ``n_zero`` samples in the all-dropped group and the next ``n_keep`` in the all-kept
 group; then, independently for each condition, ``n = #(U < p_drop_each)`` samples are drawn without
-replacement from the rest and dropped too. No rescaling. A dropped condition is multiplied by 0.
+replacement from the rest and dropped too. No rescaling. A dropped condition becomes exact zeros, as if absent.
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ DROPPABLE_CONDITIONS = ("local_image", "pose_images", "image_tokens")
 
 @dataclass
 class ConditionKeepMasks:
-    """Per-sample multipliers (``(b,)`` floats in {0, 1}) for each droppable condition.
+    """Per-sample presence (``(b,)`` floats in {0, 1}; 0 = dropped) of each droppable condition.
 
-    ``all_dropped`` marks the samples in the all-dropped group (the system may use it to drop
-    conditions the official scheme does not cover, mirroring the unconditional sampling branch).
+    ``all_dropped`` marks the samples in the all-dropped group; the denoiser also drops the conditions
+    the official scheme does not cover for them (``ConditionDropoutConfig.all_dropped_loses_*``), so
+    they see exactly the inputs of the unconditional sampling branch.
     """
 
     local_image: torch.Tensor

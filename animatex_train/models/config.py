@@ -1,10 +1,15 @@
 """Typed configuration of the Animate-X denoiser: the 3D UNet, its condition encoders and the IPI.
 
-Defaults are the released Animate-X model (``configs/Animate_X_infer.yaml`` merged over the
-official default config, spec section 1.5): building ``AnimateXDenoiser(DenoiserConfig())`` gives the
-1,817,708,556-parameter network whose state dict matches ``animate-x.pth`` key for key. Ablations of
-the paper's Tables 4-5 are values of ``ImplicitPoseIndicatorConfig`` (``enabled``, ``query``,
-``placement``); no flag is threaded through ``forward``.
+Defaults are the model the paper trains. The architecture is the released Animate-X
+(``configs/Animate_X_infer.yaml`` merged over the official default config, spec section 1.5): building
+``AnimateXDenoiser(DenoiserConfig())`` gives the 1,817,708,556-parameter network whose state dict matches
+``animate-x.pth`` key for key. Two behaviours depart from the official code where it departs from the
+paper, and both are defaults so that no training recipe has to remember them: each sample's IPI reads its
+own keypoints (``KeypointRowOrder``), and the all-dropped group of the condition dropout trains the exact
+unconditional branch that classifier-free guidance samples with (``ConditionDropoutConfig``). Neither
+changes the released inference (batch 1, eval mode); ``official.config_from_official`` keeps the official
+behaviour for parity. Ablations of the paper's Tables 4-5 are values of ``ImplicitPoseIndicatorConfig``
+(``enabled``, ``query``, ``placement``); no flag is threaded through ``forward``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ IPIQuery = Literal["learned+keypoints", "keypoints", "learned", "clip"]
 PoseAttentionPlacement = Literal["sequential", "parallel"]
 # Row order of the keypoint encoder output. The official encoder flattens its (frames, batch) output
 # frame-major, which pairs keypoint tokens with the wrong sample when batch > 1 (identical at batch 1,
-# the released inference); "official" reproduces it, "per_sample" pairs each sample with its own keypoints.
+# the released inference); "official" reproduces it (parity tests only: training with it at micro-batch > 1
+# is refused at setup), "per_sample" pairs each sample with its own keypoints (the paper's model; default).
 KeypointRowOrder = Literal["official", "per_sample"]
 
 
@@ -38,9 +44,12 @@ class ConditionDropoutConfig:
     ``p_drop_each``. Droppable: the local-image embedding, the pose-image embedding, the CLIP image tokens.
 
     The official scheme does not drop the reference slot or the IPI inputs, yet the unconditional branch
-    of classifier-free sampling has neither (spec section 4). The two ``all_dropped_*`` switches make the
-    all-dropped group lose them too, so that group trains exactly the unconditional branch [INFERRED];
-    they are off by default (official behaviour) and on in this project's training recipes.
+    of classifier-free sampling has neither: it runs with every condition None (spec section 4). The two
+    ``all_dropped_*`` switches make the all-dropped group lose them too, so that group trains exactly the
+    branch the sampler uses [INFERRED]: an all-dropped sample's output equals the output for
+    ``DenoiserConditions()`` bit for bit (tested). They are on by default; ``config_from_official`` turns
+    them off (the official behaviour, for parity only: with them off the unconditional branch is never
+    trained as sampled).
 
     Attributes:
         enabled: False disables it (the denoiser then keeps every condition in train mode too).
@@ -55,14 +64,14 @@ class ConditionDropoutConfig:
     p_all_zero: float = 0.1
     p_all_keep: float = 0.1
     p_drop_each: float = 0.5
-    all_dropped_loses_reference: bool = False
-    all_dropped_loses_ipi: bool = False
+    all_dropped_loses_reference: bool = True
+    all_dropped_loses_ipi: bool = True
 
     def __post_init__(self) -> None:
         for name in ("p_all_zero", "p_all_keep", "p_drop_each"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ValueError(f"model.condition_dropout.{name} must be in [0, 1], got {value}")
+                raise ValueError(f"model.denoiser.condition_dropout.{name} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -108,26 +117,27 @@ class ImplicitPoseIndicatorConfig:
     extractor_head_dim: int = 64
     extractor_ff_mult: int = 4
     clip_dim: int = 1024
-    keypoint_row_order: KeypointRowOrder = "official"
+    keypoint_row_order: KeypointRowOrder = "per_sample"
 
     def __post_init__(self) -> None:
         if self.query not in ("learned+keypoints", "keypoints", "learned", "clip"):
             raise ValueError(
-                f"model.ipi.query must be one of learned+keypoints, keypoints, learned, clip; got {self.query!r}"
+                "model.denoiser.ipi.query must be one of learned+keypoints, keypoints, learned, clip; "
+                f"got {self.query!r}"
             )
         if self.placement not in ("sequential", "parallel"):
-            raise ValueError(f"model.ipi.placement must be sequential or parallel; got {self.placement!r}")
+            raise ValueError(f"model.denoiser.ipi.placement must be sequential or parallel; got {self.placement!r}")
         if self.keypoint_row_order not in ("official", "per_sample"):
             raise ValueError(
-                f"model.ipi.keypoint_row_order must be official or per_sample; got {self.keypoint_row_order!r}"
+                f"model.denoiser.ipi.keypoint_row_order must be official or per_sample; got {self.keypoint_row_order!r}"
             )
         if self.width % self.keypoint_heads:
             raise ValueError(
-                f"model.ipi.width ({self.width}) must be divisible by keypoint_heads ({self.keypoint_heads})"
+                f"model.denoiser.ipi.width ({self.width}) must be divisible by keypoint_heads ({self.keypoint_heads})"
             )
         for name in ("width", "num_query_tokens", "num_keypoints", "max_frames", "extractor_heads", "clip_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.ipi.{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"model.denoiser.ipi.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -188,26 +198,26 @@ class DenoiserConfig:
         self.channel_mult = [int(m) for m in self.channel_mult]
         self.attn_scales = [float(s) for s in self.attn_scales]
         if not self.channel_mult:
-            raise ValueError("model.channel_mult must list at least one level multiplier, e.g. [1, 2, 4, 4]")
+            raise ValueError("model.denoiser.channel_mult must list at least one level multiplier, e.g. [1, 2, 4, 4]")
         for width in self.level_channels:
             if width % GROUP_NORM_GROUPS:
                 raise ValueError(
-                    f"model: every level width must be divisible by {GROUP_NORM_GROUPS} (GroupNorm groups); "
+                    f"model.denoiser: every level width must be divisible by {GROUP_NORM_GROUPS} (GroupNorm groups); "
                     f"base_channels={self.base_channels} x channel_mult={self.channel_mult} gives {width}"
                 )
             if width % self.head_dim:
-                raise ValueError(f"model: level width {width} is not divisible by head_dim={self.head_dim}")
+                raise ValueError(f"model.denoiser: level width {width} is not divisible by head_dim={self.head_dim}")
         valid_scales = {1.0 / 2**i for i in range(len(self.channel_mult))}
         if any(s not in valid_scales for s in self.attn_scales):
             raise ValueError(
-                f"model.attn_scales must be latent scales among {sorted(valid_scales, reverse=True)}; "
+                f"model.denoiser.attn_scales must be latent scales among {sorted(valid_scales, reverse=True)}; "
                 f"got {self.attn_scales}"
             )
         if self.ipi.enabled and self.ipi.clip_dim < 1:
-            raise ValueError("model.ipi.clip_dim must be >= 1")
+            raise ValueError("model.denoiser.ipi.clip_dim must be >= 1")
         if self.condition_pool_size is not None and len(self.condition_pool_size) != 2:
             raise ValueError(
-                f"model.condition_pool_size must be [height, width] or null, got {self.condition_pool_size}"
+                f"model.denoiser.condition_pool_size must be [height, width] or null, got {self.condition_pool_size}"
             )
 
     @property

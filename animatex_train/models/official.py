@@ -118,7 +118,10 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
     """Map official constructor kwargs (or a parity fixture's JSON) to a ``DenoiserConfig``.
 
     Missing keys take the official *class* defaults, exactly as ``UNetSD_Animate_X(**kwargs)`` would;
-    ``RELEASED_UNET_KWARGS`` holds the merged released configuration. Size overrides of the IPI's
+    ``RELEASED_UNET_KWARGS`` holds the merged released configuration. The official behaviours that the
+    project's defaults depart from are kept (``keypoint_row_order="official"``, the all-dropped group keeping
+    the reference slot and the IPI inputs), so the result reproduces the official network call for call;
+    train with the defaults instead (see ``models/config.py``). Size overrides of the IPI's
     sub-modules may be given as ``DwposeEncoder`` / ``Resampler`` dicts (fixture JSON:
     ``monkeypatched_constructor_defaults.<name>.overridden``).
     """
@@ -174,8 +177,10 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
         attn_scales=[float(s) for s in k["attn_scales"]], temporal_attention=bool(k["temporal_attention"]),
         context_dim=k["context_dim"], num_image_tokens=k["num_tokens"], dropout=k["dropout"],
         adapter_depth=k["adapter_transformer_layers"],
+        # The official DropPath leaves the reference slot and the IPI inputs of the all-dropped group alone.
         condition_dropout=ConditionDropoutConfig(p_all_zero=k["p_all_zero"], p_all_keep=k["p_all_keep"],
-                                                 p_drop_each=k["misc_dropout"]),
+                                                 p_drop_each=k["misc_dropout"], all_dropped_loses_reference=False,
+                                                 all_dropped_loses_ipi=False),
         ipi=ipi,
     )  # fmt: skip
 

@@ -194,7 +194,9 @@ class AnimateXDenoiser(nn.Module):
         ipi_keep = _combine(cond.ipi_keep, not_all_dropped if dropout_config.all_dropped_loses_ipi else None)
 
         def masked(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-            return x if mask is None else x * mask.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+            # Selected, not multiplied: a dropped sample gets +0.0 exactly, as the absent condition of the
+            # unconditional branch does (x * 0 gives -0.0 for negative x, and NaN for a non-finite one).
+            return x if mask is None else torch.where(mask.view(-1, *([1] * (x.dim() - 1))) != 0, x, 0.0)
 
         concat = latents.new_zeros(b, self.config.concat_channels, f, h, w)
         if cond.local_image is not None:
