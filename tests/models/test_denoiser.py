@@ -1,8 +1,6 @@
-"""The denoiser at tiny width: shapes, zero-initialisation, UniAnimate compatibility, speed, errors."""
+"""The denoiser at tiny width: shapes, zero-initialisation, UniAnimate compatibility, errors."""
 
 from __future__ import annotations
-
-import time
 
 import pytest
 import torch
@@ -15,18 +13,14 @@ from animatex_train.models.transformers import SpatialTransformer, TemporalTrans
 from animatex_train.models.unet import AnimateXDenoiser, DenoiserConditions
 
 
-def test_tiny_forward_backward_under_two_seconds():
+def test_tiny_forward_backward_reaches_every_parameter():
+    """(Its speed is benchmarks/gpu/step_bench.py --tiny's business: no wall-clock budget on a shared CI machine.)"""
     config = tiny_denoiser_config()
     model = AnimateXDenoiser(config).train()
     latents, t, cond = tiny_inputs(config)
-    model(latents, t, cond).square().mean().backward()  # warm-up (allocator, kernels)
-    model.zero_grad()
-    start = time.perf_counter()
     out = model(latents, t, cond)
     out.square().mean().backward()
-    elapsed = time.perf_counter() - start
     assert out.shape == latents.shape
-    assert elapsed < 2.0, f"tiny forward+backward took {elapsed:.2f} s"
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
