@@ -12,6 +12,7 @@ from diffusers.schedulers.scheduling_ddim import rescale_zero_terminal_snr
 __all__ = [
     "alphas_cumprod_from_betas",
     "ddim_timesteps",
+    "trailing_timesteps",
     "rescale_zero_terminal_snr",
     "sample_uniform_timesteps",
     "sd_linear_betas",
@@ -109,3 +110,27 @@ def ddim_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
     stride = num_train_timesteps // num_steps
     steps = 1 + torch.arange(0, num_train_timesteps, stride, dtype=torch.int64)
     return steps.clamp(0, num_train_timesteps - 1).flip(0)
+
+
+def trailing_timesteps(num_train_timesteps: int, num_steps: int) -> torch.Tensor:
+    """The "trailing" DDIM grid of Lin et al. 2024 (Table 2), as diffusers' ``timestep_spacing="trailing"``.
+
+    ``round(arange(T, 0, -T / n)) - 1``: n timesteps that start at T - 1, the zero-SNR step the official grid
+    never visits, so sampling starts from pure noise as the zero-terminal-SNR schedule intends.
+
+    Args:
+        num_train_timesteps: T.
+        num_steps: n (1 <= n <= T).
+
+    Returns:
+        Timesteps, shape (n,), int64, descending, e.g. {999, 966, 932, ..., 32} for T = 1000, n = 30.
+    """
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(
+            f"num_steps must be in [1, num_train_timesteps={num_train_timesteps}], got {num_steps}; "
+            "set sampler.num_steps (Animate-X uses 30)."
+        )
+    ratio = num_train_timesteps / num_steps
+    # float64 numpy-style arange then round-half-to-even, exactly diffusers' arithmetic
+    steps = torch.arange(num_train_timesteps, 0, -ratio, dtype=torch.float64).round().to(torch.int64) - 1
+    return steps

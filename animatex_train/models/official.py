@@ -14,6 +14,7 @@ Entry points (used by the tests and by checkpoint import/export):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -135,12 +136,18 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
     dwpose.update(kwargs.pop("DwposeEncoder", {}) or {})
     resampler.update(kwargs.pop("Resampler", {}) or {})
     unknown = set(kwargs) - set(_OFFICIAL_DEFAULTS) - _IGNORED
-    if unknown:
-        raise ValueError(f"config_from_official: unknown official UNet argument(s) {sorted(unknown)}")
-    k = {**_OFFICIAL_DEFAULTS, **{key: v for key, v in kwargs.items() if key not in _IGNORED}}
+    if unknown:  # the official constructor swallows them in **kwargs
+        warnings.warn(f"config_from_official: official UNet argument(s) {sorted(unknown)} have no effect (the "
+                      "official constructor ignores unknown arguments too)", stacklevel=2)  # fmt: skip
+    k = {**_OFFICIAL_DEFAULTS, **{key: v for key, v in kwargs.items() if key in _OFFICIAL_DEFAULTS}}
+    for name, released in (("no_hand", True), ("num", 0)):
+        if k[name] != released:  # they size only the unconditional branch's zero keypoints, never a parameter
+            warnings.warn(f"config_from_official: {name}={k[name]!r} builds the same network as {name}={released!r}; "
+                          "the IPI reads the 18 body keypoints either way (the official unconditional branch would "
+                          "fail with it)", stacklevel=2)  # fmt: skip
     unsupported = {
         "use_fps_condition": (k["use_fps_condition"], False), "use_image_dataset": (k["use_image_dataset"], False),
-        "pose_attention": (k["pose_attention"], True), "no_hand": (k["no_hand"], True), "num": (k["num"], 0),
+        "pose_attention": (k["pose_attention"], True),
     }  # fmt: skip
     for name, (got, supported) in unsupported.items():
         if got != supported:
@@ -169,12 +176,16 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
         clip_dim=resampler["embedding_dim"], keypoint_row_order="official",
     )  # fmt: skip
     dim = k["dim"]
+    # The official constructor tests `scale in attn_scales` at each level's scale 1, 1/2, ...; entries that match no
+    # level (deeper than the UNet, or not a power of 1/2) are simply never reached, so they are dropped here.
+    reached = {1.0 / 2**i for i in range(len(k["dim_mult"]))}
+    attn_scales = [float(s) for s in k["attn_scales"] if float(s) in reached]
     return DenoiserConfig(
         latent_channels=k["in_dim"], concat_channels=k["concat_dim"], base_channels=dim,
         channel_mult=list(k["dim_mult"]),
         num_res_blocks=k["num_res_blocks"], head_dim=k["head_dim"],
         first_temporal_heads=k["num_heads"] if k["num_heads"] else dim // 32,
-        attn_scales=[float(s) for s in k["attn_scales"]], temporal_attention=bool(k["temporal_attention"]),
+        attn_scales=attn_scales, temporal_attention=bool(k["temporal_attention"]),
         context_dim=k["context_dim"], num_image_tokens=k["num_tokens"], dropout=k["dropout"],
         adapter_depth=k["adapter_transformer_layers"],
         # The official DropPath leaves the reference slot and the IPI inputs of the all-dropped group alone.

@@ -32,6 +32,14 @@ def test_config_errors_name_the_field() -> None:
         SamplerConfig(num_steps=0)
     with pytest.raises(ValueError, match="sampler.eta"):
         SamplerConfig(eta=-1.0)
+    with pytest.raises(ValueError, match=r"sampler.eta must be in \[0, 1\]"):
+        SamplerConfig(eta=1.5)  # used to give NaN
+    with pytest.raises(ValueError, match="sampler.timestep_spacing"):
+        SamplerConfig(timestep_spacing="leading")
+    with pytest.raises(ValueError, match="sampler.final_alpha"):
+        SamplerConfig(final_alpha="zero")
+    with pytest.raises(ValueError, match="sampler.guidance_rescale"):
+        SamplerConfig(guidance_rescale=1.5)
     with pytest.raises(ValueError, match="sampler.guidance_scale"):
         SamplerConfig(guidance_scale=-1.0)
     with pytest.raises(ValueError, match="sampler.num_steps"):
@@ -180,3 +188,88 @@ def test_progress_bar_runs(diffusion: GaussianDiffusion, capsys: pytest.CaptureF
     out = sampler.sample(lambda xt, t: xt, None, SHAPE, torch.Generator().manual_seed(0), progress=True)
     assert out.shape == SHAPE
     assert "DDIM" in capsys.readouterr().err
+
+
+def _diffusers_scheduler(diffusion: GaussianDiffusion, spacing: str, alpha_to_one: bool) -> DDIMScheduler:
+    return DDIMScheduler(
+        trained_betas=diffusion.betas.numpy(), prediction_type="v_prediction", set_alpha_to_one=alpha_to_one,
+        clip_sample=False, timestep_spacing=spacing,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("num_steps", [1, 7, 30, 50, 333])
+def test_trailing_grid_equals_diffusers(diffusion: GaussianDiffusion, num_steps: int) -> None:
+    scheduler = _diffusers_scheduler(diffusion, "trailing", False)
+    scheduler.set_timesteps(num_steps)
+    sampler = DDIMSampler(diffusion, SamplerConfig(num_steps=num_steps, timestep_spacing="trailing"))
+    assert sampler.timesteps.tolist() == scheduler.timesteps.tolist()
+    assert sampler.timesteps[0].item() == 999
+
+
+def _field(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A smooth, t-dependent stand-in for the network's v (the same function for us and for diffusers)."""
+    return 0.4 * torch.tanh(xt) + 1e-3 * t.view(-1, 1, 1, 1, 1).to(xt.dtype)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "final_alpha", "eta"),
+    [("official", "alpha_0", 0.0), ("official", "one", 0.0), ("trailing", "alpha_0", 0.0), ("trailing", "one", 0.0),
+     ("trailing", "alpha_0", 1.0), ("official", "one", 0.5)],
+)  # fmt: skip
+def test_whole_loop_matches_diffusers(diffusion: GaussianDiffusion, spacing: str, final_alpha: str, eta: float) -> None:
+    """Our loop against diffusers' DDIMScheduler.step run over the same grid with the same v function."""
+    num_steps = 10
+    config = SamplerConfig(num_steps=num_steps, guidance_scale=1.0, timestep_spacing=spacing,
+                           final_alpha=final_alpha, eta=eta)  # fmt: skip
+    sampler = DDIMSampler(diffusion, config)
+    scheduler = _diffusers_scheduler(diffusion, "trailing" if spacing == "trailing" else "leading",
+                                     final_alpha == "one")  # fmt: skip
+    scheduler.set_timesteps(num_steps)  # sets T // n; the official grid itself is not a diffusers spacing
+    x_start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    ours = sampler.sample(_field, None, SHAPE, torch.Generator().manual_seed(9), noise=x_start)
+    x, generator = x_start.clone(), torch.Generator().manual_seed(9)
+    for step in sampler.timesteps.tolist():
+        t = torch.full((SHAPE[0],), step)
+        noise = torch.randn(SHAPE, generator=generator) if eta > 0 else None  # our draw order: one per step
+        x = scheduler.step(_field(x, t), step, x, eta=eta, variance_noise=noise).prev_sample
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(ours).all()
+
+
+def test_final_alpha_one_returns_the_x0_prediction(diffusion: GaussianDiffusion) -> None:
+    x0 = torch.randn(SHAPE, dtype=torch.float64)
+    config = SamplerConfig(guidance_scale=1.0, final_alpha="one")
+    out = DDIMSampler(diffusion, config).sample(_oracle(diffusion, x0), None, SHAPE, noise=torch.randn(SHAPE,
+                                                dtype=torch.float64), dtype=torch.float64)  # fmt: skip
+    torch.testing.assert_close(out, x0)  # no sqrt(1 - alpha_bar_0) eps term left, unlike the official last step
+
+
+def test_guidance_rescale_matches_diffusers(diffusion: GaussianDiffusion) -> None:
+    from diffusers.guiders.guider_utils import rescale_noise_cfg  # what its CFG guiders and SD pipelines apply
+
+    sampler = DDIMSampler(diffusion, SamplerConfig(guidance_scale=4.0, guidance_rescale=0.7))
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(SHAPE, generator=g), 3 * torch.randn(SHAPE, generator=g)
+    guided = uncond + 4.0 * (cond - uncond)
+    torch.testing.assert_close(sampler.guide(cond, uncond), rescale_noise_cfg(guided, cond, guidance_rescale=0.7))
+    plain = DDIMSampler(diffusion, SamplerConfig(guidance_scale=4.0))
+    assert torch.equal(plain.guide(cond, uncond), guided)  # 0 = the official guidance, bit for bit
+    seen = []
+
+    def cond_fn(xt, t):
+        return 0.5 * xt
+
+    def uncond_fn(xt, t):
+        seen.append(1)
+        return -xt
+
+    a = sampler.sample(cond_fn, uncond_fn, SHAPE, torch.Generator().manual_seed(1))
+    b = plain.sample(cond_fn, uncond_fn, SHAPE, torch.Generator().manual_seed(1))
+    assert seen and not torch.allclose(a, b)
+
+
+def test_eta_one_stays_finite_over_the_whole_grid(diffusion: GaussianDiffusion) -> None:
+    for spacing in ("official", "trailing"):
+        sampler = DDIMSampler(diffusion, SamplerConfig(eta=1.0, timestep_spacing=spacing))
+        out = sampler.sample(_field, _field, SHAPE, torch.Generator().manual_seed(0))
+        assert torch.isfinite(out).all()
