@@ -41,6 +41,11 @@ class DenoiserConditions:
         local_image_keep: optional ``(b,)`` {0, 1}: per-sample presence of ``local_image`` (0 = as if None).
         ref_latent_keep: optional ``(b,)`` {0, 1}: per-sample presence of the reference slot.
         ipi_keep: optional ``(b,)`` {0, 1}: per-sample presence of the IPI inputs (0 = zero inputs, as if None).
+        image_keep: optional ``(b,)`` {0, 1}: per-sample presence of the CLIP image tokens (0 = exact zero tokens).
+        pose_images_keep: optional ``(b,)`` {0, 1}: per-sample presence of the driving pose images.
+
+    With every keep mask 0 a sample's output equals the output for ``DenoiserConditions()`` (the unconditional
+    branch), so one batch can carry the conditional and the unconditional branch of classifier-free guidance.
     """
 
     image_embedding: torch.Tensor | None = None
@@ -52,6 +57,8 @@ class DenoiserConditions:
     local_image_keep: torch.Tensor | None = None
     ref_latent_keep: torch.Tensor | None = None
     ipi_keep: torch.Tensor | None = None
+    image_keep: torch.Tensor | None = None
+    pose_images_keep: torch.Tensor | None = None
 
 
 def _combine(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
@@ -206,7 +213,8 @@ class AnimateXDenoiser(nn.Module):
             concat = concat + masked(embedded.expand(-1, -1, f, -1, -1), local_keep)
         if cond.pose_images is not None:
             pose = self._check_pixels("pose_images", cond.pose_images, b, (frames,))
-            concat = concat + masked(self.pose_image_encoder(pose[:, :, 1:], (h, w)), keep.pose_images)
+            pose_keep = _combine(keep.pose_images, cond.pose_images_keep)
+            concat = concat + masked(self.pose_image_encoder(pose[:, :, 1:], (h, w)), pose_keep)
         ref_slot = latents.new_zeros(b, self.config.latent_channels + self.config.concat_channels, 1, h, w)
         if cond.ref_latent is not None:
             ref_embedding = self.ref_latent_encoder(cond.ref_latent[:, :, :1])
@@ -219,7 +227,8 @@ class AnimateXDenoiser(nn.Module):
         time_embedding = self.time_embed(timestep_embedding(timesteps, self.config.base_channels).to(x.dtype))
         if cond.image_embedding is not None:
             image_tokens = self.image_projection(cond.image_embedding.reshape(b, -1))
-            image_tokens = masked(image_tokens.view(b, self.config.num_image_tokens, -1), keep.image_tokens)
+            image_keep = _combine(keep.image_tokens, cond.image_keep)
+            image_tokens = masked(image_tokens.view(b, self.config.num_image_tokens, -1), image_keep)
         else:  # no image: exact zeros, not the MLP of zeros (official)
             image_tokens = x.new_zeros(b, self.config.num_image_tokens, self.config.context_dim)
         context = torch.cat([self.zero_y.to(image_tokens.dtype).expand(b, -1, -1), image_tokens], dim=1)

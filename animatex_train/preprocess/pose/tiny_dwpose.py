@@ -60,7 +60,36 @@ def tiny_pose_keypoints() -> tuple[np.ndarray, np.ndarray]:
     return np.round(points * 2) / 2, scores
 
 
-def _constant_graph(input_name: str, input_shape: list, outputs: dict[str, np.ndarray]) -> onnx.ModelProto:
+def _blank_gate(input_name: str, input_shape: list) -> tuple[list, list]:
+    """Nodes computing ``gate`` (batch, 1, 1): 1 when the centre half of the input varies, 0 when it is flat.
+
+    A flat centre is what a crop of an empty (one-colour) image gives, where the real pose model finds nobody.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = input_shape[2], input_shape[3]
+    nodes = [
+        helper.make_node("Slice", [input_name, "gate_starts", "gate_ends", "gate_axes"], ["centre"]),
+        helper.make_node("ReduceMean", ["centre"], ["centre_mean"], axes=[2, 3], keepdims=1),
+        helper.make_node("Sub", ["centre", "centre_mean"], ["centred"]),
+        helper.make_node("Mul", ["centred", "centred"], ["squared"]),
+        helper.make_node("ReduceMean", ["squared"], ["variance"], axes=[1, 2, 3], keepdims=1),  # (batch, 1, 1, 1)
+        helper.make_node("Greater", ["variance", "gate_eps"], ["varies"]),
+        helper.make_node("Cast", ["varies"], ["gate_4d"], to=TensorProto.FLOAT),
+        helper.make_node("Flatten", ["gate_4d"], ["gate_flat"], axis=1),  # (batch, 1)
+        helper.make_node("Unsqueeze", ["gate_flat", "axis2"], ["gate"]),  # (batch, 1, 1)
+    ]
+    initializers = [
+        numpy_helper.from_array(np.array([h // 4, w // 4], dtype=np.int64), "gate_starts"),
+        numpy_helper.from_array(np.array([3 * h // 4, 3 * w // 4], dtype=np.int64), "gate_ends"),
+        numpy_helper.from_array(np.array([2, 3], dtype=np.int64), "gate_axes"),
+        numpy_helper.from_array(np.array(1e-6, dtype=np.float32), "gate_eps"),
+    ]
+    return nodes, initializers
+
+
+def _constant_graph(input_name: str, input_shape: list, outputs: dict[str, np.ndarray],
+                    blank_means_nobody: bool = False) -> onnx.ModelProto:  # fmt: skip
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -74,10 +103,18 @@ def _constant_graph(input_name: str, input_shape: list, outputs: dict[str, np.nd
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
         numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
     ]
+    if blank_means_nobody:
+        gate_nodes, gate_initializers = _blank_gate(input_name, input_shape)
+        nodes += gate_nodes
+        initializers += gate_initializers
     graph_outputs = []
     for name, value in outputs.items():
         initializers.append(numpy_helper.from_array(value.astype(np.float32)[None], f"{name}_const"))
-        nodes.append(helper.make_node("Add", [f"{name}_const", "nothing"], [name]))
+        if blank_means_nobody:  # scores (and so every point) vanish on a flat crop
+            nodes.append(helper.make_node("Add", [f"{name}_const", "nothing"], [f"{name}_ungated"]))
+            nodes.append(helper.make_node("Mul", [f"{name}_ungated", "gate"], [name]))
+        else:
+            nodes.append(helper.make_node("Add", [f"{name}_const", "nothing"], [name]))
         graph_outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [input_shape[0], *value.shape]))
     graph = helper.make_graph(
         nodes,
@@ -116,12 +153,14 @@ def pose_outputs() -> tuple[np.ndarray, np.ndarray]:
     return simcc_x, simcc_y
 
 
-def write_tiny_dwpose(folder: Path, dynamic_batch: bool = False) -> tuple[Path, Path]:
+def write_tiny_dwpose(folder: Path, dynamic_batch: bool = False, blank_means_nobody: bool = False) -> tuple[Path, Path]:
     """Write ``yolox_l.onnx`` and ``dw-ll_ucoco_384.onnx`` stand-ins into ``folder``.
 
     Args:
         folder: output folder (created).
         dynamic_batch: give both models a dynamic batch axis (the released files have a fixed batch of 1).
+        blank_means_nobody: the pose model reports no keypoints when the centre of its crop is one flat colour
+            (an empty image), as the real model finds nobody there; otherwise it always reports the person.
 
     Returns:
         The detector and pose model paths.
@@ -132,7 +171,8 @@ def write_tiny_dwpose(folder: Path, dynamic_batch: bool = False) -> tuple[Path, 
     batch = "batch" if dynamic_batch else 1
     det = _constant_graph("images", [batch, 3, *DET_INPUT], {"output": detector_output()})
     simcc_x, simcc_y = pose_outputs()
-    pose = _constant_graph("input", [batch, 3, *POSE_INPUT], {"simcc_x": simcc_x, "simcc_y": simcc_y})
+    pose = _constant_graph("input", [batch, 3, *POSE_INPUT], {"simcc_x": simcc_x, "simcc_y": simcc_y},
+                           blank_means_nobody)  # fmt: skip
     det_path, pose_path = folder / "yolox_l.onnx", folder / "dw-ll_ucoco_384.onnx"
     onnx.save(det, str(det_path))
     onnx.save(pose, str(pose_path))
