@@ -113,6 +113,9 @@ def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None
         timings["load_models"] = time.perf_counter() - started
     mark = time.perf_counter()
     inputs, sampling = settings.inputs, settings.sampling
+    if models.device.type == "cuda":  # peak memory per animation, not per process
+        torch.cuda.reset_peak_memory_stats(models.device)
+    models.vae.config.decode_chunk_size = sampling.decode_chunk  # a per-job setting; the VAE reads it per call
     folder_fps = pkl_fps(inputs.pkl) if inputs.pkl and Path(video).is_dir() else None
     driving = open_driving(video, folder_fps)
     plan = plan_frames(driving.info, stride=inputs.stride, target_fps=inputs.target_fps, start=inputs.start,

@@ -100,3 +100,25 @@ def test_manifest_errors_and_rank_environment(inf, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "2")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert resolve_rank() == (2, 4)
+
+
+def test_animate_sbatch_runs_one_manifest_task_per_gpu(inf, tmp_path):
+    log = tmp_path / "srun.log"
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text(f"#!/usr/bin/env python3\nimport json, sys\nopen({str(log)!r}, 'a')"
+                                           ".write(json.dumps(sys.argv) + '\\n')\n")  # fmt: skip
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SLURM_JOB_ID="77", MANIFEST="jobs.jsonl", ANIMATEX_TRAIN="py -m animatex_train",
+               PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")  # fmt: skip
+    script = str(inf.REPO / "slurm" / "animate.sbatch")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    run = subprocess.run(["bash", script, "--checkpoint", "a b.pth"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    argv = json.loads(log.read_text())
+    assert argv[1:] == ["--kill-on-bad-exit=0", "py", "-m", "animatex_train", "animate", "--manifest", "jobs.jsonl",
+                        "-o", "renders-77", "--checkpoint", "a b.pth"]  # fmt: skip
+    env.pop("MANIFEST")
+    missing = subprocess.run(["bash", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "set MANIFEST" in missing.stderr

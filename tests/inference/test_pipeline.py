@@ -138,3 +138,34 @@ def test_bf16_on_cpu(inf, fast_settings, models):
     assert torch.isfinite(result.latents).all()
     scale = float(reference.latents.abs().max())
     assert float((result.latents - reference.latents).abs().max()) < 0.1 * scale  # bf16 rounding, same function
+
+
+def test_official_saved_layout_as_input(inf, fast_settings, models, tmp_path):
+    """process_data.py's saved_frames/<v>/, saved_pose/<v>/ and saved_pkl/<v>.pkl drive the clip (no DWPose)."""
+    import pickle
+
+    from PIL import Image
+
+    frames_dir, pose_dir = tmp_path / "saved_frames" / "v", tmp_path / "saved_pose" / "v"
+    frames_dir.mkdir(parents=True)
+    pose_dir.mkdir(parents=True)
+    count, (h, w) = 5, (96, 64)
+    rng = np.random.default_rng(0)
+    bodies = rng.uniform(0.2, 0.8, size=(count, 18, 2)).astype(np.float32)
+    bodies[:, 14:] = -1.0  # eyes and ears missing
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(frames_dir / f"frame_{i:04d}.jpg")
+        Image.fromarray(np.full((h, w, 3), 10 * i, np.uint8)).save(pose_dir / f"frame_{i:04d}.jpg", quality=100)
+    Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(pose_dir / "ref_pose.jpg", quality=100)
+    pkl = tmp_path / "saved_pkl" / "v.pkl"
+    pkl.parent.mkdir()
+    pkl.write_bytes(pickle.dumps({"bodies": bodies, "faces": -np.ones((count, 68, 2), np.float32),
+                                  "hands": -np.ones((count, 2, 21, 2), np.float32), "size": (h, w, 3), "fps": 8}))
+    settings = inf.with_changes(fast_settings, inputs={"frames": 3, "stride": 2, "pkl": str(pkl),
+                                                       "pose_dir": str(pose_dir), "ref_fit": "stretch"})  # fmt: skip
+    result = animate(inf.MEDIA / "portrait.jpg", frames_dir, settings, models=models)
+    assert result.plan.indices.tolist() == [0, 2, 4] and float(result.fps) == 4.0
+    assert [int(result.clip.pose_frames[k].mean().round()) for k in range(3)] == [0, 20, 40]  # the saved images
+    assert int(result.clip.ref_pose.mean().round()) == 200  # ref_pose.jpg is pose frame 0
+    ipi = result.clip.inputs.keypoints
+    np.testing.assert_allclose(ipi[1:].numpy(), bodies[[0, 2, 4]].transpose(0, 2, 1), atol=1e-6)  # the pkl bodies
