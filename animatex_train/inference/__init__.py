@@ -1,0 +1,1 @@
+"""Inference geometry and orchestration for `animate`: long-video windows, pose alignment, the pipeline."""
