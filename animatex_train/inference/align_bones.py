@@ -232,7 +232,10 @@ def _musepose_ratios(pose: PixelPose, ref_px: PixelPose, frame: int, fit: BoneFi
         values, whys = [], []
         for a, c in segments:
             value, why = _ratio(_length(ref_px, 0, a, c), _length(pose, frame, a, c))
-            (whys if value is None else values).append(why if value is None else value)
+            if value is None:
+                whys.append(why)
+            else:
+                values.append(value)
         if values:
             measured[name] = float(np.mean(values))
         else:  # 0/0 only when every side is 0/0; any other failure is an inf-like one
