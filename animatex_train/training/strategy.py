@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from datetime import timedelta
 from typing import Literal
 
@@ -188,6 +189,13 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
             for block in outermost_blocks(_denoiser(self.lightning_module)):
                 set_z3_leaf_module(block, True)
         super().setup(trainer)
+
+    def init_deepspeed(self) -> None:
+        with warnings.catch_warnings():
+            # AnimateXSystem overrides configure_gradient_clipping to measure the gradient norm once under DDP/FSDP
+            # (training/grad_norm.py); under DeepSpeed it leaves clipping to the engine, as this warning asks.
+            warnings.filterwarnings("ignore", message="Since DeepSpeed handles gradient clipping internally")
+            super().init_deepspeed()
 
     def _auto_select_batch_size(self) -> int:
         # DeepSpeed wants the micro-batch (it only logs with it); Lightning reads it from a batch sampler,
