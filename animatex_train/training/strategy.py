@@ -7,13 +7,14 @@ denoiser's blocks (``training/activation_checkpointing.py``) before the strategy
 * ``AnimateXDDPStrategy``: Lightning's DDP with a timeout in seconds (plain ``strategy: ddp`` works too).
 * ``AnimateXDeepSpeedStrategy``: Lightning's DeepSpeed strategy for ZeRO stages 1-3, optional CPU offload
   of the optimizer state (and, with stage 3, of the parameters), bf16 through ``trainer.precision``.
-  On CUDA it is Lightning's strategy plus three additions: the recipe's AdamW becomes DeepSpeed's CPU Adam
+  On CUDA it is Lightning's strategy plus four additions: the recipe's AdamW becomes DeepSpeed's CPU Adam
   under offload; in bf16/fp16 (DeepSpeed converts the module itself, without autocast) the denoiser's
-  floating-point inputs are cast to its weights' dtype by a forward pre-hook; under ZeRO-3 each denoiser
-  block is one fetch unit. On CPU (CI, gloo), where Lightning refuses DeepSpeed, three overrides apply
-  (DEPENDENCIES.md section 2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the CUDA-only check,
-  skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0 instead of None.
-  They touch Lightning internals, hence the pinned lightning version.
+  floating-point inputs are cast to its weights' dtype by a forward pre-hook; the batch reaches the step as the
+  loader made it (Lightning's DeepSpeed precision would convert all of it, unlike DDP's and FSDP's); under
+  ZeRO-3 each denoiser block is one fetch unit. On CPU (CI, gloo), where Lightning refuses DeepSpeed, three
+  overrides apply (DEPENDENCIES.md section 2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
+  CUDA-only check, skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0
+  instead of None. They touch Lightning internals, hence the pinned lightning version.
 * ``AnimateXFSDPStrategy``: Lightning's FSDP (FSDP1) wrapping each denoiser block as one unit, with
   gradient-norm clipping through FSDP (Lightning's FSDP plugin refuses it). On CPU it passes
   ``device_id=cpu`` and gathers full state dicts without "offloading" to the CPU (both measured to fail
@@ -35,11 +36,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.plugins.precision import FSDPPrecision
+from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from animatex_train.data.batch import Batch
 from animatex_train.training.activation_checkpointing import apply_activation_checkpointing, outermost_blocks
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,8 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
 
     # --- our additions ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer) -> None:
+        if type(self.precision_plugin) is DeepSpeedPrecision:
+            self.precision_plugin = _BatchAsLoaded(self.precision_plugin.precision)
         if self.activation_checkpointing:
             _checkpoint_activations(self.lightning_module)
         if self.precision_plugin.precision != "32-true":
@@ -208,6 +212,17 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
         if self.offload_optimizer:
             optimizer = _to_cpu_adam(optimizer, scheduler_config)
         return optimizer, scheduler_config
+
+
+class _BatchAsLoaded(DeepSpeedPrecision):
+    """Lightning's DeepSpeed precision converts every floating-point tensor of the batch to the training dtype
+    before the step (in bf16: the posterior's mean and std, so the diffusion target, the CLIP features and the
+    keypoint coordinates), which DDP's and FSDP's mixed precisions never do. A ``Batch`` reaches the system as the
+    loader made it under every strategy; the denoiser's inputs are cast at its boundary (the pre-hook below), as
+    autocast casts them for the first matrix product under DDP/FSDP."""
+
+    def convert_input(self, data):
+        return data if isinstance(data, Batch) else super().convert_input(data)
 
 
 def _inputs_to_weight_dtype(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -132,3 +132,18 @@ def test_zero_checkpoint_export_equals_gathered_fp32_weights(runs, name, tmp_pat
     assert all(torch.equal(raw_export[k], gathered[k]) for k in gathered)
     assert all(torch.equal(ema_export[k], ema[k]) for k in ema)
     assert any(not torch.equal(ema_export[k], raw_export[k]) for k in ema)  # decay 0.9 < 1: EMA lags the weights
+
+
+def test_deepspeed_precision_leaves_the_batch_as_the_loader_made_it():
+    """Lightning's DeepSpeed precision would cast the whole batch to bf16 (DDP's and FSDP's never do): posterior,
+    CLIP features and keypoints would then differ by strategy. Ours passes a ``Batch`` through unchanged."""
+    from animatex_train.data.batch import allocate_batch
+    from animatex_train.training.strategy import _BatchAsLoaded
+
+    batch = allocate_batch(2, 3, (16, 16), clip_dim=8)
+    dtypes = {name: getattr(batch, name).dtype for name in ("latent_mean", "latent_std", "ref_clip", "ipi_keypoints")}
+    plugin = _BatchAsLoaded("bf16-mixed")
+    assert plugin.convert_input(batch) is batch
+    assert {name: getattr(batch, name).dtype for name in dtypes} == dtypes
+    assert dtypes["latent_mean"] == torch.float16 and dtypes["ipi_keypoints"] == torch.float32
+    assert plugin.convert_input(torch.ones(2)).dtype == torch.bfloat16  # other inputs: Lightning's conversion
