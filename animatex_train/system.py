@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from animatex_train.conditioning import ConditioningConfig, batch_conditions, model_latents
 from animatex_train.data.batch import Batch
@@ -144,9 +145,10 @@ class AnimateXSystem(pl.LightningModule):
 
     def _empty_prompt_tokens(self) -> torch.Tensor:
         cache = Path(self.empty_prompt_cache) if self.empty_prompt_cache else None
-        if cache is not None and cache.exists():
-            zero_y = FrozenCLIPImageEncoder.load_zero_y(cache)
-        else:
+        zero_y = _read_zero_y(cache) if cache is not None else None
+        if zero_y is None:
+            # Every rank computes the tokens itself (none waits for another); rank 0 writes the cache, atomically
+            # (save_zero_y), so a rank that reads it meanwhile finds no file or the whole file.
             encoder = FrozenCLIPImageEncoder(self.config.clip)
             zero_y = encoder.empty_prompt_tokens()
             if cache is not None and self.global_rank == 0:
@@ -341,6 +343,18 @@ class AnimateXSystem(pl.LightningModule):
                     logger.log_video("val/sample", [str(stem.with_suffix(".mp4"))], step=self.global_step,
                                      caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"])  # fmt: skip
         log.info("validation samples written to %s", out_dir)
+
+
+def _read_zero_y(cache: Path) -> torch.Tensor | None:
+    """The cached empty-prompt tokens; None if there is no cache or it cannot be read (a file cut short by a crash
+    of a writer from before writes were atomic): it is then computed and written again."""
+    if not cache.is_file():
+        return None
+    try:
+        return FrozenCLIPImageEncoder.load_zero_y(cache)
+    except (SafetensorError, OSError) as error:
+        log.warning("model.empty_prompt_cache %s is unreadable (%s): computing the tokens again", cache, error)
+        return None
 
 
 def _seed_of(*parts: object) -> int:
