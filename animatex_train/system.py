@@ -303,7 +303,7 @@ class AnimateXSystem(pl.LightningModule):
         if on_step:
             self.log("train/epi_applied", batch.epi_applied.float().mean(), batch_size=batch.batch_size)
             if not self.trainer._logger_connector.should_update_logs:
-                return  # the buckets read the device (which are present): only when this step's logs are written
+                return  # which buckets a batch fills is read from the device: only on steps whose logs are written
         valid = batch.valid.to(per_sample.device)
         for low, high in zip(TIMESTEP_BUCKETS[:-1], TIMESTEP_BUCKETS[1:], strict=True):
             in_bucket = (t >= low) & (t < high) & valid
