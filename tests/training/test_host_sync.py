@@ -37,8 +37,9 @@ def test_at_most_one_host_sync_per_optimizer_step_outside_log_steps(tmp_path):
     """The tiny recipe through the real system (2 micro-batches per optimizer step, logs every 3 steps): an
     optimizer step whose logs are not written reads the device once (the guard's decision, ``numerics.py``).
 
-    Counted: reads of device values, copies to the host and blocking uploads (the host-drawn condition-dropout and
-    reference-mode masks travel pinned and asynchronously, so there are none).
+    Counted: reads of device values and copies to the host; and blocking uploads made by our code (the host-drawn
+    condition-dropout and reference-mode masks travel pinned and asynchronously, so there are none). The batch's own
+    upload is Lightning's (from pinned memory on GPU nodes) and not bounded here.
     """
     from support.fit_in_process import fit_tiny
 
@@ -49,6 +50,9 @@ def test_at_most_one_host_sync_per_optimizer_step_outside_log_steps(tmp_path):
              first=[probe])  # fmt: skip
     plain = probe.per_optimizer_step(log_steps=False)
     assert sorted(plain) == [0, 1, 3, 4] and len(probe.steps) == 12  # steps 2 and 5 write logs
-    assert all(len(events) <= 1 for events in plain.values()), {s: [f"{e.kind} at {e.where}" for e in events]
-                                                                for s, events in plain.items()}  # fmt: skip
-    assert any(len(events) == 1 and not events[0].is_upload for events in plain.values())  # the guard's one read
+    reads = {step: [e for e in events if not e.is_upload] for step, events in plain.items()}
+    assert all(len(events) <= 1 for events in reads.values()), {s: [f"{e.kind} at {e.where}" for e in events]
+                                                                for s, events in reads.items()}  # fmt: skip
+    assert any(len(events) == 1 for events in reads.values())  # the counter sees the guard's one read
+    ours = [e.where for events in plain.values() for e in events if e.is_upload and "animatex_train" in e.where]
+    assert not ours, ours
