@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from animatex_train.data.batch import Batch
+from animatex_train.models.condition_dropout import to_device_async
 from animatex_train.models.unet import DenoiserConditions
 
 REFERENCE_MODES = ("local_image", "ref_latent", "both")
@@ -68,8 +69,8 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
             ref_latent=ref_latents * latent_scale,
             pose_keypoints=batch.ipi_keypoints,
             driving_clip=batch.driving_clip,
-            local_image_keep=local.to(device),
-            ref_latent_keep=ref.to(device),
+            local_image_keep=to_device_async(local, device),
+            ref_latent_keep=to_device_async(ref, device),
         )
     mode = config.sampling_reference_mode
     use_local, use_ref = mode in ("local_image", "both"), mode in ("ref_latent", "both")

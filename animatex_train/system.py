@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from animatex_train.conditioning import ConditioningConfig, batch_conditions, model_latents
 from animatex_train.data.batch import Batch
@@ -29,6 +30,7 @@ from animatex_train.eval.generate import decode_frames, sample_latents
 from animatex_train.models.config import DenoiserConfig
 from animatex_train.models.unet import AnimateXDenoiser
 from animatex_train.training.ema import EMA, EMAConfig
+from animatex_train.training.grad_norm import clip_and_measure, deepspeed_engine, deepspeed_step_norm
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
 from animatex_train.training.numerics import NumericsConfig, NumericsGuard, SkipStep
 from animatex_train.training.optim import OptimConfig, build_optimizer, build_scheduler
@@ -108,6 +110,12 @@ class AnimateXSystem(pl.LightningModule):
         numerics: non-finite loss/gradient policy and loss-spike warning.
         seed: seed of every random draw of the step (timesteps, noise, condition dropout, reference mode).
         empty_prompt_cache: file caching the CLIP empty-prompt tokens (``zero_y``); computed when absent.
+
+    Attributes:
+        step_skipped: True iff the most recent optimizer step dropped its update (``training/numerics.py`` says when
+            and what a skipped step means); the EMA callback reads it and does not count such steps.
+        grad_norm: the global gradient norm (before clipping) of the most recent optimizer step, the same on every
+            rank (``training/grad_norm.py``): a device tensor, ``inf`` when DeepSpeed found it non-finite, or None.
     """
 
     def __init__(
@@ -143,8 +151,8 @@ class AnimateXSystem(pl.LightningModule):
         self.diffusion = GaussianDiffusion(self.config.diffusion)
         self._frozen: dict[str, torch.nn.Module] = {}  # outside the registry: never trained or saved
         self.numerics = NumericsGuard(self.config.numerics)
-        self._skip_step = False  # set by training_step when the loss guard drops the step
-        self._step_keys: list[str] = []
+        self.step_skipped = False
+        self.grad_norm: torch.Tensor | float | None = None
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
@@ -159,9 +167,10 @@ class AnimateXSystem(pl.LightningModule):
 
     def _empty_prompt_tokens(self) -> torch.Tensor:
         cache = Path(self.empty_prompt_cache) if self.empty_prompt_cache else None
-        if cache is not None and cache.exists():
-            zero_y = FrozenCLIPImageEncoder.load_zero_y(cache)
-        else:
+        zero_y = _read_zero_y(cache) if cache is not None else None
+        if zero_y is None:
+            # Every rank computes the tokens itself (none waits for another); rank 0 writes the cache, atomically
+            # (save_zero_y), so a rank that reads it meanwhile finds no file or the whole file.
             encoder = FrozenCLIPImageEncoder(self.config.clip)
             zero_y = encoder.empty_prompt_tokens()
             if cache is not None and self.global_rank == 0:
@@ -212,12 +221,10 @@ class AnimateXSystem(pl.LightningModule):
             lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator), x0, t=t, noise=noise
         )
         loss = _masked_mean(per_sample, batch.valid)
-        self._step_keys = batch.keys
-        self._skip_step = not self.numerics.check_loss(loss, self.global_step, self.global_rank, batch.keys)
-        if self._skip_step:  # every rank skips together (the guard all-gathered the decision)
-            # Lightning refuses a None loss with several processes: backpropagate an exact zero that reaches
-            # every trainable parameter (DDP's reducer waits for each), and drop the step in optimizer_step.
-            return sum(p.sum() for p in self.denoiser.parameters() if p.requires_grad) * 0.0
+        # No host sync here: the guard adds the loss to this rank's window on the device and decides once per
+        # optimizer step (training/numerics.py). A non-finite loss is backpropagated as it is; its step is then
+        # stopped on or dropped whole, on every rank.
+        self.numerics.observe_loss(loss, batch.keys)
         self._log_step("train", loss, per_sample, info.t, batch)
         return loss
 
@@ -239,27 +246,51 @@ class AnimateXSystem(pl.LightningModule):
         """One generator per sample on ``device``, seeded by (seed, context, key) alone."""
         return [torch.Generator(device=device).manual_seed(_seed_of(self.seed, *context, key)) for key in keys]
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        grads = [p.grad for p in self.denoiser.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip and measure the gradients once (``training/grad_norm.py``), then let the guard settle the step.
+
+        Lightning calls this between backward and the update, so a dropped step changes nothing. Under DeepSpeed
+        the engine clips and measures inside its step, and ``optimizer_step`` settles right after it.
+        """
+        norm = clip_and_measure(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if norm is None:
+            return
+        self.grad_norm = norm
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        verdict = self.numerics.settle(norm, self.global_step, self.global_rank, scaler_overflow_ok=scaler is not None)
+        if verdict == "skip":
+            raise SkipStep
+        self.step_skipped = verdict == "overflow"  # the loss scaler drops that update itself
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        """The default step, with the gradient check between backward and the parameter update."""
-
-        def guarded_closure():
-            result = optimizer_closure()
-            if self._skip_step:
-                raise SkipStep
-            if not self.numerics.check_gradients(self.denoiser.parameters(), self.global_step, self.global_rank,
-                                                 self._step_keys):  # fmt: skip
-                raise SkipStep
-            return result
-
+        """The default step; the non-finite guard settles it between backward and the update
+        (``configure_gradient_clipping``), or under DeepSpeed right after the engine's step."""
+        engine = deepspeed_engine(self.trainer)
+        # DeepSpeed accumulates inside its engine: Lightning calls this hook for every micro-batch.
+        boundary = engine is None or engine.is_gradient_accumulation_boundary()
+        if boundary:
+            self.step_skipped, self.grad_norm = False, None
         try:
-            optimizer.step(closure=guarded_closure)
+            optimizer.step(closure=optimizer_closure)
         except SkipStep:  # raised before the optimizer changed anything
             optimizer.zero_grad(set_to_none=True)
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+            if scaler is not None:
+                scaler.update()  # the gradients were unscaled for this step: close the scaler's step
+            self.step_skipped = True
+        if engine is not None and boundary:
+            self.grad_norm = deepspeed_step_norm(engine)
+            # Raises under policy stop; the engine itself did not apply an update whose norm is not finite.
+            self.numerics.settle(self.grad_norm, self.global_step, self.global_rank,
+                                 scaler_overflow_ok=engine.fp16_enabled())  # fmt: skip
+            self.step_skipped = not engine.was_step_applied()
+        if boundary and self.grad_norm is not None:
+            self.log("train/grad_norm", self.grad_norm)  # a device tensor: no host sync until logs are written
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Lightning's default, except after a skipped step: the schedule counts applied updates (numerics.py)."""
+        if not self.step_skipped:
+            super().lr_scheduler_step(scheduler, metric)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
@@ -293,6 +324,8 @@ class AnimateXSystem(pl.LightningModule):
                  reduce_fx="sum", sync_dist=True, batch_size=batch.batch_size)  # fmt: skip
         if on_step:
             self.log("train/epi_applied", batch.epi_applied.float().mean(), batch_size=batch.batch_size)
+            if not self.trainer._logger_connector.should_update_logs:
+                return  # which buckets a batch fills is read from the device: only on steps whose logs are written
         valid = batch.valid.to(per_sample.device)
         for low, high in zip(TIMESTEP_BUCKETS[:-1], TIMESTEP_BUCKETS[1:], strict=True):
             in_bucket = (t >= low) & (t < high) & valid
@@ -332,6 +365,18 @@ class AnimateXSystem(pl.LightningModule):
                     logger.log_video("val/sample", [str(stem.with_suffix(".mp4"))], step=self.global_step,
                                      caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"])  # fmt: skip
         log.info("validation samples written to %s", out_dir)
+
+
+def _read_zero_y(cache: Path) -> torch.Tensor | None:
+    """The cached empty-prompt tokens; None if there is no cache or it cannot be read (a file cut short by a crash
+    of a writer from before writes were atomic): it is then computed and written again."""
+    if not cache.is_file():
+        return None
+    try:
+        return FrozenCLIPImageEncoder.load_zero_y(cache)
+    except (SafetensorError, OSError) as error:
+        log.warning("model.empty_prompt_cache %s is unreadable (%s): computing the tokens again", cache, error)
+        return None
 
 
 def _seed_of(*parts: object) -> int:

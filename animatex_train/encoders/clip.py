@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,9 +230,22 @@ class FrozenCLIPImageEncoder(nn.Module):
             setattr(self.model, name, None)
 
     def save_zero_y(self, path: str | Path) -> None:
-        """Write zero_y (1, 77, text_width) to a safetensors file under the key ``zero_y``."""
+        """Write zero_y (1, 77, text_width) to a safetensors file under the key ``zero_y``.
+
+        Atomically: written to a temporary file beside ``path``, flushed to disk, then renamed over it, so a reader
+        (another rank, another job) sees no file or a whole one, never a partial one.
+        """
+        path = Path(path)
         zero_y = self.empty_prompt_tokens().cpu().contiguous()
-        save_file({"zero_y": zero_y}, str(path), metadata={"arch": self._arch_name(), "layer": "penultimate"})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: concurrent writers do not collide
+        try:
+            save_file({"zero_y": zero_y}, str(tmp), metadata={"arch": self._arch_name(), "layer": "penultimate"})
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())  # the bytes are on disk before the name points at them
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @staticmethod
     def load_zero_y(path: str | Path) -> torch.Tensor:

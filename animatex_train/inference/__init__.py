@@ -1,4 +1,5 @@
-"""Inference: ``animate(ref, video, settings) -> frames + metadata`` and the ``animatex-train animate`` command.
+"""Inference: ``animate(ref, video, settings) -> frames + metadata``, the ``animatex-train animate`` command, and
+its geometry (long-video windows, pose alignment).
 
 Uses the models, encoders, diffusion and data packages, never Lightning (a training checkpoint is read through
 ``training/export.py`` only when one is given instead of an export). Names are imported lazily so that

@@ -66,5 +66,14 @@ class ConditionDropout(nn.Module):
             keep = torch.ones(batch_size)
             keep[dropped] = 0.0
             keep[all_zero] = 0.0
-            masks.append(keep.to(device))
-        return ConditionKeepMasks(*masks, all_dropped=all_zero.to(device))
+            masks.append(to_device_async(keep, device))
+        return ConditionKeepMasks(*masks, all_dropped=to_device_async(all_zero, device))
+
+
+def to_device_async(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A small host tensor on ``device`` without stalling the host: a plain ``.to(cuda)`` from pageable memory
+    waits for the stream, so every mask drawn on the CPU would cost a host sync per step. Pinned (PyTorch's
+    caching host allocator) then copied asynchronously on CUDA (elsewhere ``non_blocking`` changes nothing)."""
+    device = torch.device(device)
+    source = tensor.pin_memory() if device.type == "cuda" else tensor
+    return source.to(device, non_blocking=True)

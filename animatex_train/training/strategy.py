@@ -7,17 +7,18 @@ denoiser's blocks (``training/activation_checkpointing.py``) before the strategy
 * ``AnimateXDDPStrategy``: Lightning's DDP with a timeout in seconds (plain ``strategy: ddp`` works too).
 * ``AnimateXDeepSpeedStrategy``: Lightning's DeepSpeed strategy for ZeRO stages 1-3, optional CPU offload
   of the optimizer state (and, with stage 3, of the parameters), bf16 through ``trainer.precision``.
-  On CUDA it is Lightning's strategy plus three additions: the recipe's AdamW becomes DeepSpeed's CPU Adam
+  On CUDA it is Lightning's strategy plus four additions: the recipe's AdamW becomes DeepSpeed's CPU Adam
   under offload; in bf16/fp16 (DeepSpeed converts the module itself, without autocast) the denoiser's
-  floating-point inputs are cast to its weights' dtype by a forward pre-hook; under ZeRO-3 each denoiser
-  block is one fetch unit. On CPU (CI, gloo), where Lightning refuses DeepSpeed, three overrides apply
-  (DEPENDENCIES.md section 2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the CUDA-only check,
-  skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0 instead of None.
-  They touch Lightning internals, hence the pinned lightning version.
+  floating-point inputs are cast to its weights' dtype by a forward pre-hook; the batch reaches the step as the
+  loader made it (Lightning's DeepSpeed precision would convert all of it, unlike DDP's); under
+  ZeRO-3 each denoiser block is one fetch unit. On CPU (CI, gloo), where Lightning refuses DeepSpeed, three
+  overrides apply (DEPENDENCIES.md section 2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
+  CUDA-only check, skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0
+  instead of None. They touch Lightning internals, hence the pinned lightning version.
 * ``AnimateXFSDPStrategy``: Lightning's FSDP (FSDP1) wrapping each denoiser block as one unit, with
-  gradient-norm clipping through FSDP (Lightning's FSDP plugin refuses it). On CPU it passes
-  ``device_id=cpu`` and gathers full state dicts without "offloading" to the CPU (both measured to fail
-  otherwise). The EMA callback is refused under sharding (it would average flattened shards).
+  gradient-norm clipping through FSDP (Lightning's FSDP plugin refuses it) and the batch as the loader made it.
+  On CPU it passes ``device_id=cpu`` and gathers full state dicts without "offloading" to the CPU (both
+  measured to fail otherwise). The EMA callback is refused under sharding (it would average flattened shards).
 
 The frozen VAE and CLIP are held outside the module registry (``system.py``), so no strategy sees them:
 they are never in the optimizer, the DDP buckets, the ZeRO partitions or the checkpoints.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from datetime import timedelta
 from typing import Literal
 
@@ -34,11 +36,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.plugins.precision import FSDPPrecision
+from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 
+from animatex_train.data.batch import Batch
 from animatex_train.training.activation_checkpointing import apply_activation_checkpointing, outermost_blocks
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,8 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
 
     # --- our additions ---------------------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer) -> None:
+        if type(self.precision_plugin) is DeepSpeedPrecision:
+            self.precision_plugin = _DeepSpeedBatchAsLoaded(self.precision_plugin.precision)
         if self.activation_checkpointing:
             _checkpoint_activations(self.lightning_module)
         if self.precision_plugin.precision != "32-true":
@@ -189,6 +194,13 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
                 set_z3_leaf_module(block, True)
         super().setup(trainer)
 
+    def init_deepspeed(self) -> None:
+        with warnings.catch_warnings():
+            # AnimateXSystem overrides configure_gradient_clipping to measure the gradient norm once under DDP/FSDP
+            # (training/grad_norm.py); under DeepSpeed it leaves clipping to the engine, as this warning asks.
+            warnings.filterwarnings("ignore", message="Since DeepSpeed handles gradient clipping internally")
+            super().init_deepspeed()
+
     def _auto_select_batch_size(self) -> int:
         # DeepSpeed wants the micro-batch (it only logs with it); Lightning reads it from a batch sampler,
         # which our streaming loader does not have (it batches inside the stream).
@@ -200,6 +212,21 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
         if self.offload_optimizer:
             optimizer = _to_cpu_adam(optimizer, scheduler_config)
         return optimizer, scheduler_config
+
+
+class _BatchAsLoaded:
+    """Mixin for precision plugins: Lightning's DeepSpeed and FSDP precisions convert every floating-point tensor
+    of the batch to their input dtype before the step (DeepSpeed bf16: the posterior's mean and std, hence the
+    diffusion target, the CLIP features and the keypoint coordinates; fp32: the fp16 posterior widened), which DDP
+    never does. A ``Batch`` reaches the system as the loader made it under every strategy; the denoiser's inputs
+    are cast where the weights need it (DeepSpeed: the pre-hook below; DDP/FSDP mixed precision: autocast)."""
+
+    def convert_input(self, data):
+        return data if isinstance(data, Batch) else super().convert_input(data)
+
+
+class _DeepSpeedBatchAsLoaded(_BatchAsLoaded, DeepSpeedPrecision):
+    """Lightning's DeepSpeed precision, the ``Batch`` left as loaded."""
 
 
 def _inputs_to_weight_dtype(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -337,9 +364,10 @@ def _refuse_sharded_ema(trainer: pl.Trainer, sharding: str) -> None:
     )
 
 
-class _FSDPNormClipping(FSDPPrecision):
+class _FSDPNormClipping(_BatchAsLoaded, FSDPPrecision):
     """Lightning's FSDP precision plugin refuses ``gradient_clip_algorithm='norm'``: the norm of sharded gradients
-    needs a collective, which FSDP's own ``clip_grad_norm_`` performs. Clip through it."""
+    needs a collective, which FSDP's own ``clip_grad_norm_`` performs. Clip through it (``AnimateXSystem`` clips in
+    its own hook, ``training/grad_norm.py``; this serves other modules). The ``Batch`` is left as loaded."""
 
     def __init__(self, precision, scaler, strategy: AnimateXFSDPStrategy):
         super().__init__(precision, scaler)

@@ -126,6 +126,41 @@ def test_zero_y_save_load_round_trip(tmp_path) -> None:
         FrozenCLIPImageEncoder.load_zero_y(tmp_path / "missing.safetensors")
 
 
+def test_zero_y_is_written_atomically(tmp_path, monkeypatch) -> None:
+    """Another rank may read the cache while rank 0 writes it: a reader sees the old file or the new one, whole."""
+    import animatex_train.encoders.clip as clip_module
+
+    encoder = FrozenCLIPImageEncoder(CLIPConfig(tiny=True))
+    path = tmp_path / "cache" / "zero_y.safetensors"  # the folder does not exist yet
+    encoder.save_zero_y(path)
+    original = path.read_bytes()
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left
+
+    def crash_mid_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as partial:
+            partial.write(b"\x10\x00\x00\x00")  # a few bytes, then the writer dies
+        raise OSError("disk full")
+
+    monkeypatch.setattr(clip_module, "save_file", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        FrozenCLIPImageEncoder(CLIPConfig(tiny=True, seed=3)).save_zero_y(path)
+    assert path.read_bytes() == original  # readers still find the complete earlier file
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_an_unreadable_zero_y_cache_is_computed_again(tmp_path, caplog) -> None:
+    from animatex_train.system import _read_zero_y
+
+    encoder = FrozenCLIPImageEncoder(CLIPConfig(tiny=True))
+    path = tmp_path / "zero_y.safetensors"
+    assert _read_zero_y(path) is None  # absent
+    encoder.save_zero_y(path)
+    assert torch.equal(_read_zero_y(path), encoder.empty_prompt_tokens())
+    path.write_bytes(path.read_bytes()[:20])  # cut short (by a writer from before writes were atomic)
+    assert _read_zero_y(path) is None
+    assert "empty_prompt_cache" in caplog.text and "unreadable" in caplog.text
+
+
 def test_missing_checkpoint_names_the_key(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"clip\.checkpoint.*open_clip_pytorch_model\.bin"):
         FrozenCLIPImageEncoder(CLIPConfig(checkpoint=str(tmp_path / "open_clip_pytorch_model.bin")))

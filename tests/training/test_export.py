@@ -12,7 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from support.denoiser import tiny_inputs
-from support.tiny_dataset import DDP_ARGS, TINY_RECIPE, probed_run, shared_dataset
+from support.numerics_runs import PROBED_DDP_ARGS
+from support.tiny_dataset import TINY_RECIPE, probed_run, shared_dataset
 
 from animatex_train.models.config import DenoiserConfig
 from animatex_train.models.official import load_official_state_dict
@@ -38,7 +39,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
     """The 2-process DDP run of the tiny recipe (shared with test_strategies.py), its checkpoint and config."""
-    run = probed_run(tmp_path_factory, "ddp", DDP_ARGS, steps=STEPS)
+    run = probed_run(tmp_path_factory, "ddp", PROBED_DDP_ARGS, steps=STEPS)
     checkpoint = torch.load(run / "checkpoints" / step_dir_name(STEPS) / STATE, weights_only=True)
     config = DenoiserConfig(**checkpoint["hyper_parameters"]["config"]["denoiser"])
     return {"data": shared_dataset(tmp_path_factory), "run": run, "config": config, "checkpoint": checkpoint}

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from support.numerics_runs import NUMERICS_PROBE, read_numerics
 from support.tiny_dataset import DDP_ARGS, probed_run
 
 from animatex_train.training.export import _load, export_weights, resolve_checkpoint
@@ -48,7 +49,8 @@ STRATEGIES: dict[str, list[str]] = {
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run directory of each strategy's run (2 processes, STEPS steps), started on first use."""
-    return lambda name: probed_run(tmp_path_factory, name, STRATEGIES[name], steps=STEPS)
+    # The numerics probe in every run; "ddp" is shared with test_export.py, which passes the same arguments.
+    return lambda name: probed_run(tmp_path_factory, name, [*STRATEGIES[name], NUMERICS_PROBE], steps=STEPS)
 
 
 def _losses(run_dir: Path, rank: int) -> list[list[float]]:
@@ -84,6 +86,32 @@ def test_losses_and_weights_match_ddp(runs, name):
     assert worst < 5e-4, f"{name}: weights differ from DDP's by up to {worst}"
 
 
+@pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "fsdp"])
+def test_grad_norm_is_one_global_value_equal_to_ddps(runs, name):
+    """``train/grad_norm`` (``AnimateXSystem.grad_norm``): under ZeRO the engine's own norm, under FSDP the one
+    ``clip_grad_norm_`` sums over the shards, under DDP ``get_total_norm`` of the averaged gradients. Each is the
+    same on both ranks, bitwise, and, for the same data, within 1e-5 relative of DDP's (the summation order of
+    the reductions differs; a norm of one rank's shard or of unreduced gradients would be far off)."""
+    reference, run = runs("ddp"), runs(name)
+    ddp_steps, steps = [read_numerics(reference, r)["steps"] for r in (0, 1)], [read_numerics(run, r)["steps"]
+                                                                                for r in (0, 1)]  # fmt: skip
+    for records in (*ddp_steps, *steps):
+        assert [s["step"] for s in records] == list(range(1, STEPS + 1))
+        assert not any(s["skipped"] for s in records)
+    norms, ddp_norms = ([s["grad_norm"] for s in records[0]] for records in (steps, ddp_steps))
+    assert [s["grad_norm"] for s in steps[1]] == norms and [s["grad_norm"] for s in ddp_steps[1]] == ddp_norms
+    torch.testing.assert_close(torch.tensor(norms), torch.tensor(ddp_norms), rtol=1e-5, atol=0.0)
+
+
+@pytest.mark.parametrize("name", ["zero2", "fsdp"])
+def test_batch_reaches_the_step_with_the_loaders_dtypes(runs, name):
+    """Lightning's DeepSpeed precision casts the batch to the training dtype before the step (fp32 here: the fp16
+    posterior would arrive widened; in bf16 it would lose bits); every strategy must hand it over as loaded."""
+    expected = read_numerics(runs("ddp"), 0)["batch_dtypes"]
+    assert expected["latent_mean"] == "torch.float16" and expected["ipi_keypoints"] == "torch.float32"
+    assert all(read_numerics(runs(name), rank)["batch_dtypes"] == expected for rank in (0, 1))
+
+
 def test_zero3_partitions_only_the_denoiser(runs):
     run = runs("zero3")
     facts = json.loads((run / "probe" / "facts.json").read_text())
@@ -113,6 +141,8 @@ def test_zero3_offload_bf16_trains_like_ddp_and_exports(runs, tmp_path):
                                    rtol=3e-2, atol=1e-4)  # fmt: skip
     facts = json.loads((run / "probe" / "facts.json").read_text())
     assert facts["zero_stage"] == 3 and facts["partitioned"] == facts["num_parameters"]
+    batch_dtypes = read_numerics(reference, 0)["batch_dtypes"]  # bf16 training, the batch as loaded (fp16, fp32)
+    assert all(read_numerics(run, rank)["batch_dtypes"] == batch_dtypes for rank in (0, 1))
     export_weights(run / "checkpoints", tmp_path / "raw.safetensors", weights="raw")
     exported = load_file(str(tmp_path / "raw.safetensors"))
     gathered = load_file(str(run / "probe" / "final_fp32.safetensors"))  # the fp32 master copy, from the host
@@ -132,3 +162,22 @@ def test_zero_checkpoint_export_equals_gathered_fp32_weights(runs, name, tmp_pat
     assert all(torch.equal(raw_export[k], gathered[k]) for k in gathered)
     assert all(torch.equal(ema_export[k], ema[k]) for k in ema)
     assert any(not torch.equal(ema_export[k], raw_export[k]) for k in ema)  # decay 0.9 < 1: EMA lags the weights
+
+
+@pytest.mark.parametrize("precision", ["deepspeed", "fsdp"])
+def test_precision_plugins_leave_the_batch_as_the_loader_made_it(precision):
+    """Lightning's DeepSpeed and FSDP precisions would cast the whole batch to their input dtype (DDP's never does):
+    posterior, CLIP features and keypoints would then differ by strategy. Ours pass a ``Batch`` through unchanged."""
+    from animatex_train.data.batch import allocate_batch
+    from animatex_train.training.strategy import _DeepSpeedBatchAsLoaded, _FSDPNormClipping
+
+    batch = allocate_batch(2, 3, (16, 16), clip_dim=8)
+    dtypes = {name: getattr(batch, name).dtype for name in ("latent_mean", "latent_std", "ref_clip", "ipi_keypoints")}
+    if precision == "deepspeed":
+        plugin, other_dtype = _DeepSpeedBatchAsLoaded("bf16-mixed"), torch.bfloat16
+    else:
+        plugin, other_dtype = _FSDPNormClipping("bf16-true", None, strategy=None), torch.bfloat16
+    assert plugin.convert_input(batch) is batch
+    assert {name: getattr(batch, name).dtype for name in dtypes} == dtypes
+    assert dtypes["latent_mean"] == torch.float16 and dtypes["ipi_keypoints"] == torch.float32
+    assert plugin.convert_input(torch.ones(2)).dtype == other_dtype  # other inputs: Lightning's conversion
