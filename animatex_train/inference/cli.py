@@ -39,10 +39,11 @@ ALIASES: dict[str, str] = {
     "final_alpha": "sampling.sampler.final_alpha", "guidance_rescale": "sampling.sampler.guidance_rescale",
     "seed": "sampling.seed", "ref_mode": "sampling.ref_mode", "window": "sampling.window",
     "overlap": "sampling.overlap", "fusion": "sampling.fusion", "noise_prior": "sampling.noise_prior",
+    "window_tail": "sampling.window_tail", "window_batch": "sampling.window_batch",
     "precision": "sampling.precision", "device": "sampling.device", "offload": "sampling.offload",
     "decode_chunk": "sampling.decode_chunk", "cfg_batch": "sampling.cfg_batch", "attention": "sampling.attention",
     "fps": "output.fps", "audio": "output.audio", "layout": "output.layout", "save_poses": "output.save_poses",
-    "save_frames": "output.save_frames", "progress": "output.progress",
+    "save_frames": "output.save_frames", "align_preview": "output.align_preview", "progress": "output.progress",
 }  # fmt: skip
 
 
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--align-frame", type=int, default=d_in.align_frame, help="frame the alignment is estimated on")
     i.add_argument("--pose-scale", type=_pair, help="manual SX,SY after alignment")
     i.add_argument("--pose-offset", type=_pair, help="manual DX,DY (normalised) after alignment")
+    i.add_argument("--align-preview", help="write the alignment preview PNG here")
+    i.add_argument("--dry-run-align", action="store_true",
+                   help="write the alignment preview (<out>.align.png unless --align-preview) and stop")
     i.add_argument("--cache-dir", default=str(Path("~/.cache/animatex/poses")), help="DWPose cache ('' = none)")
     s = p.add_argument_group("sampling, long videos, speed and memory")
     s.add_argument("--steps", type=int, default=d_smp.num_steps, help="DDIM steps (31 evaluations for 30)")
@@ -130,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ref-mode", choices=S.REF_MODES, default=d_s.ref_mode, help="local_image is the released")
     s.add_argument("--window", type=int, help="frames per window (e.g. 32); unset = one pass")
     s.add_argument("--overlap", type=int, default=d_s.overlap, help="frames shared by neighbouring windows")
-    s.add_argument("--fusion", choices=S.FUSIONS, default=d_s.fusion)
+    s.add_argument("--fusion", choices=S.FUSIONS, default=d_s.fusion, help="how overlapping windows average")
+    s.add_argument("--window-tail", choices=S.WINDOW_TAILS, default=d_s.window_tail,
+                   help="last window snapped to the end (UniAnimate) or padded with the last frame (MusePose)")
+    s.add_argument("--window-batch", type=int, default=d_s.window_batch, help="windows per denoiser call")
     s.add_argument("--noise-prior", type=int, help="UniAnimate's tau (939): leak the reference into x_T")
     s.add_argument("--precision", choices=S.PRECISIONS, help="default: bf16 on CUDA (official: fp16), fp32 on CPU")
     s.add_argument("--device", help="cuda, cuda:N or cpu (default: the local rank's GPU)")
@@ -182,8 +189,15 @@ def animate_main(argv: list[str]) -> int:
                   f"{len(summary['failed'])} failed" + (f" ({', '.join(summary['failed'])})" if summary["failed"]
                                                         else ""))  # fmt: skip
             return 1 if summary["failed"] else 0
-        from animatex_train.inference.pipeline import animate
+        from animatex_train.inference.pipeline import animate, preview_alignment_only
 
+        if args.dry_run_align:
+            path = args.align_preview or str(Path(args.output).with_suffix(".align.png"))
+            clip = preview_alignment_only(args.ref, args.video, settings, path)
+            for message in clip.warnings:
+                print(f"warning: {message}", file=sys.stderr)
+            print(f"animate: alignment preview ({clip.notes['alignment'].get('mode')}) -> {path}")
+            return 0
         result = animate(args.ref, args.video, settings, output=args.output)
     except (ValueError, FileNotFoundError) as error:
         print(f"animatex-train animate: error: {error}", file=sys.stderr)

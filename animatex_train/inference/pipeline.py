@@ -19,7 +19,7 @@ from animatex_train.eval.generate import decode_frames
 from animatex_train.inference import outputs
 from animatex_train.inference.conditions import clip_conditions, conditions_to
 from animatex_train.inference.frames import FramePlan, plan_frames
-from animatex_train.inference.media import open_driving
+from animatex_train.inference.media import DrivingSource, open_driving
 from animatex_train.inference.poses import pkl_fps
 from animatex_train.inference.prepare import PreparedClip, prepare_clip
 from animatex_train.inference.runtime import AnimateModels, load_models, peak_memory
@@ -76,14 +76,33 @@ def _model_fn(models: AnimateModels, settings: AnimateSettings, num_frames: int)
         with models.autocast():
             return net(x.to(dtype), t, conditions).float()
 
-    window = settings.sampling.window
-    if window is None:
+    sampling = settings.sampling
+    if sampling.window is None:
         return denoise, None
-    from animatex_train.inference.windows import WindowedDenoiser, fusion_weights, window_schedule
+    from animatex_train.inference.windows import WindowedDenoiser, window_schedule
 
-    schedule = window_schedule(num_frames, window, settings.sampling.overlap)
-    length = max(len(w) for w in schedule)
-    return WindowedDenoiser(denoise, schedule, fusion_weights(settings.sampling.fusion, length)), schedule
+    schedule = window_schedule(num_frames, sampling.window, sampling.overlap, tail=sampling.window_tail)
+    return WindowedDenoiser(denoise, schedule, fusion=sampling.fusion, window_batch=sampling.window_batch), schedule
+
+
+def _prepare(ref: str | Path, video: str | Path, settings: AnimateSettings,
+             models: AnimateModels) -> tuple[DrivingSource, FramePlan, PreparedClip]:  # fmt: skip
+    inputs = settings.inputs
+    folder_fps = pkl_fps(inputs.pkl) if inputs.pkl and Path(video).is_dir() else None
+    driving = open_driving(video, folder_fps)
+    plan = plan_frames(driving.info, stride=inputs.stride, target_fps=inputs.target_fps, start=inputs.start,
+                       frames=inputs.frames, fps=settings.output.fps)  # fmt: skip
+    return driving, plan, prepare_clip(ref, driving, plan, settings, models, seed=settings.sampling.seed)
+
+
+def preview_alignment_only(ref: str | Path, video: str | Path, settings: AnimateSettings, path: str | Path,
+                           models: AnimateModels | None = None) -> PreparedClip:  # fmt: skip
+    """``--dry-run-align``: prepare the clip, write the alignment preview PNG to ``path``, and stop (no sampling),
+    to try ``--align``/``--pose-scale``/``--pose-offset`` quickly."""
+    settings = settings.resolved()
+    settings = replace(settings, output=replace(settings.output, align_preview=str(path)))
+    models = models or models_for(settings)
+    return _prepare(ref, video, settings, models)[2]
 
 
 def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None = None, *,
@@ -112,15 +131,11 @@ def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None
         models = models_for(settings)
         timings["load_models"] = time.perf_counter() - started
     mark = time.perf_counter()
-    inputs, sampling = settings.inputs, settings.sampling
+    sampling = settings.sampling
     if models.device.type == "cuda":  # peak memory per animation, not per process
         torch.cuda.reset_peak_memory_stats(models.device)
     models.vae.config.decode_chunk_size = sampling.decode_chunk  # a per-job setting; the VAE reads it per call
-    folder_fps = pkl_fps(inputs.pkl) if inputs.pkl and Path(video).is_dir() else None
-    driving = open_driving(video, folder_fps)
-    plan = plan_frames(driving.info, stride=inputs.stride, target_fps=inputs.target_fps, start=inputs.start,
-                       frames=inputs.frames, fps=settings.output.fps)  # fmt: skip
-    clip = prepare_clip(ref, driving, plan, settings, models, seed=sampling.seed)
+    driving, plan, clip = _prepare(ref, video, settings, models)
     timings["prepare"] = time.perf_counter() - mark
     n = plan.num_frames
     resize_position_table(models.net, n + 1)

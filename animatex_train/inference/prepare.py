@@ -64,20 +64,30 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 255.0
 
 
-def _align(settings: AnimateSettings, ref_kp: np.ndarray, driving_kp: np.ndarray,
-           canvas: tuple[int, int]) -> np.ndarray:  # fmt: skip
-    """Driving keypoints aligned to the reference (``--align``, ``--pose-scale``, ``--pose-offset``)."""
+def _align(settings: AnimateSettings, ref_kp: np.ndarray | None, driving_kp: np.ndarray,
+           canvas: tuple[int, int]) -> tuple[np.ndarray, dict | None, list[str]]:  # fmt: skip
+    """Driving keypoints aligned to the reference (``--align``, then ``--pose-scale``/``--pose-offset``), the
+    alignment report and its warnings. Without reference keypoints ``align_poses`` falls back (and says so)."""
     inputs = settings.inputs
     if inputs.align == "none" and inputs.pose_scale is None and inputs.pose_offset is None:
-        return driving_kp
+        return driving_kp, None, []
     from animatex_train.inference.align import align_poses
 
-    ref = PoseSequence.from_array(ref_kp[None], canvas, name="reference keypoints")
+    ref = None if ref_kp is None else PoseSequence.from_array(ref_kp[None], canvas, name="reference keypoints")
     driving = PoseSequence.from_array(driving_kp, canvas, name="driving keypoints")
-    aligned = align_poses(ref, driving, inputs.align, align_frame=min(inputs.align_frame, len(driving_kp) - 1),
-                          scale=inputs.pose_scale, offset=inputs.pose_offset)  # fmt: skip
-    array = aligned.to_array() if isinstance(aligned, PoseSequence) else np.asarray(aligned, dtype=np.float32)
-    return drop_outside_frame(array)
+    aligned, report = align_poses(ref, driving, inputs.align, align_frame=inputs.align_frame,
+                                  scale=inputs.pose_scale, offset=inputs.pose_offset)  # fmt: skip
+    return drop_outside_frame(aligned.to_array()), report.to_dict(), list(report.warnings)
+
+
+def _write_preview(path: str, reference: np.ndarray, ref_kp: np.ndarray | None, aligned: np.ndarray,
+                   unaligned: np.ndarray, canvas: tuple[int, int]) -> None:  # fmt: skip
+    from animatex_train.inference.align_preview import preview_alignment
+
+    def pose(points: np.ndarray) -> PoseSequence:
+        return PoseSequence.from_array(points[None], canvas, name="preview keypoints")
+
+    preview_alignment(reference, None if ref_kp is None else pose(ref_kp), pose(aligned), path, pose(unaligned))
 
 
 def _reference_keypoints(settings: AnimateSettings, models: AnimateModels, reference: np.ndarray,
@@ -125,15 +135,19 @@ def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: Frame
     drv_geom = FitGeometry.fit(inputs.ref_fit, frame_size, canvas)
     reference = ref_geom.apply(raw_ref, fill=inputs.bg)
     own_ref_kp = _reference_keypoints(settings, models, raw_ref, warnings)
-    driving_kp = drv_geom.transform_points(driving_src)
-    ref_kp = ref_geom.transform_points(own_ref_kp) if own_ref_kp is not None else driving_kp[0]
-    notes = {"reference_keypoints": ("file" if inputs.ref_keypoints_file else "dwpose") if own_ref_kp is not None
+    unaligned = drv_geom.transform_points(driving_src)
+    own_kp = ref_geom.transform_points(own_ref_kp) if own_ref_kp is not None else None
+    driving_kp, report, align_warnings = _align(settings, own_kp, unaligned, canvas)
+    warnings += align_warnings
+    # IPI frame 0: the reference's keypoints, else (released behaviour) the driving frame 0 as used.
+    ref_kp = own_kp if own_kp is not None else driving_kp[0]
+    notes = {"reference_keypoints": ("file" if inputs.ref_keypoints_file else "dwpose") if own_kp is not None
              else "driving_frame_0", "canvas": list(canvas), "driving_frame_size": list(frame_size),
-             "alignment": inputs.align if own_ref_kp is not None else "none"}  # fmt: skip
-    if own_ref_kp is not None:
-        driving_kp = _align(settings, ref_kp, driving_kp, canvas)
-    elif inputs.align != "none":
-        warnings.append(f"--align {inputs.align} needs the reference's keypoints; the poses are not aligned")
+             "alignment": report or {"mode": "none"}}  # fmt: skip
+    if settings.output.align_preview:
+        frame = min(inputs.align_frame, len(driving_kp) - 1)
+        _write_preview(settings.output.align_preview, reference, own_kp, driving_kp[frame], unaligned[frame], canvas)
+        notes["align_preview"] = settings.output.align_preview
     keypoints = np.concatenate([ref_kp[None], driving_kp]).astype(np.float32)
     if inputs.pose_dir:
         ref_image, files = poses.read_pose_dir(inputs.pose_dir, driving.info.num_frames)

@@ -43,12 +43,12 @@ def initial_noise(diffusion: GaussianDiffusion, shape: tuple[int, ...], seed: in
         return diffusion.sample_noise(shape, generator)
     if ref_latent is None:
         raise ValueError("--noise-prior needs the reference latent")
-    eps = torch.randn(shape, generator=generator)
-    b, c, f = shape[:3]
-    offset = torch.randn((b, c, f, 1, 1), generator=generator)
-    alpha = diffusion.alphas_cumprod[int(noise_prior)]
-    prior = ref_latent.detach().to("cpu", torch.float32).expand(-1, -1, f, -1, -1)
-    return (alpha.sqrt() * prior + (1 - alpha).sqrt() * eps + diffusion.config.offset_noise_strength * offset).float()
+    from animatex_train.inference.windows import noise_prior as apply_prior
+
+    eps = torch.randn(shape, generator=generator)  # drawn as sample_noise draws: eps, then the offset
+    offset = torch.randn((*shape[:3], 1, 1), generator=generator)
+    return apply_prior(eps, ref_latent.detach().to("cpu", torch.float32), diffusion.alphas_cumprod, int(noise_prior),
+                       offset, diffusion.config.offset_noise_strength, variant="long").float()  # fmt: skip
 
 
 @dataclass

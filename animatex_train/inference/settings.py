@@ -18,6 +18,7 @@ REF_FITS = ("stretch", "crop", "pad")
 LAYOUTS = ("result", "ref-pose-result", "ref-pose-result-source")
 ALIGN_MODES = ("none", "unianimate", "musepose", "linear")
 FUSIONS = ("uniform", "triangular")
+WINDOW_TAILS = ("snap", "pad")
 PRECISIONS = ("fp32", "bf16", "fp16")
 CFG_BATCH = ("auto", "on", "off")
 REF_KEYPOINTS = ("auto", "driving0")
@@ -145,6 +146,8 @@ class SamplingSettings:
         window: frames per window over long videos; None or >= the frame count = one pass (official).
         overlap: frames shared by neighbouring windows.
         fusion: how overlapping windows are averaged: ``uniform`` (UniAnimate) or ``triangular`` (MimicMotion).
+        window_tail: the last window ``snap``ped to the end (UniAnimate) or ``pad``ded with the last frame (MusePose).
+        window_batch: windows per denoiser call (UniAnimate's ``context_batch_size``; needs equal-length windows).
         noise_prior: tau of UniAnimate's noise prior (x_T leaks the reference latent at level tau; 939 in
             UniAnimate's long mode); None = off (official).
         precision: ``fp32``, ``bf16`` or ``fp16`` for the denoiser (latents and the update stay float32); None
@@ -163,6 +166,8 @@ class SamplingSettings:
     window: int | None = None
     overlap: int = 8
     fusion: str = "uniform"
+    window_tail: str = "snap"
+    window_batch: int = 1
     noise_prior: int | None = None
     precision: str | None = None
     device: str | None = None
@@ -179,6 +184,8 @@ class SamplingSettings:
         if self.window is not None:
             _check(0 <= self.overlap < self.window, "--overlap", f"in [0, --window={self.window})", self.overlap)
         _check(self.fusion in FUSIONS, "--fusion", " | ".join(FUSIONS), self.fusion)
+        _check(self.window_tail in WINDOW_TAILS, "--window-tail", " | ".join(WINDOW_TAILS), self.window_tail)
+        _check(self.window_batch >= 1, "--window-batch", ">= 1", self.window_batch)
         _check(self.noise_prior is None or 0 <= self.noise_prior <= 999, "--noise-prior", "a timestep in 0..999",
                self.noise_prior, "UniAnimate uses 939")  # fmt: skip
         _check(self.precision is None or self.precision in PRECISIONS, "--precision", " | ".join(PRECISIONS),
@@ -198,6 +205,8 @@ class OutputSettings:
             ``ref-pose-result-source``.
         save_poses: also write ``<out>.poses.mp4`` and ``<out>.keypoints.npy`` (the driving poses as used).
         save_frames: also write every generated frame as ``<out>.frames/%05d.png``.
+        align_preview: write the alignment preview PNG here (the reference with its skeleton and the aligned
+            ``--align-frame`` pose; ``align_preview.py``).
         progress: progress bars on stderr.
     """
 
@@ -206,6 +215,7 @@ class OutputSettings:
     layout: str = "result"
     save_poses: bool = False
     save_frames: bool = False
+    align_preview: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -42,3 +42,13 @@ def test_flags_map_to_settings_and_errors_name_them(capsys, tmp_path):
     code = animate_main(["--ref", "a.png", "--video", "b.mp4", "-o", str(tmp_path / "o.mp4"), "--tiny",
                          "--size", "100x64"])  # fmt: skip
     assert code == 2 and "--size: expected HEIGHTxWIDTH, multiples of 64" in capsys.readouterr().err
+
+
+def test_dry_run_align_writes_the_preview_and_stops(inf, weights, dwpose, tmp_path, capsys):
+    out = tmp_path / "never.mp4"
+    code = animate_main(["--ref", str(inf.MEDIA / "portrait.jpg"), "--video", str(inf.MEDIA / "dance_1s.mp4"),
+                         "-o", str(out), "--checkpoint", str(weights.export), "--tiny", "--dwpose-det", str(dwpose[0]),
+                         "--dwpose-pose", str(dwpose[1]), "--size", "128x64", "--frames", "2", "--align", "musepose",
+                         "--device", "cpu", "--cache-dir", "", "--dry-run-align"])  # fmt: skip
+    assert code == 0 and "alignment preview (musepose)" in capsys.readouterr().out
+    assert (tmp_path / "never.align.png").is_file() and not out.exists()

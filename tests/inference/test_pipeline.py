@@ -169,3 +169,65 @@ def test_official_saved_layout_as_input(inf, fast_settings, models, tmp_path):
     assert int(result.clip.ref_pose.mean().round()) == 200  # ref_pose.jpg is pose frame 0
     ipi = result.clip.inputs.keypoints
     np.testing.assert_allclose(ipi[1:].numpy(), bodies[[0, 2, 4]].transpose(0, 2, 1), atol=1e-6)  # the pkl bodies
+
+
+def test_hundred_frames_through_windows(inf, fast_settings, models, tmp_path):
+    settings = inf.with_changes(fast_settings, inputs={"frames": 100},
+                                sampling={"window": 32, "overlap": 8, "fusion": "triangular"})  # fmt: skip
+    out = tmp_path / "long.mp4"
+    seen: list[int] = []
+    original = models.net.forward
+
+    def spy(latents, timesteps, conditions=None, dropout_generator=None):
+        seen.append(latents.shape[2])
+        if conditions is not None:  # each window's IPI inputs are its own frames plus the reference
+            assert conditions.pose_keypoints.shape[1] == latents.shape[2] + 1
+            assert conditions.driving_clip.abs().sum() > 0
+        return original(latents, timesteps, conditions, dropout_generator)
+
+    models.net.forward = spy
+    try:
+        result = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_100f.mp4", settings, models=models, output=out)
+    finally:
+        del models.net.forward
+    assert result.meta["sampling"]["windows"] == [list(range(s, s + 32)) for s in (0, 24, 48, 68)]
+    assert seen == [32] * (4 * 2 * 2)  # 4 windows x (cond + uncond) x 2 steps
+    frames, duration, _ = _probe(out)
+    assert frames == 100 and duration == pytest.approx(100 / 24, abs=0.05)
+    assert models.net.ipi.keypoint_encoder.pos_embed.pos_table.shape[1] >= 101
+
+
+@pytest.mark.parametrize("fusion", ["uniform", "triangular"])
+def test_a_clip_within_one_window_is_the_single_pass_bitwise(inf, fast_settings, models, fusion):
+    base = inf.with_changes(fast_settings, inputs={"frames": 6})
+    single = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
+    windowed = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
+                       inf.with_changes(base, sampling={"window": 8, "overlap": 2, "fusion": fusion}),
+                       models=models)  # fmt: skip
+    assert windowed.meta["sampling"]["windows"] == [list(range(6))]
+    assert torch.equal(windowed.latents, single.latents) and np.array_equal(windowed.frames, single.frames)
+
+
+def test_alignment_reaches_pose_images_and_ipi(inf, fast_settings, models, tmp_path):
+    base = inf.with_changes(fast_settings, inputs={"frames": 2})
+    plain = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
+    preview = tmp_path / "align.png"
+    aligned = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
+                      inf.with_changes(base, inputs={"frames": 2, "align": "unianimate", "pose_scale": (0.8, 0.8)},
+                                       output={"align_preview": str(preview)}), models=models)  # fmt: skip
+    report = aligned.meta["conditioning"]["alignment"]
+    assert report["requested_mode"] == "unianimate" and tuple(report["manual_scale"]) == (0.8, 0.8)
+    assert not np.array_equal(aligned.clip.keypoints[1:], plain.clip.keypoints[1:])
+    assert np.array_equal(aligned.clip.keypoints[0], plain.clip.keypoints[0])  # the reference's own keypoints
+    assert not np.array_equal(aligned.clip.pose_frames, plain.clip.pose_frames)  # the drawing follows
+    ipi = aligned.clip.inputs.keypoints[1:].numpy()
+    assert np.array_equal(ipi, aligned.clip.keypoints[1:, :18].transpose(0, 2, 1))  # and the IPI reads them
+    assert preview.is_file()
+
+
+def test_noise_prior_leaks_the_reference(inf, fast_settings, models):
+    base = inf.with_changes(fast_settings, inputs={"frames": 2})
+    plain = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
+    prior = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
+                    inf.with_changes(base, sampling={"noise_prior": 939}), models=models)  # fmt: skip
+    assert prior.clip.inputs.ref_latent is not None and not torch.equal(prior.latents, plain.latents)
