@@ -163,11 +163,14 @@ def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: Frame
     else:
         drawn = poses.pose_images(keypoints, canvas)
         ref_pose, pose_frames = drawn[0], drawn[1:]
-    source_frames = np.stack([drv_geom.apply(decoded[int(i)], fill=inputs.bg) for i in plan.indices])
-    clip_images = [raw_ref] + [decoded[int(i)] for i in unique] if official else [reference] + [
-        drv_geom.apply(decoded[int(i)], fill=inputs.bg) for i in unique]  # fmt: skip
+    fitted = {int(i): drv_geom.apply(decoded[int(i)], fill=inputs.bg) for i in unique}
+    source_frames = np.stack([fitted[int(i)] for i in plan.indices])
+    # CLIP sees the raw images in official mode (stretched to 224 by its preprocessing), the fitted ones otherwise;
+    # the driving frames share one size, so they go through in batches.
+    ref_image = raw_ref if official else reference
+    frames = np.stack([(decoded if official else fitted)[int(i)] for i in unique])
     with models.on_device(models.clip) as clip:
-        embeddings = torch.cat([clip.encode_images(image[None]).cpu() for image in clip_images])
+        embeddings = torch.cat([clip.encode_images(ref_image[None]).cpu(), clip.encode_images(frames).cpu()])
     row_of = {int(i): k + 1 for k, i in enumerate(unique)}
     driving_clip = torch.cat([embeddings[:1], embeddings[[row_of[int(i)] for i in plan.indices]]])
     ref_latent = None

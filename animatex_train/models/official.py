@@ -141,7 +141,7 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
                       "official constructor ignores unknown arguments too)", stacklevel=2)  # fmt: skip
     k = {**_OFFICIAL_DEFAULTS, **{key: v for key, v in kwargs.items() if key in _OFFICIAL_DEFAULTS}}
     for name, released in (("no_hand", True), ("num", 0)):
-        if k[name] != released:  # they size only the unconditional branch's zero keypoints, never a parameter
+        if name in kwargs and k[name] != released:  # they size only the unconditional zero keypoints, no parameter
             warnings.warn(f"config_from_official: {name}={k[name]!r} builds the same network as {name}={released!r}; "
                           "the IPI reads the 18 body keypoints either way (the official unconditional branch would "
                           "fail with it)", stacklevel=2)  # fmt: skip
