@@ -75,7 +75,8 @@ class DrivingSource:
         return _decode(self.path, self.info, wanted)
 
 
-def _frame_number(path: Path) -> int:
+def frame_number(path: Path) -> int:
+    """The last number in a frame file's name (``frame_0012.jpg`` -> 12; -1 without one)."""
     numbers = re.findall(r"\d+", path.stem)
     return int(numbers[-1]) if numbers else -1
 
@@ -90,7 +91,7 @@ def open_driving(path: str | Path, folder_fps: float | None = None) -> DrivingSo
     path = Path(path)
     if path.is_dir():
         files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "ref_pose"),
-                       key=lambda p: (_frame_number(p), p.name))  # fmt: skip
+                       key=lambda p: (frame_number(p), p.name))  # fmt: skip
         if not files:
             raise ValueError(f"--video: the folder {path} holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
         if folder_fps is None:

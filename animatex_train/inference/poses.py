@@ -21,6 +21,7 @@ from PIL import Image
 
 from animatex_train.data.keypoints import MISSING, NUM_POINTS, POINT_SLICES, PoseSequence, visible
 from animatex_train.data.pose_render import render_pose
+from animatex_train.inference.media import IMAGE_SUFFIXES, frame_number
 from animatex_train.preprocess.pose.base import PoseEstimator, drop_outside_frame, pack_parts
 from animatex_train.preprocess.pose.importers import load_official_pkl
 
@@ -146,13 +147,11 @@ def official_pose_images(keypoints: np.ndarray, frame_size: tuple[int, int], can
 
 def read_pose_dir(folder: str | Path, count: int) -> tuple[np.ndarray | None, list[Path]]:
     """The official ``saved_pose/<video>`` folder: (``ref_pose.jpg`` or None, frame files sorted by number)."""
-    from animatex_train.inference.media import IMAGE_SUFFIXES, _frame_number
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"--pose-dir: {folder} is not a folder")
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "ref_pose"),
-                   key=lambda p: (_frame_number(p), p.name))  # fmt: skip
+                   key=lambda p: (frame_number(p), p.name))  # fmt: skip
     if len(files) != count:
         raise ValueError(f"--pose-dir: {folder} holds {len(files)} pose images, the driving video {count} frames")
     ref = next((p for p in folder.iterdir() if p.stem == "ref_pose"), None)

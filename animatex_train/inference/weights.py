@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,13 @@ from safetensors.torch import load_file
 
 from animatex_train.models.config import DenoiserConfig, tiny_denoiser_config
 from animatex_train.models.embeddings import sinusoid_position_table
-from animatex_train.models.official import RELEASED_UNET_KWARGS, config_from_official, load_official_state_dict
+from animatex_train.models.official import (
+    POSITION_TABLE_KEY,
+    RELEASED_UNET_KWARGS,
+    config_from_official,
+    is_ipi_key,
+    load_official_state_dict,
+)
 from animatex_train.models.unet import AnimateXDenoiser
 
 log = logging.getLogger(__name__)
@@ -112,11 +118,8 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | No
 
 
 def _is_training_checkpoint(path: Path) -> bool:
-    if path.is_dir():
-        return True
-    if path.suffix in (".ckpt",):
-        return True
-    return False
+    """A run's checkpoints folder, a ``step-<N>`` folder or a (possibly DeepSpeed-folder) ``state.ckpt``."""
+    return path.is_dir() or path.suffix == ".ckpt"
 
 
 def resize_position_table(model: AnimateXDenoiser, rows: int) -> None:
@@ -176,8 +179,6 @@ def load_denoiser(checkpoint: str | None, weights: str = "ema", model_config: st
         config = explicit or config_from_official(RELEASED_UNET_KWARGS)
         model = _build(config)
         missing, unexpected = load_official_state_dict(model, state, strict=False)
-        from animatex_train.models.official import POSITION_TABLE_KEY, is_ipi_key
-
         has_ipi = any(is_ipi_key(k) for k in state)
         tolerated = [k for k in missing if k == POSITION_TABLE_KEY or (not has_ipi and is_ipi_key(k))]
         if len(tolerated) > 1:
@@ -222,8 +223,6 @@ def _finish(config: DenoiserConfig, model: AnimateXDenoiser | None, kind: str, w
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = _build(config)
-    from dataclasses import asdict
-
     log.info("denoiser: %s (%s), %d parameters", path, kind, sum(p.numel() for p in model.parameters()))
     return LoadedDenoiser(model=model.eval(), source=None if kind == "random" else str(path), kind=kind,
                           weights=weights, sha256=digest, missing=missing, unexpected=unexpected,
