@@ -31,6 +31,7 @@ ALIASES: dict[str, str] = {
     "dwpose_pose": "weights.dwpose_pose", "tiny": "weights.tiny", "trust_checkpoint": "weights.trust_checkpoint",
     "size": "inputs.size", "ref_fit": "inputs.ref_fit", "bg": "inputs.bg", "stride": "inputs.stride",
     "target_fps": "inputs.target_fps", "start": "inputs.start", "frames": "inputs.frames", "pkl": "inputs.pkl",
+    "source_fps": "inputs.source_fps",
     "pose_dir": "inputs.pose_dir", "ref_keypoints": "inputs.ref_keypoints_file", "ref_kp": "inputs.ref_keypoints",
     "align": "inputs.align", "align_frame": "inputs.align_frame", "pose_scale": "inputs.pose_scale",
     "pose_offset": "inputs.pose_offset", "cache_dir": "inputs.cache_dir",
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--start", type=float, default=d_in.start, help="seconds to skip")
     i.add_argument("--frames", type=_frames, default=d_in.frames, help="frames to generate, or all")
     i.add_argument("--pkl", help="official saved_pkl/<video>.pkl keypoints instead of DWPose")
+    i.add_argument("--source-fps", type=float, help="frame rate of a frames folder (default: the pkl's fps)")
     i.add_argument("--pose-dir", help="official saved_pose/<video> pose images")
     i.add_argument("--ref-keypoints", help="reference keypoints (.npy normalised, or the official _ref_pose.pkl)")
     i.add_argument("--ref-kp", choices=S.REF_KEYPOINTS, default=d_in.ref_keypoints,

@@ -88,7 +88,9 @@ def _model_fn(models: AnimateModels, settings: AnimateSettings, num_frames: int)
 def _prepare(ref: str | Path, video: str | Path, settings: AnimateSettings,
              models: AnimateModels) -> tuple[DrivingSource, FramePlan, PreparedClip]:  # fmt: skip
     inputs = settings.inputs
-    folder_fps = pkl_fps(inputs.pkl) if inputs.pkl and Path(video).is_dir() else None
+    folder_fps = inputs.source_fps
+    if folder_fps is None and inputs.pkl and Path(video).is_dir():
+        folder_fps = pkl_fps(inputs.pkl)
     driving = open_driving(video, folder_fps)
     plan = plan_frames(driving.info, stride=inputs.stride, target_fps=inputs.target_fps, start=inputs.start,
                        frames=inputs.frames, fps=settings.output.fps)  # fmt: skip

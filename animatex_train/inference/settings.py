@@ -88,6 +88,7 @@ class InputSettings:
         target_fps: choose the stride as round(source fps / target_fps) instead.
         start: start time in seconds.
         frames: frames to generate; None = all from ``start``.
+        source_fps: frame rate of a frames folder given as the video (default: the ``fps`` the pkl stores).
         pkl: the official ``saved_pkl/<video>.pkl`` keypoints instead of running DWPose on the video.
         pose_dir: the official ``saved_pose/<video>`` pose images (used as drawn; ``ref_pose.jpg`` = frame 0).
         ref_keypoints_file: reference keypoints as ``.npy`` ``(130, 2)``/``(18, 2)`` normalised, or an official pkl.
@@ -107,6 +108,7 @@ class InputSettings:
     target_fps: float | None = None
     start: float = 0.0
     frames: int | None = 32
+    source_fps: float | None = None
     pkl: str | None = None
     pose_dir: str | None = None
     ref_keypoints_file: str | None = None
@@ -130,6 +132,7 @@ class InputSettings:
                (self.stride, self.target_fps))  # fmt: skip
         _check(self.start >= 0, "--start", "seconds >= 0", self.start)
         _check(self.frames is None or self.frames >= 1, "--frames", "N >= 1 or all", self.frames)
+        _check(self.source_fps is None or self.source_fps > 0, "--source-fps", "> 0", self.source_fps)
         _check(self.ref_keypoints in REF_KEYPOINTS, "--ref-kp", " | ".join(REF_KEYPOINTS), self.ref_keypoints)
         _check(self.align in ALIGN_MODES, "--align", " | ".join(ALIGN_MODES), self.align)
         _check(self.align_frame >= 0, "--align-frame", ">= 0", self.align_frame)
