@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export WDS_SECURE ?= 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-parity lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+# The whole official sampling loop on the parity fixture (62 forwards at 768x512: 6-18 min on 2 cores); `make test`
+# checks the same loop at its first, second, middle and last steps.
+test-parity: $(STAMP)
+	$(BIN)/python -m pytest -q -m parity_loop tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check animatex_train tests benchmarks

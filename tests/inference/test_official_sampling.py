@@ -64,7 +64,7 @@ def _clip_inputs(tensors: dict) -> ClipInputs:
     )
 
 
-@pytest.mark.slow  # 62 forwards of the fixture network at 768x512 (6,144-token attention): ~6-13 min on 2 cores
+@pytest.mark.parity_loop  # 62 forwards at 768x512 (6,144-token attention): 6-18 min on 2 cores; `make test-parity`
 def test_official_mode_reproduces_the_official_sampling_loop(fixture):
     meta, tensors, model = fixture
     call = meta["config"]["sampler_call"]
@@ -109,4 +109,27 @@ def test_first_step_matches(fixture):
                                                        guidance_scale=call["guide_scale"]))  # fmt: skip
     after = ddim.step(x_t, t, ddim.guide(v_c, v_u))
     reference = tensors["output.x_after_step1"]
+    assert float((after - reference).abs().max()) / float(reference.abs().max()) <= 1e-5
+
+
+@pytest.mark.parametrize("position", ["second", "middle", "last"])
+def test_steps_along_the_official_trajectory(fixture, position):
+    """Single guided DDIM steps taken from the official trajectory's latents land on its next latents: with the
+    first step above and the timestep list, this checks the loop at its start, middle and end (the last step lands
+    on alpha_0, not 1) in 6 forwards; the whole loop is ``test_official_mode_reproduces_the_official_sampling_loop``."""
+    from animatex_train.diffusion.sampling import DDIMSampler
+
+    meta, tensors, model = fixture
+    call = meta["config"]["sampler_call"]
+    timesteps, trajectory = meta["timesteps"], tensors["intermediate.trajectory"]
+    k = {"second": 1, "middle": len(timesteps) // 2, "last": len(timesteps) - 1}[position]
+    ddim = DDIMSampler(_diffusion(meta), SamplerConfig(num_steps=call["ddim_timesteps"], eta=call["eta"],
+                                                       guidance_scale=call["guide_scale"]))  # fmt: skip
+    assert [int(t) for t in ddim.timesteps] == timesteps
+    conditions = clip_conditions(_clip_inputs(tensors), repeat_local_image=True)
+    x_t = trajectory[k - 1].clone()
+    t = torch.full((x_t.shape[0],), timesteps[k])
+    with torch.no_grad():
+        after = ddim.step(x_t, t, ddim.guide(model(x_t, t, conditions), model(x_t, t, None)))
+    reference = trajectory[k]
     assert float((after - reference).abs().max()) / float(reference.abs().max()) <= 1e-5
