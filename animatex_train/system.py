@@ -9,14 +9,12 @@ CLIP text tower's empty-prompt tokens, computed once at setup, and the VAE for d
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from safetensors import SafetensorError
 
@@ -34,26 +32,10 @@ from animatex_train.training.grad_norm import clip_and_measure, deepspeed_engine
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
 from animatex_train.training.numerics import NumericsConfig, NumericsGuard, SkipStep
 from animatex_train.training.optim import OptimConfig, build_optimizer, build_scheduler
+from animatex_train.training.sample_videos import SampleVideoLogger, ValidationConfig
 
 log = logging.getLogger(__name__)
 TIMESTEP_BUCKETS = (0, 250, 500, 750, 1000)
-
-
-@dataclass
-class ValidationConfig:
-    """What validation does besides the validation loss.
-
-    Attributes:
-        sample_clips: render a sample clip (DDIM + CFG) from the first validation batch on rank 0.
-        num_samples: how many clips of that batch to render.
-        output_dir: where clips go; defaults to ``<trainer.default_root_dir>/samples``.
-        fps: frame rate of the written mp4s.
-    """
-
-    sample_clips: bool = True
-    num_samples: int = 1
-    output_dir: str | None = None
-    fps: float = 8.0
 
 
 @dataclass
@@ -204,7 +186,10 @@ class AnimateXSystem(pl.LightningModule):
         return decode_frames(self.vae(), latents)
 
     def configure_callbacks(self) -> list[pl.Callback]:
-        return [EMA(self.config.ema)] if self.config.ema.enabled else []
+        callbacks: list[pl.Callback] = [EMA(self.config.ema)] if self.config.ema.enabled else []
+        if self.config.validation.sample_clips:  # after the EMA: it swaps the EMA in
+            callbacks.append(SampleVideoLogger(self.config.validation))
+        return callbacks
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         step_seed = _seed_of(self.seed, "train", self.current_epoch, *batch.keys)
@@ -300,8 +285,6 @@ class AnimateXSystem(pl.LightningModule):
         x0 = model_latents(latents, self.config.vae.scale_factor)
         per_sample, info = self.diffusion.training_loss(lambda xt, t: self.denoiser(xt, t, conditions), x0, generator)
         self._log_step("val", _masked_mean(per_sample, batch.valid), per_sample, info.t, batch)
-        if batch_idx == 0 and self.config.validation.sample_clips and self.global_rank == 0:
-            self._render_samples(batch, latents)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.denoiser, self.config.optim)
@@ -343,28 +326,13 @@ class AnimateXSystem(pl.LightningModule):
         generators = self._sample_generators(batch.keys, batch.latent_mean.device, "posterior", *context)
         return batch.sample_posterior(generators)
 
-    def _render_samples(self, batch: Batch, latents: torch.Tensor) -> None:
-        from animatex_train.eval.video_io import side_by_side, write_mp4, write_strip
-
-        ema = next((c for c in self.trainer.callbacks if isinstance(c, EMA)), None)
-        n = min(self.config.validation.num_samples, batch.batch_size)
-        with ema.swapped_in(self) if ema else contextlib.nullcontext():
-            generated = self(batch, num_samples=n).numpy()
-        truth = decode_frames(self.vae(), model_latents(latents[:n], self.config.vae.scale_factor)).numpy()
-        out_dir = Path(self.config.validation.output_dir or Path(self.trainer.default_root_dir) / "samples")
-        poses = batch.head(n).pose_images[:, :, 1:].permute(0, 2, 3, 4, 1).cpu().numpy()  # (n, f, H, W, 3)
-        for i in range(n):
-            pose = poses[i]
-            ref = np.repeat(batch.ref_image[i].permute(1, 2, 0).cpu().numpy()[None], pose.shape[0], axis=0)
-            clip = side_by_side(ref, pose, generated[i], truth[i])  # ref | pose | generated | ground truth
-            stem = out_dir / f"step{self.global_step:07d}-{batch.keys[i]}"
-            write_mp4(stem.with_suffix(".mp4"), clip, fps=self.config.validation.fps)
-            write_strip(stem.with_suffix(".png"), [ref, pose, generated[i], truth[i]])
-            for logger in self.loggers:
-                if hasattr(logger, "log_video"):
-                    logger.log_video("val/sample", [str(stem.with_suffix(".mp4"))], step=self.global_step,
-                                     caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"])  # fmt: skip
-        log.info("validation samples written to %s", out_dir)
+    def render_validation_clips(self, batch: Batch, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(generated, ground truth)`` uint8 frames ``(n, f, H, W, 3)`` of the first ``num_samples`` of ``batch``
+        (``training/sample_videos.py`` calls it on every rank, inside the strategy's wrapper)."""
+        generated = self(batch, num_samples=num_samples)
+        latents, _ = self._posterior(batch.head(num_samples), "sample")
+        truth = decode_frames(self.vae(), model_latents(latents, self.config.vae.scale_factor))
+        return generated, truth
 
 
 def _read_zero_y(cache: Path) -> torch.Tensor | None:

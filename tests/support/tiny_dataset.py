@@ -137,14 +137,19 @@ def shared_dataset(tmp_path_factory) -> Path:
 
 def probed_run(tmp_path_factory, name: str, strategy_args: list[str], steps: int = 4, devices: int = 2) -> Path:
     """The run directory of a ``fit`` of the tiny recipe with ``strategy_args`` and a ``RunProbe`` (``<run>/probe``),
-    run on first request and shared for the rest of the session (test modules reuse e.g. the DDP run)."""
+    run on first request and shared for the rest of the session (test modules reuse e.g. the DDP run).
+
+    Validation runs at the middle and the end of training (validation loss and a rendered sample clip, EMA
+    weights swapped in), so every strategy's run also checks that validation is collective-safe and that
+    training goes on after it."""
     if name not in _RUNS:
         data = shared_dataset(tmp_path_factory)
         run_dir = tmp_path_factory.mktemp(f"run_{name}")
         probe = (f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "
                  f"{{out_dir: {run_dir / 'probe'}, build_vae_early: true}}}}")  # fmt: skip
-        args = [*fit_args(data, run_dir, max_steps=steps, every_n_steps=steps), "--trainer.devices",
-                str(devices), *strategy_args, probe]  # fmt: skip
+        args = [*fit_args(data, run_dir, max_steps=steps, every_n_steps=steps, validate=True),
+                "--trainer.devices", str(devices), "--trainer.val_check_interval", str(max(1, steps // 2)),
+                *strategy_args, probe]  # fmt: skip
         run_fit(args, fit_env(PROBE_PATH), timeout_s=240)
         _RUNS[name] = run_dir
     return _RUNS[name]

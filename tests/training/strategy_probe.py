@@ -1,9 +1,10 @@
 """A callback the strategy tests add to ``fit`` runs (``--trainer.callbacks+=strategy_probe.RunProbe``).
 
-It records, per rank, the loss of every optimizer step, and at the end of training writes what the tests
-compare against: the denoiser's fp32 weights gathered from the strategy (DeepSpeed: the fp32 master
-copy, assembled from the ZeRO partitions with ``safe_get_full_fp32_param``), the EMA shadow, and facts
-about the frozen encoders and the partitioned parameters. Not a test module: imported by the ``fit``
+It records, per rank, the loss of every optimizer step, a fingerprint of the denoiser's weights before, during
+(as the validation sample clips are rendered) and after each validation, and at the end of training writes what the
+tests compare against: the denoiser's fp32 weights gathered from the strategy (DeepSpeed: the fp32 master copy,
+assembled from the ZeRO partitions with ``safe_get_full_fp32_param``), the EMA shadow, and facts about the frozen
+encoders and the partitioned parameters. Not a test module: imported by the ``fit``
 subprocesses with ``tests/training`` on ``PYTHONPATH``.
 """
 
@@ -38,10 +39,29 @@ class RunProbe(pl.Callback):
         self.pause_in_save_at_step = pause_in_save_at_step
         self.losses: list[list[float]] = []
         self.keys: list[list[str]] = []
+        self.validations: list[dict] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.build_vae_early:
             pl_module.vae()
+        render = pl_module.render_validation_clips
+
+        def watched_render(batch, num_samples):  # runs inside the strategy's wrapper, on every rank
+            ema = next((c for c in trainer.callbacks if type(c).__name__ == "EMA"), None)
+            self.validations[-1].update(
+                rendered=None if _is_fsdp(trainer) else _weights_sum(pl_module),  # FSDP: no gather inside forward
+                ema=_sum(ema.shadow.values()) if ema is not None and ema.shadow else None,
+                rendered_keys=list(batch.keys[:num_samples]),
+            )
+            return render(batch, num_samples)
+
+        pl_module.render_validation_clips = watched_render
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.validations.append({"step": trainer.global_step, "before": _weights_sum(pl_module, trainer)})
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.validations[-1]["after"] = _weights_sum(pl_module, trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.nan_latents_at_step and trainer.global_rank == self.nan_rank:
@@ -64,6 +84,7 @@ class RunProbe(pl.Callback):
         rank = trainer.global_rank
         (self.out_dir / f"losses-rank{rank}.json").write_text(json.dumps(self.losses))
         (self.out_dir / f"keys-rank{rank}.json").write_text(json.dumps(self.keys))
+        (self.out_dir / f"validations-rank{rank}.json").write_text(json.dumps(self.validations))
         params = dict(pl_module.denoiser.named_parameters())
         if "DeepSpeed" in type(trainer.strategy).__name__:
             from deepspeed.utils import safe_get_full_fp32_param
@@ -107,6 +128,34 @@ class RunProbe(pl.Callback):
                                    if p.requires_grad),  # fmt: skip
         }
         (self.out_dir / "facts.json").write_text(json.dumps(facts, indent=1))
+
+
+def _sum(tensors) -> float:
+    return float(sum(t.detach().double().sum() for t in tensors))
+
+
+def _is_fsdp(trainer: pl.Trainer) -> bool:
+    return "FSDP" in type(trainer.strategy).__name__
+
+
+def _weights_sum(pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> float:
+    """float64 sum of the denoiser's trainable weights as the module holds them (a collective under ZeRO-3 and,
+    given ``trainer``, FSDP: every rank calls it)."""
+    import contextlib
+
+    params = [p for p in pl_module.denoiser.parameters() if p.requires_grad]
+    if any(hasattr(p, "ds_id") for p in params):
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    elif trainer is not None and _is_fsdp(trainer):
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        gathered = FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False)
+    else:
+        gathered = contextlib.nullcontext()
+    with gathered, torch.no_grad():
+        return _sum(p for p in pl_module.denoiser.parameters() if p.requires_grad)
 
 
 def _optimizer_numel(engine) -> int:

@@ -86,6 +86,34 @@ def test_losses_and_weights_match_ddp(runs, name):
     assert worst < 5e-4, f"{name}: weights differ from DDP's by up to {worst}"
 
 
+@pytest.mark.parametrize("name", ["ddp", "zero1", "zero2", "zero3", "fsdp"])
+def test_validation_renders_once_with_the_ema_and_training_goes_on(runs, name):
+    """Validation with sample rendering on, at steps 2 and 4 of 4 (``probed_run``): every rank renders (a collective
+    under ZeRO-3 and FSDP), rank 0 alone writes one clip per validation, rendered with the EMA weights (ZeRO-3: on
+    every rank, broadcast from rank 0's shadow; DDP/ZeRO-1/2: rank 0 swaps alone), and the raw weights are back
+    bitwise afterwards. FSDP runs without EMA (refused under sharding)."""
+    run = runs(name)
+    validations = [json.loads((run / "probe" / f"validations-rank{r}.json").read_text()) for r in (0, 1)]
+    steps = [STEPS // 2, STEPS]
+    for rank in (0, 1):
+        assert [v["step"] for v in validations[rank]] == steps
+        assert [s for s, _ in _losses(run, rank)] == list(range(1, STEPS + 1))  # trained on after the first one
+        assert all(v["after"] == v["before"] for v in validations[rank]), "raw weights not restored bitwise"
+    clips = sorted(p.name for p in (run / "samples").glob("*.mp4"))
+    expected = [f"step{step:07d}-{v['rendered_keys'][0]}.mp4" for step, v in zip(steps, validations[0], strict=True)]
+    assert clips == sorted(expected), "one clip per validation, rank 0's"
+    assert all((run / "samples" / c).with_suffix(".png").stat().st_size > 0 for c in clips)
+    if name == "fsdp":
+        assert all(v["ema"] is None for v in validations[0])
+        return
+    for v0, v1 in zip(*validations, strict=True):
+        assert v0["ema"] is not None and v0["ema"] != v0["before"]  # decay 0.9: the EMA lags the weights
+        assert v0["rendered"] == pytest.approx(v0["ema"], rel=1e-12, abs=0.0)  # rank 0 samples with the EMA
+        assert v1["ema"] is None  # only rank 0 holds it
+        # ZeRO-3: rank 0's EMA reached rank 1's partitions; otherwise rank 1 samples with its raw weights
+        assert v1["rendered"] == pytest.approx(v0["ema"] if name == "zero3" else v1["before"], rel=1e-12, abs=0.0)
+
+
 @pytest.mark.parametrize("name", ["zero1", "zero2", "zero3", "fsdp"])
 def test_grad_norm_is_one_global_value_equal_to_ddps(runs, name):
     """``train/grad_norm`` (``AnimateXSystem.grad_norm``): under ZeRO the engine's own norm, under FSDP the one
