@@ -2,9 +2,11 @@
 
     python benchmarks/ema_update.py                       # paper denoiser's tensors, a quarter of them, on CPU
     python benchmarks/ema_update.py --fraction 1 --on-cpu # all 7.3 GB (needs ~15 GB of RAM), shadow on the host
+    python benchmarks/ema_update.py --model tiny --fraction 1  # the tiny test model's tensors
 
-The parameter shapes are the paper denoiser's (built on the meta device, ``DenoiserConfig()``); ``--fraction`` keeps
-the first part of the list so the weights and the shadow fit in memory (the ratio per byte is what matters). Both
+The parameter shapes are the paper denoiser's (built on the meta device, ``DenoiserConfig()``; ``--model tiny``: the
+tests' tiny one); ``--fraction`` keeps the first part of the list so the weights and the shadow fit in memory (the
+ratio per byte is what matters). Both
 variants run side by side in one process on the same tensors, alternating, and the script prints the median time of
 each, their ratio, and the device-to-host copies one update makes with ``--on-cpu`` on an accelerator: one per tensor
 before, one per 256 MiB chunk now. On a CPU-only machine the weights already live on the host, so ``--on-cpu`` changes
@@ -22,14 +24,15 @@ import torch
 from torch import nn
 
 import animatex_train  # noqa: F401  (torchvision compat shim before anything else)
-from animatex_train.models.config import DenoiserConfig
+from animatex_train.models.config import DenoiserConfig, tiny_denoiser_config
 from animatex_train.models.unet import AnimateXDenoiser
 from animatex_train.training.ema import CHUNK_BYTES, EMA, EMAConfig, _chunks
 
 
-def paper_shapes() -> list[torch.Size]:
+def model_shapes(model_size: str = "paper") -> list[torch.Size]:
+    config = DenoiserConfig() if model_size == "paper" else tiny_denoiser_config()
     with torch.device("meta"):
-        model = AnimateXDenoiser(DenoiserConfig())
+        model = AnimateXDenoiser(config)
     return [p.shape for p in model.parameters() if p.requires_grad]
 
 
@@ -48,6 +51,7 @@ def _sync(device: torch.device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="paper", choices=["paper", "tiny"], help="whose parameter shapes")
     parser.add_argument("--fraction", type=float, default=0.25, help="share of the paper's tensors used (0, 1]")
     parser.add_argument("--device", default="cpu", help="where the weights live (cpu, cuda)")
     parser.add_argument("--on-cpu", action="store_true", help="keep the shadow on the host (model.ema.on_cpu)")
@@ -56,7 +60,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    shapes = paper_shapes()
+    shapes = model_shapes(args.model)
     keep = max(1, round(len(shapes) * args.fraction))
     shapes = shapes[:keep]
     dtype = getattr(torch, args.dtype)
