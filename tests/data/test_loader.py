@@ -7,11 +7,13 @@ import logging
 import pickle
 import tarfile
 from collections import Counter
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing  # noqa: F401  (registers torch's tensor reductions with ForkingPickler)
 from support.shards import index_of, make_record, write_shards, write_tar
 
 from animatex_train.data.epoch_plan import DataIndex, Layout, ShardInfo
@@ -223,7 +225,10 @@ def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
     batch.keys[:] = ["a", "b"]
     batch.latent_mean.normal_()
     batch.row_pose_crops(1).copy_(torch.tensor([60, 0, 1, 2, 3, 4, 5], dtype=torch.uint8))
-    copy = pickle.loads(pickle.dumps(batch))
+    # DataLoader's transport (torch's ForkingPickler, no custom reduction): the shared storage travels once.
+    wire = bytes(ForkingPickler.dumps(batch))
+    assert wire.count(b"rebuild_storage_fd") + wire.count(b"rebuild_storage_filename") == 1
+    copy = pickle.loads(wire)
     assert copy.keys == ["a", "b"] and torch.equal(copy.latent_mean, batch.latent_mean)
     assert len({t.untyped_storage().data_ptr() for t in (copy.latent_mean, copy.pose_crops, copy.valid)}) == 1
     labels = copy.pose_labels
@@ -241,7 +246,7 @@ def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
     assert torch.equal(joined.pose_labels, torch.cat([expected, expected[:1], expected]))
     clear_row(copy, 1, "b")
     assert not copy.pose_labels.any() and copy.pose_boxes[1, 2].tolist() == [3, 4, 2, 3]
-    batch.latent_std = torch.ones_like(batch.latent_std)  # a replaced field: pickled field by field instead
+    batch.latent_std = torch.ones_like(batch.latent_std)  # a replaced field travels as its own tensor
     assert torch.equal(pickle.loads(pickle.dumps(batch)).latent_std, batch.latent_std)
 
 
