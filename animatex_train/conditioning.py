@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from animatex_train.data.batch import Batch
+from animatex_train.data.loading.batch import Batch
 from animatex_train.models.condition_dropout import to_device_async
 from animatex_train.models.unet import DenoiserConditions
 

@@ -103,7 +103,7 @@ def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, cons
     start = time.perf_counter()
     console.rule(f"[bold]1/{num_stages} synthetic dataset")
     if not (videos_dir / "metadata.jsonl").exists():
-        from animatex_train.data.synthetic import SyntheticDatasetConfig, write_synthetic_dataset
+        from animatex_train.data.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 
         config = SyntheticDatasetConfig.from_yaml(_repo_file("data/embedded_dataset.yaml"))
         write_synthetic_dataset(videos_dir, config)
@@ -125,7 +125,7 @@ def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, cons
     console.rule(f"[bold]3/{num_stages} anchor pool")
     anchors = data_dir / "anchors.npy"
     if not anchors.exists():
-        from animatex_train.data.anchor_pool import anchor_pool_main
+        from animatex_train.data.epi.anchor_pool import anchor_pool_main
 
         code = anchor_pool_main(["--shards", str(data_dir), "--output", str(anchors), "--num-anchors",
                                  "32", "--seed", str(seed)])  # fmt: skip

@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from animatex_train.conditioning import ConditioningConfig, batch_conditions, model_latents
-from animatex_train.data.batch import Batch
+from animatex_train.data.loading.batch import Batch
 from animatex_train.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from animatex_train.diffusion.sampling import DDIMSampler, SamplerConfig
 from animatex_train.encoders.clip import CLIPConfig, FrozenCLIPImageEncoder

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from animatex_train.data.keypoints import PoseSequence
+from animatex_train.data.format.keypoints import PoseSequence
 from animatex_train.encoders.vae import FrozenVAE
 from animatex_train.inference import poses
 from animatex_train.inference.conditions import ClipInputs

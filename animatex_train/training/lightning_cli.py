@@ -26,7 +26,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from animatex_train.data.datamodule import VideoDataModule
+from animatex_train.data.loading.datamodule import VideoDataModule
 from animatex_train.system import AnimateXSystem
 from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint
 from animatex_train.training.performance import PerformanceLevers

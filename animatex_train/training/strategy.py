@@ -41,7 +41,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from animatex_train.data.batch import Batch
+from animatex_train.data.loading.batch import Batch
 from animatex_train.training.activation_checkpointing import apply_activation_checkpointing, outermost_blocks
 
 log = logging.getLogger(__name__)

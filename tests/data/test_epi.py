@@ -12,8 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animatex_train.data.anchor_pool import AnchorPool, AnchorPoolError
-from animatex_train.data.epi import (
+from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError
+from animatex_train.data.epi.preview import demo_pose_sequence, epi_preview_main, render_preview_grid
+from animatex_train.data.epi.realign import realign_to_anchor
+from animatex_train.data.epi.transform import (
     EPI_ABLATIONS,
     EPIConfig,
     EPITransform,
@@ -21,9 +23,7 @@ from animatex_train.data.epi import (
     epi_config_for_ablation,
     sample_epi_plan,
 )  # fmt: skip
-from animatex_train.data.epi_preview import demo_pose_sequence, epi_preview_main, render_preview_grid
-from animatex_train.data.keypoints import KeypointError, PoseSequence
-from animatex_train.data.pose_realign import realign_to_anchor
+from animatex_train.data.format.keypoints import KeypointError, PoseSequence
 
 SEED = 1234
 
@@ -99,8 +99,8 @@ _SUBPROCESS = """
 import hashlib, sys
 sys.path.insert(0, {test_dir!r})
 from test_epi import _anchors, _digest, SEED
-from animatex_train.data.epi import EPIConfig, apply_epi
-from animatex_train.data.epi_preview import demo_pose_sequence
+from animatex_train.data.epi.transform import EPIConfig, apply_epi
+from animatex_train.data.epi.preview import demo_pose_sequence
 clip = demo_pose_sequence(8, seed=3, body_scale=0.7)
 for key in {keys!r}:
     print(key, _digest(apply_epi(clip, _anchors(), EPIConfig(), SEED, 4, key)))

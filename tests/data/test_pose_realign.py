@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import BODY, KeypointError, PoseSequence, visible
-from animatex_train.data.pose_realign import (
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.epi.realign import (
     BONES,
     HAND_WRIST,
     JOINT_PARENT,
@@ -15,6 +14,7 @@ from animatex_train.data.pose_realign import (
     realign_to_anchor,
     retarget_to_reference,
 )  # fmt: skip
+from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence, visible
 
 PARENTS = np.array([max(p, 0) for p in JOINT_PARENT])
 BONE_LIST = list(BONES)

@@ -13,7 +13,7 @@ import yaml
 from support.tiny_dataset import REPO_ROOT as REPO
 from support.tiny_dataset import TINY_RECIPE, build_tiny_dataset
 
-from animatex_train.data.anchor_pool import anchor_pool_main
+from animatex_train.data.epi.anchor_pool import anchor_pool_main
 from animatex_train.launch import local_campaign
 from animatex_train.launch.ablate import ablate_main
 from animatex_train.launch.campaign import BY_NAME, CAMPAIGN, CampaignError

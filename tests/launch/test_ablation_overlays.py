@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from animatex_train.data.anchor_pool import AnchorPool
-from animatex_train.data.epi import EPI_ABLATIONS, EPIConfig, EPITransform, epi_config_for_ablation
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import visible
+from animatex_train.data.epi.anchor_pool import AnchorPool
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.epi.transform import EPI_ABLATIONS, EPIConfig, EPITransform, epi_config_for_ablation
+from animatex_train.data.format.keypoints import visible
 from animatex_train.launch.campaign import ABLATIONS_DIR, BY_NAME, CAMPAIGN, flatten, overlay_changes
 from animatex_train.models.flops import count_forward_flops
 from animatex_train.models.pose_indicator.implicit import KeypointEncoder

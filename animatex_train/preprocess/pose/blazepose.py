@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, PoseSequence
+from animatex_train.data.format.keypoints import MISSING, PoseSequence
 from animatex_train.preprocess.pose.base import drop_outside_frame, pack_parts
 
 # OpenPose-18 slot -> BlazePose landmark (-1: the neck, computed from both shoulders).

@@ -19,7 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS, POINT_SLICES
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS, POINT_SLICES
 
 NUM_WHOLEBODY = 133  # COCO-WholeBody: 17 body, 6 feet, 68 face, 2 x 21 hands
 DET_SCORE_THRESHOLD = 0.3  # official: NMS at 0.1, then boxes with score > 0.3 and class 0 (person)

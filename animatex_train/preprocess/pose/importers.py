@@ -7,7 +7,7 @@ come from outside, so they are read with ``SafeKeypointUnpickler``: it resolves 
 that rebuild plain arrays and refuses everything else before it can be called (RELIABILITY.md 3.1).
 
 A sidecar is ``(T, 130, 2)`` (or ``(T, 62, 2)`` without a face) float32 in the packed format of
-``data/keypoints.py``, normalised to the video's frames, read with ``allow_pickle=False``. The optional
+``data/format/keypoints.py``, normalised to the video's frames, read with ``allow_pickle=False``. The optional
 ``<stem>.pose.json`` next to it (written by ``--stages pose``) lists the frames it covers and what made it.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS, KeypointError, validate_coordinates
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS, KeypointError, validate_coordinates
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.inputs import VideoSource
 from animatex_train.preprocess.pose.base import SourcePoses, drop_outside_frame, pack_parts

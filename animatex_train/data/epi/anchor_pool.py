@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from animatex_train.data.keypoints import (
+from animatex_train.data.format.keypoints import (
     BODY,
     MISSING,
     NUM_BODY,
@@ -32,7 +32,7 @@ from animatex_train.data.keypoints import (
     validate_coordinates,
     visible,
 )  # fmt: skip
-from animatex_train.data.schema import META, POSE, ClipMeta, SampleError
+from animatex_train.data.format.schema import META, POSE, ClipMeta, SampleError
 
 POOL_FORMAT = "animatex-anchor-pool"
 POOL_VERSION = 1

@@ -18,9 +18,9 @@ from dataclasses import asdict
 
 from torch.utils.data import DataLoader
 
-from animatex_train.data.batch import Batch
-from animatex_train.data.epoch_plan import Layout, PlanSegment, batches_per_rank
-from animatex_train.data.stream import ShardStream, StreamPosition
+from animatex_train.data.loading.batch import Batch
+from animatex_train.data.loading.epoch_plan import Layout, PlanSegment, batches_per_rank
+from animatex_train.data.loading.stream import ShardStream, StreamPosition
 
 STATE_VERSION = 1
 

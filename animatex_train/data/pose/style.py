@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, NUM_BODY
+from animatex_train.data.format.keypoints import BODY, NUM_BODY
 
 LIMB_HALF_WIDTH_PX = 4
 JOINT_RADIUS_PX = 4

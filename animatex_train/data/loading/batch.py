@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from animatex_train.data.keypoints import NUM_BODY
-from animatex_train.data.pose_render import POSE_PALETTE
-from animatex_train.data.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE
+from animatex_train.data.format.keypoints import NUM_BODY
+from animatex_train.data.format.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE
+from animatex_train.data.pose.render import POSE_PALETTE
 
 # (3, 256) uint8: channel c of label l is _PALETTE_T[c, l]; per-device copies are cached (768 bytes each).
 _PALETTE_T = torch.from_numpy(POSE_PALETTE.T.copy())

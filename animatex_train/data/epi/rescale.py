@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, MISSING, NUM_BODY, PoseSequence
-from animatex_train.data.pose_realign import (
+from animatex_train.data.epi.realign import (
     FACE_ROOT,
     HAND_WRIST,
     JOINT_PARENT,
@@ -34,6 +33,7 @@ from animatex_train.data.pose_realign import (
     scale_bones,
     validate_pose,
 )  # fmt: skip
+from animatex_train.data.format.keypoints import BODY, MISSING, NUM_BODY, PoseSequence
 
 # Bones (named by child joint) of each scaling group.
 GROUP_BONES: dict[str, tuple[int, ...]] = {

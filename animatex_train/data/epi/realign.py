@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animatex_train.data.keypoints import (
+from animatex_train.data.format.keypoints import (
     BODY,
     MISSING,
     NUM_BODY,

@@ -22,10 +22,10 @@ import av
 import numpy as np
 import yaml
 
-from animatex_train.data.keypoints import BODY, MISSING, PoseSequence
-from animatex_train.data.synthetic_characters import BODY_STYLES, CharacterLook, hsv_colour, sample_look
-from animatex_train.data.synthetic_drawing import draw_character
-from animatex_train.data.synthetic_motion import DanceMotion, pose_character, sample_motion
+from animatex_train.data.format.keypoints import BODY, MISSING, PoseSequence
+from animatex_train.data.synthetic.characters import BODY_STYLES, CharacterLook, hsv_colour, sample_look
+from animatex_train.data.synthetic.drawing import draw_character
+from animatex_train.data.synthetic.motion import DanceMotion, pose_character, sample_motion
 
 SOURCE = "animatex-train synthetic generator"
 LICENCE = "CC0-1.0"

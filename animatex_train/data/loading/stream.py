@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from animatex_train.data.anchor_pool import AnchorPool
-from animatex_train.data.batch import Batch, allocate_batch, clear_row
-from animatex_train.data.epi import EPIConfig, EPITransform
-from animatex_train.data.epoch_plan import (
+from animatex_train.data.epi.anchor_pool import AnchorPool
+from animatex_train.data.epi.transform import EPIConfig, EPITransform
+from animatex_train.data.format.schema import decode_clip
+from animatex_train.data.format.shard_reader import ShardReadError, iter_samples
+from animatex_train.data.loading.batch import Batch, allocate_batch, clear_row
+from animatex_train.data.loading.epoch_plan import (
     DataIndex,
     Layout,
     PlanSegment,
@@ -28,9 +30,7 @@ from animatex_train.data.epoch_plan import (
     consumed_batches_of_worker,
     plan_epoch,
 )
-from animatex_train.data.sample_assembly import PreparedSample, WindowConfig, prepare_sample, write_sample
-from animatex_train.data.schema import decode_clip
-from animatex_train.data.shard_reader import ShardReadError, iter_samples
+from animatex_train.data.loading.sample_assembly import PreparedSample, WindowConfig, prepare_sample, write_sample
 
 log = logging.getLogger(__name__)
 
