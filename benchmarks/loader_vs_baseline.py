@@ -86,12 +86,13 @@ from loader_baseline import DecodeOnTheFlyDataset, encode_batch  # noqa: E402
 from animatex_train.data.epi.anchor_pool import AnchorPool  # noqa: E402
 from animatex_train.data.epi.transform import EPIConfig  # noqa: E402
 from animatex_train.data.format.schema import ClipMeta, ClipRecord, encode_clip  # noqa: E402
+from animatex_train.data.format.video import write_mp4  # noqa: E402
 from animatex_train.data.loading.epoch_plan import DataIndex, Layout, ShardInfo  # noqa: E402
 from animatex_train.data.loading.loader import ShardStreamLoader  # noqa: E402
 from animatex_train.data.loading.sample_assembly import WindowConfig  # noqa: E402
 from animatex_train.data.loading.stream import ShardStream, StreamSettings  # noqa: E402
 from animatex_train.data.pose.render import render_pose  # noqa: E402
-from animatex_train.data.synthetic.dataset import render_clip, write_mp4  # noqa: E402
+from animatex_train.data.synthetic.dataset import render_clip  # noqa: E402
 from animatex_train.models.config import DenoiserConfig  # noqa: E402
 from animatex_train.models.flops import count_forward_flops  # noqa: E402
 

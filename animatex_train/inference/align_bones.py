@@ -37,17 +37,9 @@ from typing import Literal
 
 import numpy as np
 
-from animatex_train.data.epi.realign import (
-    HAND_WRIST,
-    JOINT_PARENT,
-    NUM_JOINTS,
-    ROOT,
-    PixelPose,
-    first_visible_bone_lengths,
-    interpolated_root,
-    scale_bones,
-)
+from animatex_train.data.epi.realign import PixelPose, first_visible_bone_lengths, interpolated_root, scale_bones
 from animatex_train.data.format.keypoints import BODY, BODY_NAMES, KeypointError, PoseSequence
+from animatex_train.data.pose.skeleton import HAND_WRIST, JOINT_PARENT, NUM_JOINTS, ROOT
 
 BoneMode = Literal["unianimate", "musepose"]
 MIN_LENGTH_PX = 1.0  # shorter than a pixel: the two joints coincide and the length cannot be measured

@@ -193,4 +193,4 @@ def encode_reference(vae: FrozenVAE, reference: np.ndarray, models: AnimateModel
     with models.on_device(vae) as on_device:
         mean, std = on_device.encode_pixels(pixels)
     raw = FrozenVAE.sample_posterior(mean.cpu(), std.cpu(), torch.Generator().manual_seed(int(seed) + 2))
-    return (vae.to_model_latents(raw)[0]).unsqueeze(1)
+    return (vae.config.to_model_latents(raw)[0]).unsqueeze(1)

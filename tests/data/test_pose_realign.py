@@ -6,15 +6,9 @@ import numpy as np
 import pytest
 
 from animatex_train.data.epi.preview import demo_pose_sequence
-from animatex_train.data.epi.realign import (
-    BONES,
-    HAND_WRIST,
-    JOINT_PARENT,
-    RealignConfig,
-    realign_to_anchor,
-    retarget_to_reference,
-)  # fmt: skip
+from animatex_train.data.epi.realign import RealignConfig, realign_to_anchor, retarget_to_reference
 from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence, visible
+from animatex_train.data.pose.skeleton import BONES, HAND_WRIST, JOINT_PARENT
 
 PARENTS = np.array([max(p, 0) for p in JOINT_PARENT])
 BONE_LIST = list(BONES)

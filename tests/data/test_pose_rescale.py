@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from animatex_train.data.epi.preview import demo_pose_sequence
-from animatex_train.data.epi.realign import BONES, HAND_WRIST, JOINT_PARENT, LEFT_TOES, RIGHT_TOES
 from animatex_train.data.epi.rescale import (
     GROUP_BONES,
     OPS,
@@ -19,6 +18,7 @@ from animatex_train.data.epi.rescale import (
     sample_rescale_plan,
 )  # fmt: skip
 from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence, visible
+from animatex_train.data.pose.skeleton import BONES, HAND_WRIST, JOINT_PARENT, LEFT_TOES, RIGHT_TOES
 
 PARENTS = np.array([max(p, 0) for p in JOINT_PARENT])
 

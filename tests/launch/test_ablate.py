@@ -138,9 +138,9 @@ def test_missing_data_builds_the_embedded_dataset_once(tmp_path, monkeypatch):
         built.append((videos_dir, data_dir))
         return 0
 
-    import animatex_train.demo as demo
+    import animatex_train.embedded_dataset as embedded
 
-    monkeypatch.setattr(demo, "build_embedded_dataset", fake_build)
+    monkeypatch.setattr(embedded, "build_embedded_dataset", fake_build)
     monkeypatch.chdir(tmp_path)  # the tiny recipe's demo_run/data/... does not exist here
     out, console = tmp_path / "out", local_campaign.Console()
     overrides = local_campaign.data_overrides([str(TINY_RECIPE)], [], out, console)

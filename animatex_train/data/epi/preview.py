@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError, expand_shard_paths, iter_shard_poses
-from animatex_train.data.epi.realign import ANCESTORS, HAND_WRIST, JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
 from animatex_train.data.epi.transform import EPIConfig, epi_config_for_ablation, run_epi_plan, sample_epi_plan
 from animatex_train.data.format.keypoints import BODY, MISSING, NUM_FACE, KeypointError, PoseSequence
 from animatex_train.data.pose.render import render_pose
+from animatex_train.data.pose.skeleton import ANCESTORS, HAND_WRIST, JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
 
 STAGES = ("original", "realigned", "rescaled")
 HEADER_PX = 24

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from animatex_train.data.epi.realign import (
+from animatex_train.data.epi.realign import PixelPose, scale_bones
+from animatex_train.data.format.keypoints import BODY, MISSING, NUM_BODY, PoseSequence
+from animatex_train.data.pose.skeleton import (
     FACE_ROOT,
     HAND_WRIST,
     JOINT_PARENT,
@@ -29,11 +31,8 @@ from animatex_train.data.epi.realign import (
     NUM_JOINTS,
     RIGHT_TOES,
     TOPOLOGICAL_ORDER,
-    PixelPose,
-    scale_bones,
     validate_pose,
-)  # fmt: skip
-from animatex_train.data.format.keypoints import BODY, MISSING, NUM_BODY, PoseSequence
+)
 
 # Bones (named by child joint) of each scaling group.
 GROUP_BONES: dict[str, tuple[int, ...]] = {

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError
-from animatex_train.data.epi.realign import RealignConfig, realign_to_anchor, validate_pose
+from animatex_train.data.epi.realign import RealignConfig, realign_to_anchor
 from animatex_train.data.epi.rescale import RescaleConfig, RescalePlan, apply_rescale_plan, sample_rescale_plan
 from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.pose.skeleton import validate_pose
 
 
 @dataclass(frozen=True)

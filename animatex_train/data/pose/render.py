@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from animatex_train.data.epi.realign import validate_pose
 from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.pose.skeleton import validate_pose
 from animatex_train.data.pose.style import (
     CANVAS_COLOURS,
     HAND_BONE_DRAW_COLOURS,
