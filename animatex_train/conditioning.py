@@ -2,7 +2,7 @@
 
 The released inference feeds the reference through the CLIP image tokens and as ``local_image``
 (the reference pixels concatenated to every frame), leaving the reference latent slot empty; UniAnimate
-also supports the reference latent in that slot (spec section 1.4). Training must exercise both paths,
+also supports the reference latent in that slot (docs/official_release.md §1.4). Training must exercise both paths,
 in a proportion the sources do not give [INFERRED], so each sample draws its reference mode here.
 """
 

@@ -28,7 +28,7 @@ What is measured
    images at 768x512 (each frame's box around its drawn pixels, ``pose_render.pose_label_boxes``), decode
    the reference JPEG, all written into the step's batch. The batch size per sample is printed.
 3. Data wait: our loader with 2 worker processes feeds a consumer that sleeps for the predicted H100 step
-   time (3 x forward FLOPs of the paper model at 35% MFU, PERFORMANCE.md section 2.5) per batch of 1 (the
+   time (3 x forward FLOPs of the paper model at 35% MFU, docs/performance.md §2.5) per batch of 1 (the
    H100 recipe uses 2 per GPU: twice the step, half the fraction). The fraction is the time spent in
    ``next()`` over all batches of one epoch but its first, whose wait (worker start-up, once per epoch) is
    printed separately: epochs of real runs are thousands of steps. The consumer holds each batch through its
@@ -41,7 +41,7 @@ Fairness, in both directions
   larger videos and skip frames by their ``sample_rate``, and crop-resize every frame), and its per-frame
   float conversion is vectorised; each of these makes it cheaper than the real thing. Its VAE and CLIP
   encoders are NOT charged in the main figure: peers run them on the GPU in the training step (about
-  0.16 s of H100 time per sample for SD-VAE + ViT-H, PERFORMANCE.md section 5.3), which is not CPU work;
+  0.16 s of H100 time per sample for SD-VAE + ViT-H, docs/performance.md §5.3), which is not CPU work;
   the line "with tiny encoders on this CPU" shows how a CPU charge would change the ratio, for reference.
 * Against us: the baseline decodes with a maintained library (PyAV/FFmpeg) exactly the frames a decord
   ``VideoReader`` would (forward decoding, one re-decode from the keyframe for a reference behind the

@@ -1,6 +1,6 @@
 """Preemption: a signal becomes a checkpoint, a Slurm requeue and a clean exit at the next step boundary.
 
-Protocol (RELIABILITY.md section 4, the Megatron pattern):
+Protocol (docs/reliability.md §4, the Megatron pattern):
 
 1. The signal handler only records which signal arrived. Slurm sends ``SIGUSR1`` ahead of the time limit
    (``#SBATCH --signal=USR1@<lead>``); ``scancel``, a time limit and node shutdowns send ``SIGTERM``.
@@ -165,7 +165,7 @@ class PreemptionHandler(pl.Callback):
         self._last_checked_step = -1
         self._install()  # before any DataLoader worker is forked, so workers inherit (and ignore) it
         # Lightning's SIGTERM notifier runs a collective (dist.broadcast) inside the signal handler, which can
-        # deadlock against the collective the interrupted rank was in (RELIABILITY.md section 4); with our
+        # deadlock against the collective the interrupted rank was in (docs/reliability.md §4); with our
         # handler in charge it must not run. It is (re)installed before fitting, after this hook.
         connector = getattr(trainer, "_signal_connector", None)
         if connector is not None and hasattr(connector, "_sigterm_notifier_fn"):

@@ -12,7 +12,7 @@ denoiser's blocks (``training/activation_checkpointing.py``) before the strategy
   floating-point inputs are cast to its weights' dtype by a forward pre-hook; the batch reaches the step as the
   loader made it (Lightning's DeepSpeed precision would convert all of it, unlike DDP's); under
   ZeRO-3 each denoiser block is one fetch unit. On CPU (CI, gloo), where Lightning refuses DeepSpeed, three
-  overrides apply (DEPENDENCIES.md section 2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
+  overrides apply (docs/dependencies.md §2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
   CUDA-only check, skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0
   instead of None. They touch Lightning internals, hence the pinned lightning version.
 * ``AnimateXFSDPStrategy``: Lightning's FSDP (FSDP1) wrapping each denoiser block as one unit, with

@@ -8,7 +8,7 @@
 * Logged: the scalars the system and callbacks log (loss, loss by timestep bucket, grad norm, learning
   rate per group, ``perf/*`` throughput), validation sample clips (mp4 paths: no moviepy needed), a pose
   preview of the first training batch (what EPI fed the model), and the resolved config with the git commit.
-* Secrets (RELIABILITY.md section 3.4): the API key only ever comes from the environment or netrc, never
+* Secrets (docs/reliability.md §3.4): the API key only ever comes from the environment or netrc, never
   from a config field or an argument. Everything that leaves through the logger or the config dump is
   redacted: values under keys matching ``*_KEY``, ``*_TOKEN``, ``*SECRET*``, ``*PASSWORD*``, and any
   string containing the value of such an environment variable.

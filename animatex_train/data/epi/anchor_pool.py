@@ -1,4 +1,4 @@
-"""The anchor pool: the body shapes EPI realigns driving poses to (spec section 3, "a pose pool").
+"""The anchor pool: the body shapes EPI realigns driving poses to (docs/official_release.md §3, "a pose pool").
 
 On disk a pool is two files, never a pickle: ``<name>.npy``, float32 ``(n, 130, 2)`` packed keypoints in the
 ``keypoints.POINT_SLICES`` layout, and ``<name>.json``, a sidecar with each anchor's frame size and provenance.

@@ -1,9 +1,11 @@
-"""Pose realignment (EPI step 3, spec section 3): keep a driving clip's motion, give it an anchor's body shape.
+"""Pose realignment (EPI step 3): keep a driving clip's motion, give it an anchor's body shape.
+
+Paper section 3.3; how the official sources relate: ``docs/official_release.md`` §3.
 
 The skeleton is the tree of the 19 drawn limbs over the 20 body-and-feet joints (OpenPose-18 + toes), rooted at
 the neck. Every bone is named by its child joint. Hands hang from their wrists and the face from the nose.
 
-Realignment follows the idea of UniAnimate's ``run_align_pose.py`` (reimplemented; spec section 3):
+Realignment follows the idea of UniAnimate's ``run_align_pose.py`` (reimplemented; docs/official_release.md §3):
 
 1. Per-bone ratios = anchor bone length / driving bone length, the driving length measured on the first frame
    where both ends of that bone are visible. All 19 bones are covered (neck, torso, shoulders, arms, legs, head,

@@ -1,4 +1,4 @@
-"""Pose rescale (EPI step 4, spec section 3): one random combination of body-shape edits per sample.
+"""Pose rescale (EPI step 4, docs/official_release.md §3): one random combination of body-shape edits per sample.
 
 The paper's appendix groups the rescale pool into five operations (Table 5), implemented here:
 

@@ -1,4 +1,4 @@
-"""The explicit pose indicator's training-time pose transform (EPI, spec section 3): realign, then rescale.
+"""The explicit pose indicator's training-time pose transform (EPI, docs/official_release.md §3): realign, then rescale.
 
 With probability lambda (``apply_prob``) a driving clip is realigned to an anchor drawn from the pose pool and then
 edited by one random combination from the rescale pool; otherwise it is left as it is. EPI runs on keypoints,
@@ -47,15 +47,17 @@ class EPIConfig:
     realign: RealignConfig = field(default_factory=RealignConfig)
     rescale: RescaleConfig = field(default_factory=RescaleConfig)
     # Default False. EPI exists to simulate, during self-driven training, the misalignment between the reference
-    # image and the driving poses that appears at inference (spec section 3). At inference the reference pose is
-    # extracted from the reference image itself, so it always describes the reference character's own body,
-    # never the driving skeleton (spec section 7: ref_pose.jpg is the DWPose of the reference image). Transforming it
-    # with the driving poses would break that correspondence, which holds in every inference run, and would leave
-    # reference image, reference pose and driving poses all mutually misaligned, a situation inference never shows.
+    # image and the driving poses that appears at inference (docs/official_release.md §3). At inference the
+    # reference pose is extracted from the reference image itself, so it always describes the reference character's
+    # own body, never the driving skeleton (docs/official_release.md §7: ref_pose.jpg is the DWPose of the reference
+    # image). Transforming it with the driving poses would break that correspondence, which holds in every inference
+    # run, and would leave reference image, reference pose and driving poses all mutually misaligned, a situation
+    # inference never shows.
     # Keeping it untransformed makes training match inference: reference pose <-> reference image, and a driving
     # pose whose body shape differs from both.
     transform_reference_pose: bool = False
-    # Default False: the released inference feeds the implicit pose indicator raw driving keypoints (spec 1.4/3).
+    # Default False: the released inference feeds the implicit pose indicator raw driving keypoints
+    # (docs/official_release.md §1.4, §3).
     transform_ipi_keypoints: bool = False
 
     def __post_init__(self) -> None:

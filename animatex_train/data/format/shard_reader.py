@@ -6,7 +6,7 @@ here: ``schema.decode_clip`` later decodes only the schema's members with non-pi
 
 URLs: local paths (and ``file:``) always; ``pipe:`` and remote URLs go through ``webdataset.gopen``,
 which runs shell commands / curl, so they must be allowed explicitly (``allow_remote_urls``) and the
-shard list must come from a trusted manifest (RELIABILITY.md section 3.2).
+shard list must come from a trusted manifest (docs/reliability.md §3.2).
 """
 
 from __future__ import annotations

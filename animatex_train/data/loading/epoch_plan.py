@@ -2,7 +2,7 @@
 
 The plan is computed from the dataset manifests alone (no data is read), from ``(seed, epoch)`` and the
 loader layout (world size, workers per rank, batch size, shuffle-buffer size). That is what makes a
-resume exact (RELIABILITY.md section 4, "data position"): a checkpoint stores how many batches each rank
+resume exact (docs/reliability.md §4, "data position"): a checkpoint stores how many batches each rank
 consumed, and the same plan is rebuilt and continued. WebDataset's own resampling cannot do this.
 
 Construction of epoch ``e``:

@@ -1,4 +1,6 @@
-"""Keypoints -> pose images, drawn exactly as Animate-X's official preprocessing draws them (spec section 7).
+"""Keypoints -> pose images, drawn exactly as Animate-X's official ``dwpose/util.py`` draws them.
+
+The drawing rules: ``docs/official_release.md`` §7.
 
 The official routine (``dwpose/util.py``: ``draw_body_and_foot`` then ``draw_handpose``; the face is not drawn)
 paints on a black canvas:

@@ -1,7 +1,8 @@
 """The official pose-drawing style: stroke sizes, the limb list, colour tables and the palette of label images.
 
-Read from Animate-X's ``dwpose/util.py`` (spec section 7); ``pose_render`` draws with these. Colours are given as
-on the official canvas, which is saved as BGR and read back as RGB, so the drawing colours are reversed once here.
+Read from Animate-X's ``dwpose/util.py`` (docs/official_release.md §7); ``pose.render`` draws with these. Colours
+are given as on the official canvas, which is saved as BGR and read back as RGB, so the drawing colours are reversed
+once here.
 """
 
 from __future__ import annotations

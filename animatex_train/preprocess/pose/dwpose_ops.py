@@ -1,4 +1,4 @@
-"""DWPose pre- and post-processing, re-implemented from the official Animate-X ``dwpose/`` (spec section 7).
+"""DWPose pre- and post-processing, re-implemented from Animate-X's official ``dwpose/`` (docs/official_release.md §7).
 
 Pure numpy/OpenCV, no model: YOLOX letterbox and box decoding, the top-down affine person crop, SimCC
 decoding, and the Animate-X post-processing (first person only, neck insertion, OpenPose-18 order, foot
