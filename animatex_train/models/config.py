@@ -15,7 +15,7 @@ behaviour for parity. Ablations of the paper's Tables 4-5 are values of ``Implic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 GROUP_NORM_GROUPS = 32  # every GroupNorm in the network has 32 groups, as in SD 2.1
 
@@ -120,17 +120,13 @@ class ImplicitPoseIndicatorConfig:
     keypoint_row_order: KeypointRowOrder = "per_sample"
 
     def __post_init__(self) -> None:
-        if self.query not in ("learned+keypoints", "keypoints", "learned", "clip"):
-            raise ValueError(
-                "model.denoiser.ipi.query must be one of learned+keypoints, keypoints, learned, clip; "
-                f"got {self.query!r}"
-            )
-        if self.placement not in ("sequential", "parallel"):
-            raise ValueError(f"model.denoiser.ipi.placement must be sequential or parallel; got {self.placement!r}")
-        if self.keypoint_row_order not in ("official", "per_sample"):
-            raise ValueError(
-                f"model.denoiser.ipi.keypoint_row_order must be official or per_sample; got {self.keypoint_row_order!r}"
-            )
+        for name, kind in (("query", IPIQuery), ("placement", PoseAttentionPlacement),
+                           ("keypoint_row_order", KeypointRowOrder)):  # fmt: skip
+            allowed = get_args(kind)
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.denoiser.ipi.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
         if self.width % self.keypoint_heads:
             raise ValueError(
                 f"model.denoiser.ipi.width ({self.width}) must be divisible by keypoint_heads ({self.keypoint_heads})"

@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.strategies import StrategyRegistry
 
 from animatex_train.training.checkpoint import CrashSafeCheckpoint
+from animatex_train.training.strategy import DEFAULT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class DistributedConfig:
             ...; ``auto`` when several processes run); a strategy given as a class sets its own ``timeout``.
     """
 
-    timeout_s: float = 600.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:

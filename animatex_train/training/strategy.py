@@ -46,7 +46,9 @@ from animatex_train.training.activation_checkpointing import apply_activation_ch
 
 log = logging.getLogger(__name__)
 _Sharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
-DEFAULT_TIMEOUT_S = 600.0  # as distributed.timeout_s (training/preemption.py): fail a stuck rank, do not hang
+# The collective timeout of every strategy and of ``distributed.timeout_s`` (training/preemption.py, which says why
+# 600 s): a stuck rank fails the run instead of hanging it.
+DEFAULT_TIMEOUT_S = 600.0
 
 
 def _timeout(timeout_s: float, owner: str) -> timedelta:

@@ -343,38 +343,7 @@ def _root_motion_scale(pose: PixelPose, target: PixelPose, config: RealignConfig
     return np.clip(result, 1.0 / config.max_bone_ratio, config.max_bone_ratio)
 
 
-def retarget_to_reference(
-    driving: PoseSequence, reference_pose: PoseSequence, config: RealignConfig | None = None
-) -> PoseSequence:
-    """Inference: align a driving clip to the pose of a reference character image (its frame and body shape).
-
-    This is the step users of the official code do by hand with UniAnimate's ``run_align_pose.py``. The output is
-    expressed in the reference image's frame, so it can be drawn at the generated video's resolution.
-
-    Args:
-        driving: the driving clip's keypoints.
-        reference_pose: keypoints of the reference image (frame 0 is used).
-        config: realignment settings.
-
-    Raises:
-        KeypointError: bad keypoints, a reference pose without a visible neck, or a driving clip whose neck is
-            never visible.
-    """
-    validate_pose(reference_pose, "reference pose")
-    if not visible(reference_pose.body[0, ROOT]):
-        raise KeypointError(
-            "reference pose: the neck is not visible in the reference image's pose; the driving clip is aligned "
-            "at the neck, so use a reference image that shows the shoulders"
-        )
-    if not visible(driving.body[:, ROOT]).any():
-        raise KeypointError("driving pose: the neck is not visible in any frame, so it cannot be retargeted")
-    return realign_to_anchor(
-        driving, reference_pose, config, output_frame_size=reference_pose.frame_size, name="driving pose"
-    )
-
-
 __all__ = [
-    "ANCESTORS", "BONES", "FACE_ROOT", "HAND_WRIST", "HEAD_BONES", "JOINT_PARENT", "NUM_JOINTS", "ROOT",
     "PixelPose", "RealignConfig", "bone_vectors", "first_visible_bone_lengths", "interpolated_root",
-    "realign_to_anchor", "retarget_to_reference", "scale_bones", "validate_pose",
+    "realign_to_anchor", "scale_bones",
 ]  # fmt: skip

@@ -245,15 +245,8 @@ def apply_rescale_plan(
     return pose
 
 
-def scale_bone_groups(
-    pose: PoseSequence, bone_factors: np.ndarray, face_scale: float, name: str = "pose"
-) -> PoseSequence:
-    """Multiply bone lengths by ``bone_factors`` ``(20,)`` (and face size by ``face_scale``), neck fixed."""
-    validate_pose(pose, name)
-    return _scale_bone_groups(pose, bone_factors, face_scale)
-
-
 def _scale_bone_groups(pose: PoseSequence, bone_factors: np.ndarray, face_scale: float) -> PoseSequence:
+    """Multiply bone lengths by ``bone_factors`` ``(20,)`` (and face size by ``face_scale``), neck fixed."""
     height, width = pose.frame_size
     pixels = PixelPose.from_pose(pose, (width, height))
     scaled = scale_bones(pixels, np.asarray(bone_factors, dtype=np.float64), float(face_scale))
@@ -358,5 +351,5 @@ def _part_has_visible(pose: PoseSequence, part: Part) -> bool:
 
 __all__ = [
     "GROUP_BONES", "OPS", "PARTS", "Part", "RescaleConfig", "RescalePlan", "add_parts", "apply_rescale_plan",
-    "drop_parts", "sample_rescale_plan", "scale_bone_groups",
+    "drop_parts", "sample_rescale_plan",
 ]  # fmt: skip

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -230,7 +230,3 @@ def batches_per_rank(index: DataIndex, epoch: int, min_frames: int, history: lis
     """Batches every rank yields in the current part of the epoch (equal on all ranks)."""
     streams = plan_epoch(index, epoch, min_frames, history, layout)
     return layout.workers * len(streams[0].batches) if streams else 0
-
-
-def layout_dict(layout: Layout) -> dict:
-    return asdict(layout)
