@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -60,7 +61,13 @@ def demo_main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     from animatex_train.training.lightning_cli import AnimateXCLI
 
-    cli = AnimateXCLI(args=["fit", "--config", str(recipe), *overrides])
+    # The fit's arguments are given here, not on the command line (which says `demo`): Lightning warns when it sees
+    # both, so it sees only the program name while the CLI parses.
+    own_argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = AnimateXCLI(args=["fit", "--config", str(recipe), *overrides])
+    finally:
+        sys.argv = own_argv
     timings["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
