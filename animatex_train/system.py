@@ -9,6 +9,7 @@ CLIP text tower's empty-prompt tokens, computed once at setup, and the VAE for d
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from dataclasses import asdict, dataclass
@@ -99,30 +100,34 @@ class AnimateXSystem(pl.LightningModule):
             rank (``training/grad_norm.py``): a device tensor, ``inf`` when DeepSpeed found it non-finite, or None.
     """
 
+    # Default instances (not None) so that `fit --help` lists every nested key (`--model.denoiser.ipi.*`); they are
+    # shared, so __init__ works on deep copies.
     def __init__(
         self,
-        denoiser: DenoiserConfig | None = None,
-        diffusion: DiffusionConfig | None = None,
-        sampler: SamplerConfig | None = None,
-        vae: VAEConfig | None = None,
-        clip: CLIPConfig | None = None,
-        optim: OptimConfig | None = None,
-        ema: EMAConfig | None = None,
-        conditioning: ConditioningConfig | None = None,
-        init: InitConfig | None = None,
-        validation: ValidationConfig | None = None,
-        numerics: NumericsConfig | None = None,
+        denoiser: DenoiserConfig = DenoiserConfig(),  # noqa: B008
+        diffusion: DiffusionConfig = DiffusionConfig(),  # noqa: B008
+        sampler: SamplerConfig = SamplerConfig(),  # noqa: B008
+        vae: VAEConfig = VAEConfig(),  # noqa: B008
+        clip: CLIPConfig = CLIPConfig(),  # noqa: B008
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
+        ema: EMAConfig = EMAConfig(),  # noqa: B008
+        conditioning: ConditioningConfig = ConditioningConfig(),  # noqa: B008
+        init: InitConfig = InitConfig(),  # noqa: B008
+        validation: ValidationConfig = ValidationConfig(),  # noqa: B008
+        numerics: NumericsConfig = NumericsConfig(),  # noqa: B008
         seed: int = 0,
         empty_prompt_cache: str | None = None,
     ):
         super().__init__()
-        self.config = SystemConfig(
+        self.config = copy.deepcopy(SystemConfig(
             denoiser=denoiser or DenoiserConfig(), diffusion=diffusion or DiffusionConfig(),
             sampler=sampler or SamplerConfig(), vae=vae or VAEConfig(), clip=clip or CLIPConfig(),
             optim=optim or OptimConfig(), ema=ema or EMAConfig(), conditioning=conditioning or ConditioningConfig(),
             init=init or InitConfig(), validation=validation or ValidationConfig(),
             numerics=numerics or NumericsConfig(),
-        )  # fmt: skip
+        ))  # fmt: skip
+        self.config.vae.require_weights("model.vae")  # fail at start-up, not when the encoders are first built
+        self.config.clip.require_weights("model.clip")
         self.seed = seed
         self.empty_prompt_cache = empty_prompt_cache
         # Plain dicts of primitives only: checkpoints stay loadable with torch.load(weights_only=True).

@@ -74,8 +74,8 @@ class CLIPConfig:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        if self.checkpoint is None and not self.tiny:
-            raise ValueError(f"clip.checkpoint is required unless clip.tiny is true. {_DOWNLOAD_HINT}")
+        # The default instance (checkpoint unset) is valid so that `fit --help` can list these keys; the encoder
+        # and the training system call `require_weights` when they are built.
         if self.tiny_embed_dim < 4 or self.tiny_embed_dim % 4:
             raise ValueError(f"clip.tiny_embed_dim must be a positive multiple of 4, got {self.tiny_embed_dim}")
         if self.image_size_px < 1:
@@ -84,6 +84,15 @@ class CLIPConfig:
             raise ValueError(f"clip.mean and clip.std must be 3 values with std > 0, got {self.mean}, {self.std}")
         if self.batch_size < 1:
             raise ValueError(f"clip.batch_size must be >= 1, got {self.batch_size}")
+
+    def require_weights(self, key: str = "clip") -> None:
+        """Raises ValueError unless the weights are given (``checkpoint``) or the tiny random network is asked for.
+
+        Args:
+            key: where this config sits in the user's configuration (``model.clip``, ``encoders.clip``).
+        """
+        if self.checkpoint is None and not self.tiny:
+            raise ValueError(f"{key}.checkpoint is required unless {key}.tiny is true. {_DOWNLOAD_HINT}")
 
 
 class FrozenCLIPImageEncoder(nn.Module):
@@ -107,6 +116,7 @@ class FrozenCLIPImageEncoder(nn.Module):
 
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
+        config.require_weights()
         self.config = config
         self.model = _build_open_clip(config)
         self.model.requires_grad_(False)

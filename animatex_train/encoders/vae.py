@@ -72,13 +72,22 @@ class VAEConfig:
     decode_chunk_size: int = 2
 
     def __post_init__(self) -> None:
-        if self.checkpoint is None and not self.tiny:
-            raise ValueError(f"vae.checkpoint is required unless vae.tiny is true. {_DOWNLOAD_HINT}")
+        # The default instance (checkpoint unset) is valid so that `fit --help` can list these keys; the encoder
+        # and the training system call `require_weights` when they are built.
         if self.scale_factor <= 0:
             raise ValueError(f"vae.scale_factor must be > 0, got {self.scale_factor} (SD 2.1: 0.18215)")
         for name in ("encode_chunk_size", "decode_chunk_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"vae.{name} must be >= 1, got {getattr(self, name)}")
+
+    def require_weights(self, key: str = "vae") -> None:
+        """Raises ValueError unless the weights are given (``checkpoint``) or the tiny random network is asked for.
+
+        Args:
+            key: where this config sits in the user's configuration (``model.vae``, ``encoders.vae``).
+        """
+        if self.checkpoint is None and not self.tiny:
+            raise ValueError(f"{key}.checkpoint is required unless {key}.tiny is true. {_DOWNLOAD_HINT}")
 
     def to_model_latents(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw VAE latents -> diffusion-model space: ``raw * scale_factor`` (any shape). The one place the scale is
@@ -111,6 +120,7 @@ class FrozenVAE(nn.Module):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
+        config.require_weights()
         self.config = config
         self.model = _build_autoencoder(config)
         self.model.requires_grad_(False)

@@ -154,6 +154,8 @@ class EncodersConfig:
     def __post_init__(self) -> None:
         _check(self.device in ("auto", "cpu", "cuda"), "encoders.device", "auto, cpu or cuda", self.device)
         _check(self.num_threads >= 0, "encoders.num_threads", ">= 0", self.num_threads)
+        self.vae.require_weights("encoders.vae")
+        self.clip.require_weights("encoders.clip")
 
 
 @dataclass

@@ -164,8 +164,10 @@ def test_an_unreadable_zero_y_cache_is_computed_again(tmp_path, caplog) -> None:
 def test_missing_checkpoint_names_the_key(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"clip\.checkpoint.*open_clip_pytorch_model\.bin"):
         FrozenCLIPImageEncoder(CLIPConfig(checkpoint=str(tmp_path / "open_clip_pytorch_model.bin")))
+    with pytest.raises(ValueError, match=r"model\.clip\.checkpoint is required unless model\.clip\.tiny"):
+        CLIPConfig().require_weights("model.clip")  # the default instance is valid (listed by `fit --help`)
     with pytest.raises(ValueError, match=r"clip\.checkpoint"):
-        CLIPConfig()
+        FrozenCLIPImageEncoder(CLIPConfig())
 
 
 def test_loads_weights_only_checkpoint_and_refuses_pickles(tmp_path) -> None:

@@ -107,8 +107,10 @@ def test_tiny_init_is_seeded_and_leaves_global_rng_alone() -> None:
 def test_missing_checkpoint_names_the_key(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"vae\.checkpoint.*v2-1_512-ema-pruned"):
         FrozenVAE(VAEConfig(checkpoint=str(tmp_path / "v2-1_512-ema-pruned.ckpt")))
+    with pytest.raises(ValueError, match=r"model\.vae\.checkpoint is required unless model\.vae\.tiny"):
+        VAEConfig().require_weights("model.vae")  # the default instance is valid (listed by `fit --help`)
     with pytest.raises(ValueError, match=r"vae\.checkpoint"):
-        VAEConfig()
+        FrozenVAE(VAEConfig())
 
 
 def test_resolution_not_multiple_of_8(vae: FrozenVAE) -> None:
