@@ -92,7 +92,7 @@ class ParameterSummary(RichModelSummary):
         console.print(table)
         frozen = total_parameters - trainable_parameters
         console.print(
-            f"Trainable params: {get_human_readable_count(trainable_parameters)}, non-trainable: "
-            f"{get_human_readable_count(frozen)}, size: {get_formatted_model_size(model_size)} MB; modules in train "
+            f"Trainable params: {get_human_readable_count(trainable_parameters).strip()}, non-trainable: "
+            f"{get_human_readable_count(frozen).strip()}, size: {get_formatted_model_size(model_size)} MB; modules in train "
             f"mode: {total_training_modes['train']}, in eval mode: {total_training_modes['eval']}"
         )
