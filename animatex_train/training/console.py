@@ -91,8 +91,9 @@ class ParameterSummary(RichModelSummary):
         console = get_console()
         console.print(table)
         frozen = total_parameters - trainable_parameters
+        trainable, frozen_count = (get_human_readable_count(n).strip() for n in (trainable_parameters, frozen))
         console.print(
-            f"Trainable params: {get_human_readable_count(trainable_parameters).strip()}, non-trainable: "
-            f"{get_human_readable_count(frozen).strip()}, size: {get_formatted_model_size(model_size)} MB; modules in train "
-            f"mode: {total_training_modes['train']}, in eval mode: {total_training_modes['eval']}"
+            f"Trainable params: {trainable}, non-trainable: {frozen_count}, size: "
+            f"{get_formatted_model_size(model_size)} MB; modules in train mode: {total_training_modes['train']}, "
+            f"in eval mode: {total_training_modes['eval']}"
         )
