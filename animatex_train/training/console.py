@@ -24,12 +24,14 @@ HARMLESS_WARNINGS: tuple[tuple[str, str], ...] = (
      "(data/loading/loader.py)"),
 )  # fmt: skip
 SRUN_HINT = "The `srun` command is available on your system but is not used."
-LIGHTNING_TIPS = ("💡 Tip: For seamless cloud",)  # Lightning's advertisements for its hosted services
+# Lightning's info lines that say nothing about the run: advertisements for its hosted services, and the note that
+# our own model summary (ParameterSummary below) replaces its default one.
+LIGHTNING_NOTES = ("💡 Tip: For seamless cloud", "Trainer already configured with model summary callbacks")
 
 
 class _DropTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(LIGHTNING_TIPS)
+        return not str(record.msg).startswith(LIGHTNING_NOTES)
 
 
 def silence_known_harmless_messages() -> None:
@@ -89,8 +91,9 @@ class ParameterSummary(RichModelSummary):
         console = get_console()
         console.print(table)
         frozen = total_parameters - trainable_parameters
+        trainable, frozen_count = (get_human_readable_count(n).strip() for n in (trainable_parameters, frozen))
         console.print(
-            f"Trainable params: {get_human_readable_count(trainable_parameters)}, non-trainable: "
-            f"{get_human_readable_count(frozen)}, size: {get_formatted_model_size(model_size)} MB; modules in train "
-            f"mode: {total_training_modes['train']}, in eval mode: {total_training_modes['eval']}"
+            f"Trainable params: {trainable}, non-trainable: {frozen_count}, size: "
+            f"{get_formatted_model_size(model_size)} MB; modules in train mode: {total_training_modes['train']}, "
+            f"in eval mode: {total_training_modes['eval']}"
         )

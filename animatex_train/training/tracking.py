@@ -222,6 +222,11 @@ class AnimateXWandbLogger(WandbLogger):
             self._experiment.finish(exit_code=1)
             return
         super().finalize(status)
+        if self._experiment is not None:
+            # Close the run here rather than from W&B's exit hook, which prints its closing lines with colour codes
+            # even into a log; a later use (another trainer stage) resumes the same run id.
+            self._experiment.finish()
+            self._experiment = None
 
 
 def build_logger(config: TrackingConfig, run_dir: str | Path) -> AnimateXWandbLogger | None:

@@ -35,6 +35,7 @@ def test_only_the_listed_messages_are_silenced(monkeypatch, caplog):
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]...")
+        rank_zero.info("Trainer already configured with model summary callbacks: [<class '...ParameterSummary'>].")
         rank_zero.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
 
