@@ -162,6 +162,39 @@ def find_resume_checkpoint(root: str | Path, check_hashes: bool = True) -> Path 
     return None
 
 
+def resolve_checkpoint(path: str | Path, check_hashes: bool = True, key: str = "--ckpt_path") -> Path:
+    """The verified ``state.ckpt`` behind ``path``: a run's checkpoints folder (its newest complete checkpoint),
+    a ``step-<N>`` folder or its ``state.ckpt``. Anything else (a Lightning ``.ckpt`` of another project, a
+    bare DeepSpeed folder) is returned as given: it has no manifest to verify, and is read weights-only anyway.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointIntegrityError: a checkpoint of ours fails ``verify_checkpoint`` (names the check), or a
+            checkpoints folder holds no complete one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{key}: {path} does not exist; pass a run's checkpoints/ folder, a step-<N> folder or its {STATE}"
+        )
+    if path.name == STATE:
+        step_dir = path.parent
+    elif (path / STATE).exists():
+        step_dir = path
+    elif path.is_dir() and any(_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name) for p in path.iterdir()):
+        newest = find_resume_checkpoint(path, check_hashes)
+        if newest is None:
+            raise CheckpointIntegrityError(
+                f"{key}: {path} holds no complete, intact checkpoint (step-<N>/ with {STATE}); the log above names "
+                "any that were skipped and why"
+            )
+        step_dir = newest.parent
+    else:
+        return path
+    verify_checkpoint(step_dir, check_hashes)
+    return step_dir / STATE
+
+
 class CrashSafeCheckpoint(Checkpoint):
     """Save every ``every_n_steps`` optimizer steps (and at the end) with the commit protocol above.
 
