@@ -194,11 +194,11 @@ class PreemptionHandler(pl.Callback):
         # before the step boundary after Slurm's SIGUSR1 lead. A stop signal alone (scancel) never requeues.
         requeue = any(sig in self.requeue_signals for sig in received)
         checkpoint = self._checkpoint_callback(trainer)
-        if checkpoint.last_saved_step != step:
-            checkpoint.save(trainer)
+        committed = checkpoint.last_saved_step == step or checkpoint.save(trainer) is not None
         code = 128 + signum if self.exit_code is None else self.exit_code
-        log.warning("rank %d: %s received; checkpoint at step %d committed, stopping with exit code %d",
-                    trainer.global_rank, signal.Signals(signum).name, step, code)  # fmt: skip
+        log.warning("rank %d: %s received; checkpoint at step %d %s, stopping with exit code %d",
+                    trainer.global_rank, signal.Signals(signum).name, step,
+                    "committed" if committed else "NOT saved (the save failed; see above)", code)  # fmt: skip
         self._armed = False
         raise Preempted(code, signum, requeue)
 

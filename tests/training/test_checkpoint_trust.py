@@ -10,33 +10,16 @@ so the payload is live. The CLI paths (``--ckpt_path`` local / URL / auto-resume
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 import torch
+from support.canary import Canary, evil_checkpoint, planted_step
 
-from animatex_train.training.checkpoint import STATE, commit_checkpoint, step_dir_name
 from animatex_train.training.checkpoint_trust import (
     CheckpointRefusedError,
     load_checkpoint_file,
     restricted_loading,
 )
-
-
-class Canary:
-    """Unpickling this calls ``open(path, "w")``: the file appears iff the payload ran."""
-
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
-def evil_checkpoint(path: Path, canary: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": {"denoiser.w": torch.zeros(2)}, "global_step": 2, "payload": Canary(canary)}, path)
-    return path
 
 
 def test_weights_only_by_default_and_the_payload_is_live(tmp_path):
@@ -101,19 +84,11 @@ def test_fsdp_sharded_metadata_is_restricted_and_real_metadata_still_reads(tmp_p
     assert not canary.exists()
 
 
-def _planted_step(root: Path, canary: Path, step: int = 2) -> Path:
-    """A malicious checkpoint that passes the commit protocol's checks (manifest + hashes are easy to forge)."""
-    tmp = root / (step_dir_name(step) + ".tmp")
-    evil_checkpoint(tmp / STATE, canary)
-    commit_checkpoint(tmp, root / step_dir_name(step), step, keep_last=2)
-    return root / step_dir_name(step)
-
-
 def test_export_refuses_a_planted_checkpoint(tmp_path):
     from animatex_train.training.export import ExportError, export_weights
 
     canary = tmp_path / "canary"
-    step = _planted_step(tmp_path / "checkpoints", canary)
+    step = planted_step(tmp_path / "checkpoints", canary)
     with pytest.raises(ExportError, match="--trust-checkpoint"):
         export_weights(step, tmp_path / "out.safetensors")
     assert not canary.exists()
@@ -129,7 +104,7 @@ def test_init_weights_and_animate_weights_refuse_a_payload(tmp_path):
         read_state_dict(evil)
     with pytest.raises(ValueError, match="animate-x.pth"):
         load_denoiser(str(evil), tiny=True)
-    step = _planted_step(tmp_path / "run" / "checkpoints", canary)
+    step = planted_step(tmp_path / "run" / "checkpoints", canary)
     with pytest.raises(Exception, match="--trust-checkpoint"):
         load_denoiser(str(step), tiny=True)
     assert not canary.exists()
