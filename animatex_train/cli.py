@@ -41,8 +41,16 @@ def _offline_defaults() -> None:
 
 def lightning_main(argv: list[str] | None) -> int:
     """LightningCLI on ``argv`` (None: the process's own command line)."""
-    from animatex_train.training.lightning_cli import AnimateXCLI
+    import yaml
 
+    from animatex_train.cli_errors import config_files
+    from animatex_train.training.lightning_cli import AnimateXCLI
+    from animatex_train.training.preemption import refuse_elastic_restarts
+
+    refuse_elastic_restarts()
+    for path in config_files(list(sys.argv[1:] if argv is None else argv)):
+        with path.open() as handle:  # the same safe loader as jsonargparse's, but its errors name the file
+            yaml.safe_load(handle)
     AnimateXCLI(args=argv)
     return 0
 

@@ -41,7 +41,7 @@ def _one_line(text: str) -> str:
     return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
 
 
-def _config_files(argv: list[str]) -> list[Path]:
+def config_files(argv: list[str]) -> list[Path]:
     files = []
     for i, arg in enumerate(argv):
         if arg in ("--config", "-c") and i + 1 < len(argv):
@@ -56,7 +56,7 @@ def _yaml_message(error: Exception, argv: list[str]) -> str:
     tag = re.search(r"tag '([^']+)'", str(getattr(error, "problem", "")) or "")
     where = f"{mark.name}:{mark.line + 1}" if mark is not None and not mark.name.startswith("<") else None
     if where is None and tag:  # jsonargparse hands PyYAML a string: find the file that holds the tag
-        holder = next((f for f in _config_files(argv) if tag.group(1) in f.read_text(errors="replace")), None)
+        holder = next((f for f in config_files(argv) if tag.group(1) in f.read_text(errors="replace")), None)
         where = f"{holder}:{mark.line + 1}" if holder is not None and mark is not None else where
     what = f"YAML tag {tag.group(1)!r} is not allowed" if tag else _one_line(getattr(error, "problem", error))
     return f"{what} in {where or 'a YAML input'}; recipes hold plain values only: remove the tag"

@@ -32,6 +32,7 @@ from lightning.pytorch.callbacks import Checkpoint
 from animatex_train.training.checkpoint_storage import (
     SAVE_ERROR_POLICIES,
     CheckpointSaveError,
+    attempt_write,
     checkpoint_bytes,
     failure_message,
     remove_partial,
@@ -206,6 +207,12 @@ def resolve_checkpoint(path: str | Path, check_hashes: bool = True, key: str = "
     return step_dir / STATE
 
 
+def _make_tmp(root: Path, tmp: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+
 class CrashSafeCheckpoint(Checkpoint):
     """Save every ``every_n_steps`` optimizer steps (and at the end) with the commit protocol above.
 
@@ -275,37 +282,23 @@ class CrashSafeCheckpoint(Checkpoint):
         error: BaseException | None = None
         if trainer.is_global_zero:
             warn_if_short(root, last_bytes, self.free_space_margin, f"before the checkpoint save at step {step}")
-            try:
-                root.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(tmp, ignore_errors=True)
-                tmp.mkdir()
-            except OSError as caught:
-                error = caught
+            error = attempt_write(lambda: _make_tmp(root, tmp))
         strategy.barrier("checkpoint:tmp")
         if error is None:
-            try:
-                trainer.save_checkpoint(tmp / STATE, weights_only=False)
-            except OSError as caught:
-                error = caught
-                # the failing rank left before Trainer.save_checkpoint's closing barrier: take it, so the ranks'
-                # collectives stay paired
+            error = attempt_write(lambda: trainer.save_checkpoint(tmp / STATE, weights_only=False))
+            if error is not None:  # it left before Trainer.save_checkpoint's closing barrier: keep collectives paired
                 strategy.barrier("Trainer.save_checkpoint")
         strategy.barrier("checkpoint:written")
         if error is None:
-            try:
-                fsync_tree(tmp)
-            except OSError as caught:
-                error = caught
+            error = attempt_write(lambda: fsync_tree(tmp))
         if self._failed_anywhere(trainer, error):
             return self._abort(trainer, step, tmp, final, existed, error, last_bytes, previous)
         if trainer.is_global_zero:
-            try:
-                commit_checkpoint(tmp, final, step, self.keep_last)
+            error = attempt_write(lambda: commit_checkpoint(tmp, final, step, self.keep_last))
+            if error is None:
                 log.info("checkpoint committed: %s", final)
                 warn_if_short(root, checkpoint_bytes(final), self.free_space_margin,
                               f"after the checkpoint save at step {step} (for the next one)")  # fmt: skip
-            except OSError as caught:
-                error = caught
         if self._failed_anywhere(trainer, error):
             return self._abort(trainer, step, tmp, final, existed, error, last_bytes, previous)
         strategy.barrier("checkpoint:committed")

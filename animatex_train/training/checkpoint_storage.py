@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,29 @@ SAVE_ERROR_POLICIES = ("stop", "continue")
 
 class CheckpointSaveError(OSError):
     """A checkpoint could not be written; the message says where, how much space it needs and what is intact."""
+
+
+def is_write_error(error: BaseException) -> bool:
+    """An error of writing a file (as opposed to a failed collective or a bug).
+
+    ``OSError`` from Python writers (Lightning serialises in memory, then writes through fsspec); PyTorch's
+    own zip writer (``torch.save`` to a path, as DeepSpeed saves) reports a failed write as a ``RuntimeError``.
+    """
+    if isinstance(error, OSError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("write failed" in text or "No space left" in text)
+
+
+def attempt_write(action: Callable[[], object]) -> BaseException | None:
+    """Run ``action``; its write error (see ``is_write_error``) is returned, anything else propagates."""
+    try:
+        action()
+    except Exception as caught:  # noqa: BLE001 - sorted right below
+        if not is_write_error(caught):
+            raise
+        return caught
+    return None
 
 
 def checkpoint_bytes(step_dir: Path) -> int:

@@ -291,3 +291,28 @@ def multi_process_run(devices: Any, num_nodes: Any, environ: dict[str, str] | os
         devices = int(devices) if devices.isdigit() else [d for d in devices.split(",") if d.strip()]
     count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, (list, tuple)) else 1
     return count > 1 or (isinstance(num_nodes, int) and num_nodes > 1)
+
+
+class ElasticRestartError(RuntimeError):
+    """``torchrun --max-restarts`` > 0: refused at start-up (see ``refuse_elastic_restarts``)."""
+
+
+def refuse_elastic_restarts(environ: dict[str, str] | os._Environ | None = None) -> None:
+    """Refuse torchrun's elastic restarts before anything starts.
+
+    Measured (RELIABILITY_PROBE.md D7, torch 2.13 / lightning 2.6): workers relaunched by torchrun after a failure
+    hang in process-group initialisation or fail to reach the previous attempt's ports, so the run never resumes.
+    The supported restart path is the Slurm requeue, or simply rerunning the command: every run resumes from the
+    newest complete checkpoint of its run directory, at the exact data position.
+
+    Raises:
+        ElasticRestartError: torchrun set ``TORCHELASTIC_MAX_RESTARTS`` above 0.
+    """
+    environ = os.environ if environ is None else environ
+    restarts = environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if restarts.isdigit() and int(restarts) > 0:
+        raise ElasticRestartError(
+            f"torchrun --max-restarts={restarts} (TORCHELASTIC_MAX_RESTARTS) is not supported: restarted workers do "
+            "not rejoin. Launch with --max-restarts=0 and restart by requeueing (slurm/train.sbatch, `animatex-train "
+            "submit train`) or by rerunning the same command: it resumes from the newest complete checkpoint"
+        )

@@ -8,6 +8,7 @@ mid-write does, without root or a small filesystem.
 from __future__ import annotations
 
 import errno
+import io
 import os
 from pathlib import Path
 
@@ -42,8 +43,13 @@ class _FullDiskIO(CheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         if self.fault.trainer.global_step != self.fault.at_step:
             return self.inner.save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()  # as Lightning's own save: serialise in memory, then write the bytes out
+        torch.save(checkpoint, buffer)
+        data = buffer.getvalue()
         with open(path, "wb") as handle:
-            torch.save(checkpoint, _FillingFile(handle, self.fault.after_bytes, Path(path)))
+            filling = _FillingFile(handle, self.fault.after_bytes, Path(path))
+            for start in range(0, len(data), 1 << 16):
+                filling.write(data[start : start + (1 << 16)])
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return self.inner.load_checkpoint(path, map_location=map_location, weights_only=weights_only)
