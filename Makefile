@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export WDS_SECURE ?= 1
 
-.PHONY: setup demo test test-parity lint clean
+.PHONY: setup demo test test-parity test-faults lint clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,11 @@ test: $(STAMP)
 # checks the same loop at its first, second, middle and last steps.
 test-parity: $(STAMP)
 	$(BIN)/python -m pytest -q -m parity_loop tests
+
+# Every test of the fault catalogue (docs/reliability.md, F1-F24), with the long randomised variants (`fault_sweep`:
+# 50 kill-during-save trials, ...) that `make test` leaves out.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not parity_loop" -k "$$($(BIN)/python tests/test_fault_catalogue.py)" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check animatex_train tests benchmarks
