@@ -90,6 +90,8 @@ def user_error(error: BaseException, argv: list[str]) -> tuple[str, int] | None:
     names = {cls.__name__ for cls in type(error).__mro__}
     if "ConstructorError" in names or "MarkedYAMLError" in names:
         return _yaml_message(error, argv), EXIT_CONFIG  # type: ignore[arg-type]
+    if "ArgumentError" in names:  # argparse/jsonargparse with exit_on_error=False: an unknown or malformed flag
+        return _one_line(error), EXIT_CONFIG
     if isinstance(error, pickle.UnpicklingError):
         return _pickle_message(error), EXIT_RUNTIME  # type: ignore[arg-type]
     if isinstance(error, OSError):

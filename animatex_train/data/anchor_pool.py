@@ -324,31 +324,40 @@ def iter_shard_poses(
     """
     for shard in shard_paths:
         pending: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard, mode="r|*") as tar:  # streaming: members are read once, in order
-            for member in tar:
-                if not member.isfile():
-                    continue
-                directory, base = os.path.split(member.name)
-                stem, _, suffix = base.partition(".")
-                if suffix not in (POSE, META):
-                    continue
-                key = os.path.join(directory, stem)
-                handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                members = pending.setdefault(key, {})
-                members[suffix] = handle.read()
-                if len(members) == 2:
-                    del pending[key]
-                    sample = _decode_pose_sample(members, key, str(shard))
-                    if sample is not None and (split is None or sample[0].split == split):
-                        yield key, sample[1]
+        try:
+            yield from _shard_poses(shard, split, pending)
+        except (tarfile.TarError, EOFError, OSError) as error:  # tarfile says only e.g. "unexpected end of data"
+            raise AnchorPoolError(f"shard {shard}: not a readable tar ({error}); it is truncated or damaged: "
+                                  "rebuild it with `animatex-train prepare` or leave it out of --shards") from error
         if pending:
             incomplete = sorted(pending)[:3]
             print(
                 f"warning: {shard}: {len(pending)} sample(s) lack {POSE} or {META}, skipped: {incomplete}",
                 file=sys.stderr,
             )
+
+
+def _shard_poses(shard: str | Path, split: str | None,
+                 pending: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, PoseSequence]]:  # fmt: skip
+    with tarfile.open(shard, mode="r|*") as tar:  # streaming: members are read once, in order
+        for member in tar:
+            if not member.isfile():
+                continue
+            directory, base = os.path.split(member.name)
+            stem, _, suffix = base.partition(".")
+            if suffix not in (POSE, META):
+                continue
+            key = os.path.join(directory, stem)
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            members = pending.setdefault(key, {})
+            members[suffix] = handle.read()
+            if len(members) == 2:
+                del pending[key]
+                sample = _decode_pose_sample(members, key, str(shard))
+                if sample is not None and (split is None or sample[0].split == split):
+                    yield key, sample[1]
 
 
 def _decode_pose_sample(members: dict[str, bytes], key: str, shard: str) -> tuple[ClipMeta, PoseSequence] | None:

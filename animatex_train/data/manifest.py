@@ -164,7 +164,7 @@ class DatasetManifest:
         """Check that every shard exists with its recorded size (and sha256); list every problem at once.
 
         Raises:
-            ManifestError: one line per missing, resized or altered shard.
+            ManifestError: one line per missing, unreadable, resized or altered shard.
         """
         problems = []
         for shard, shard_path in zip(self.shards, self.shard_paths(), strict=True):
@@ -174,6 +174,12 @@ class DatasetManifest:
             size = shard_path.stat().st_size
             if size != shard.size_bytes:
                 problems.append(f"{shard.path}: {size} bytes, the manifest says {shard.size_bytes}")
+                continue
+            try:  # as the loader will: a shard it cannot open would silently become placeholders every epoch
+                with shard_path.open("rb") as handle:
+                    handle.read(1)
+            except OSError as error:
+                problems.append(f"{shard.path}: unreadable ({error.strerror or error})")
                 continue
             if check_hash and _sha256(shard_path) != shard.sha256:
                 problems.append(f"{shard.path}: sha256 differs from the manifest (the file was altered or corrupted)")
