@@ -20,7 +20,7 @@ from animatex_train.data.epoch_plan import DataIndex, Layout, ShardInfo, batches
 from animatex_train.data.loader import ShardStreamLoader
 from animatex_train.data.manifest import DatasetManifest
 from animatex_train.data.sample_assembly import WindowConfig
-from animatex_train.data.schema import decode_clip
+from animatex_train.data.schema import SampleError, decode_clip
 from animatex_train.data.shard_reader import iter_samples
 from animatex_train.data.stream import ShardStream, StreamSettings
 
@@ -144,8 +144,16 @@ class VideoDataModule(pl.LightningDataModule):
     def _preflight(self, index: DataIndex) -> int:
         """Decode the first sample of the first shard: schema version, CLIP width and window length."""
         first = index.datasets[0][0]
-        key, members = next(iter_samples(first.url, self.allow_remote_urls))
-        record = decode_clip({"__key__": key, "__url__": first.url, **members})
+        wanted = first.keys[0]  # the first planned sample: a foreign group ahead of it in the tar is not read as it
+        found = next(((key, members) for key, members in iter_samples(first.url, self.allow_remote_urls)
+                      if key == wanted), None)  # fmt: skip
+        if found is None:
+            raise SampleError(f"shard {first.url!r}: its first manifest sample {wanted!r} is not in the tar; re-run "
+                              "`animatex-train prepare` or refresh the manifest")  # fmt: skip
+        try:
+            record = decode_clip({"__key__": wanted, "__url__": first.url, **found[1]})
+        except SampleError as error:
+            raise SampleError(f"shard {first.url!r}: {error}") from error
         longest = max(n for shards in index.datasets for s in shards for n in s.num_frames)
         if longest < self.window.span:
             raise DataConfigError(

@@ -72,3 +72,35 @@ def test_prepare_refuses_an_abbreviated_flag(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--clips.num_frame" in errors[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_foreign_and_duplicate_groups_are_skipped_by_key_and_nothing_else_is_lost(tmp_path, caplog):
+    """D6: four foreign members used to shift every later sample of the shard onto the wrong plan entry."""
+    import logging
+
+    from support.shards import index_of, write_tar
+
+    from animatex_train.data.epoch_plan import Layout, ShardInfo
+    from animatex_train.data.loader import ShardStreamLoader
+    from animatex_train.data.sample_assembly import WindowConfig
+    from animatex_train.data.stream import ShardStream, StreamSettings
+
+    samples = [encode_clip(make_record("e000", c)) for c in range(4)]
+    for i, sample in enumerate(samples):
+        sample["__key__"] = f"e000-c{i:05d}"
+    foreign = {"__key__": "../../../outside", "meta.json": b"{}"}
+    duplicate = dict(samples[0])  # not adjacent: adjacent members of one key are one group (WebDataset's rule)
+    shard = tmp_path / "evil.tar"
+    write_tar(shard, [foreign, samples[0], samples[1], duplicate, {"__key__": "stray", "x.txt": b"1"},
+                      samples[2], samples[3]])  # fmt: skip
+    keys = tuple(f"e000-c{c:05d}" for c in range(4))
+    index = index_of((ShardInfo(str(shard), keys, (6,) * 4, 32, 32),))
+    layout = Layout(world_size=1, workers=1, batch_size=2, shuffle_buffer=4, seed=0)
+    stream = ShardStream(StreamSettings(index, layout, 0, WindowConfig(num_frames=4), clip_dim=8))
+    with caplog.at_level(logging.WARNING):
+        batches = list(ShardStreamLoader(stream, num_workers=0))
+    valid = {k: v for b in batches for k, v in zip(b.keys, b.valid.tolist(), strict=True)}
+    assert valid == dict.fromkeys(keys, True), caplog.text
+    text = caplog.text
+    assert "evil.tar" in text and "'../../../outside', not in the shard's manifest entry" in text
+    assert "'stray', not in" in text and "key 'e000-c00000' (duplicate)" in text
