@@ -104,3 +104,29 @@ def test_foreign_and_duplicate_groups_are_skipped_by_key_and_nothing_else_is_los
     text = caplog.text
     assert "evil.tar" in text and "'../../../outside', not in the shard's manifest entry" in text
     assert "'stray', not in" in text and "key 'e000-c00000' (duplicate)" in text
+
+
+def test_remote_shard_urls_in_a_manifest_work_only_when_allowed(tmp_path):
+    """``data.allow_remote_urls`` used to do nothing: a ``pipe:`` shard was joined to the dataset folder, "missing"."""
+    import json
+
+    from animatex_train.data.datamodule import DatasetSource, load_index
+    from animatex_train.data.epoch_plan import Layout
+    from animatex_train.data.loader import ShardStreamLoader
+    from animatex_train.data.sample_assembly import WindowConfig
+    from animatex_train.data.stream import ShardStream, StreamSettings
+
+    manifest_path = build_tiny_dataset(tmp_path, num_train_shards=1, num_val_shards=1)
+    data = json.loads(manifest_path.read_text())
+    entry = next(s for s in data["shards"] if s["split"] == "train")
+    entry["path"] = f"pipe:cat {tmp_path / entry['path']}"
+    manifest_path.write_text(json.dumps(data))
+    source = DatasetSource(manifest=str(manifest_path))
+    with pytest.raises(ManifestError, match=r"pipe:cat .*tr-0000.tar: a remote URL .*data.allow_remote_urls: true"):
+        load_index([source])
+    index = load_index([source], allow_remote_urls=True)
+    assert index.datasets[0][0].url == entry["path"]
+    layout = Layout(world_size=1, workers=1, batch_size=2, shuffle_buffer=4, seed=0)
+    settings = StreamSettings(index, layout, 0, WindowConfig(num_frames=4), clip_dim=64, allow_remote_urls=True)
+    batches = list(ShardStreamLoader(ShardStream(settings), num_workers=0))
+    assert sorted(k for b in batches for k, v in zip(b.keys, b.valid.tolist(), strict=True) if v) == entry["keys"]
