@@ -25,7 +25,7 @@ EXIT_CONFIG = 2
 # contract; tests/test_cli_errors.py checks each one still exists.
 RUNTIME_ERROR_NAMES = frozenset({
     "CheckpointIntegrityError", "ExportError", "ResumeError", "MergeError", "JournalError", "CheckpointSaveError",
-    "ElasticRestartError", "NonFiniteError",
+    "ElasticRestartError", "NonFiniteError", "LoaderStallError",
 })  # fmt: skip
 
 

@@ -99,7 +99,7 @@ def test_expected_errors_are_sorted_from_bugs():
 
 
 def test_torchrun_elastic_restarts_are_refused_at_start_up(tmp_path):
-    """What torchrun --max-restarts=1 hands its workers; the real torchrun run is in test_elastic.py (slow)."""
+    """What torchrun --max-restarts=1 hands its workers; the real torchrun run: training/test_elastic.py (slow)."""
     env = {**fit_env(), "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_RESTART_COUNT": "0"}
     proc = subprocess.run([sys.executable, "-m", "animatex_train", "fit", "--config", str(TINY_RECIPE)],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip

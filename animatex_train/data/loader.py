@@ -14,7 +14,9 @@ worker would keep a stale copy of it).
 from __future__ import annotations
 
 import atexit
+import os
 import queue
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -33,6 +35,33 @@ RECEIVE_AHEAD = 1  # batches received ahead of the consumer by the receiving thr
 
 class ResumeError(RuntimeError):
     """A saved loader position that cannot be continued with this data; the message says why and what to do."""
+
+
+class LoaderStallError(RuntimeError):
+    """A loader worker produced nothing for ``data.loader_timeout_s``; it was killed (the message names it)."""
+
+
+def _stall_error(iterator: object, error: BaseException) -> BaseException:
+    """Turn the DataLoader's timeout into an error naming the stalled worker, after SIGKILLing the workers.
+
+    The timeout names no worker, and a worker that cannot act on SIGTERM (stopped, or in uninterruptible sleep
+    on a hung filesystem) kept the process alive for ever at shutdown (RELIABILITY_PROBE.md D3): SIGKILL ends
+    even those, so the run fails within the timeout instead of hanging.
+    """
+    if not (isinstance(error, RuntimeError) and "DataLoader timed out" in str(error)):
+        return error
+    workers = list(getattr(iterator, "_workers", []))
+    info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", -1), ())
+    waited = f"worker {info[0]} (pid {workers[info[0]].pid})" if info and info[0] < len(workers) else "a worker"
+    pids = [w.pid for w in workers if w.is_alive()]
+    for worker in workers:
+        if worker.is_alive():
+            os.kill(worker.pid, signal.SIGKILL)
+    return LoaderStallError(
+        f"data loader: {waited} produced no batch for {getattr(iterator, '_timeout', '?')} s "
+        f"(data.loader_timeout_s); its workers (pids {pids}) were killed. A worker hangs on its storage or on a "
+        "sample: check the shards' filesystem, or raise data.loader_timeout_s for slow storage"
+    )
 
 
 class _Receiver:
@@ -113,7 +142,7 @@ def _receive(iterator: Iterator[Batch], out: queue.Queue, stop: threading.Event)
                 return
         put((_Receiver._END, None))
     except BaseException as error:  # handed to the consumer, raised there
-        put((None, error))
+        put((None, _stall_error(iterator, error)))
 
 
 class _Counting:
@@ -129,8 +158,11 @@ class _Counting:
     def __next__(self) -> Batch:
         try:
             batch = next(self.iterator)
-        except BaseException:
+        except BaseException as error:
             self.close()
+            stalled = _stall_error(self.iterator, error)  # the pin-memory path has no receiving thread
+            if stalled is not error:
+                raise stalled from error
             raise
         self.position.batches_yielded += 1
         return batch
