@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.canary import evil_checkpoint, planted_step
-from support.tiny_dataset import build_tiny_dataset, fit_args, fit_env, run_fit
+from support.tiny_dataset import build_deepspeed_cpu_ops, build_tiny_dataset, fit_args, fit_env, run_fit
 
 from animatex_train.training.checkpoint import STATE, find_resume_checkpoint, step_dir_name
 
@@ -115,4 +115,34 @@ def test_auto_resume_refuses_a_planted_checkpoint(run, tmp_path):
     canary = tmp_path / "canary"
     step = planted_step(tmp_path / "run" / "checkpoints", canary)
     _fails_with_one_error_line(fit_args(run["data"], tmp_path / "run", max_steps=STEPS), str(step / STATE))
+    assert not canary.exists()
+
+
+DEEPSPEED = ["--trainer.devices", "2",
+             "--trainer.strategy", "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
+             "--trainer.strategy.stage", "2"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_deepspeed_resumes_its_own_checkpoint_and_refuses_a_planted_folder(run, tmp_path):
+    """ZeRO-2 on 2 ranks: our own checkpoint resumes with no flag (read weights-only plus the DeepSpeed
+    allowlist); a DeepSpeed folder whose ``mp_rank_00_model_states.pt`` carries a payload (D1) is refused."""
+    build_deepspeed_cpu_ops()
+    ds_run = tmp_path / "ds"
+    run_fit([*fit_args(run["data"], ds_run, max_steps=STEPS, every_n_steps=STEPS), *DEEPSPEED], fit_env(),
+            timeout_s=600)  # fmt: skip
+    output = run_fit([*fit_args(run["data"], ds_run, max_steps=STEPS + 1), *DEEPSPEED], fit_env(), timeout_s=600)
+    assert "resuming from" in output or find_resume_checkpoint(ds_run / "checkpoints") is not None
+    assert find_resume_checkpoint(ds_run / "checkpoints").parent.name == step_dir_name(STEPS + 1)
+
+    canary = tmp_path / "canary"
+    evil = tmp_path / "evil_ds"
+    evil.mkdir()
+    (evil / "latest").write_text("checkpoint")  # DeepSpeed's tag file
+    evil_checkpoint(evil / "checkpoint" / "mp_rank_00_model_states.pt", canary)
+    args = [*fit_args(run["data"], tmp_path / "ds2", max_steps=STEPS), *DEEPSPEED, "--ckpt_path", str(evil)]
+    with pytest.raises(AssertionError, match="exit code") as failure:
+        run_fit(args, fit_env(), timeout_s=600)
+    errors = [line for line in str(failure.value).splitlines() if line.startswith("error:")]
+    assert errors and all("mp_rank_00_model_states.pt" in line for line in errors), str(failure.value)[-3000:]
     assert not canary.exists()
