@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import glob
+import importlib.abc
 import importlib.util
 import os
+import sys
 
-import torch
-
-_torchvision_schema_lib: torch.library.Library | None = None
+_torchvision_schema_lib = None  # torch.library.Library once defined (kept alive: the schemas live as long as it)
 
 
 def install_torchvision_cpu_shim() -> bool:
@@ -29,6 +29,8 @@ def install_torchvision_cpu_shim() -> bool:
         True if the schemas were defined by this call.
     """
     global _torchvision_schema_lib
+    import torch
+
     if _torchvision_schema_lib is not None or torch.version.cuda is not None:
         return False
     spec = importlib.util.find_spec("torchvision")
@@ -50,3 +52,33 @@ def install_torchvision_cpu_shim() -> bool:
     _torchvision_schema_lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _torchvision_schema_lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     return True
+
+
+class _ShimBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs ``install_torchvision_cpu_shim`` when torchvision is first imported, then steps aside.
+
+    Importing the package must stay cheap (``animatex-train --help`` imports no torch), so the shim is not run
+    at package import: this finder defers it to the moment something (lightning, diffusers, open_clip) imports
+    torchvision, which imports torch anyway."""
+
+    def find_spec(self, name, path, target=None):  # noqa: ANN001 - importlib's protocol
+        if name == "torchvision":
+            uninstall_lazy_shim()
+            install_torchvision_cpu_shim()
+        return None  # the normal finders locate torchvision
+
+
+_LAZY_FINDER = _ShimBeforeTorchvision()
+
+
+def install_lazy_shim() -> None:
+    """Run the shim before torchvision's first import (at once if torchvision is already imported)."""
+    if "torchvision" in sys.modules:
+        install_torchvision_cpu_shim()
+    elif _LAZY_FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _LAZY_FINDER)
+
+
+def uninstall_lazy_shim() -> None:
+    if _LAZY_FINDER in sys.meta_path:
+        sys.meta_path.remove(_LAZY_FINDER)
