@@ -88,6 +88,9 @@ def _os_message(error: OSError) -> str:
 def user_error(error: BaseException, argv: list[str]) -> tuple[str, int] | None:
     """(message, exit code) for an expected error; None for a bug (the caller re-raises it)."""
     names = {cls.__name__ for cls in type(error).__mro__}
+    stalled = [note for note in getattr(error, "__notes__", []) if note.startswith("stalled:")]
+    if stalled:  # a collective timed out and training/hang_watch.py named the rank that fell behind
+        return f"{_one_line(error)[:300]}; {stalled[0]}", EXIT_RUNTIME
     if "ConstructorError" in names or "MarkedYAMLError" in names:
         return _yaml_message(error, argv), EXIT_CONFIG  # type: ignore[arg-type]
     if "ArgumentError" in names:  # argparse/jsonargparse with exit_on_error=False: an unknown or malformed flag

@@ -38,6 +38,7 @@ from animatex_train.data.datamodule import VideoDataModule
 from animatex_train.system import AnimateXSystem
 from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint, resolve_checkpoint
 from animatex_train.training.checkpoint_trust import guard_strategy_loading, is_remote
+from animatex_train.training.hang_watch import RankHeartbeat
 from animatex_train.training.performance import PerformanceLevers
 from animatex_train.training.preemption import (
     DistributedConfig,
@@ -107,6 +108,8 @@ class AnimateXCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
 
         multi = multi_process_run(config.get("devices"), config.get("num_nodes"))
+        if multi:  # a stalled rank is named, and does not outlive the others (training/hang_watch.py)
+            kwargs["callbacks"].append(RankHeartbeat())
         kwargs["strategy"] = strategy_with_timeout(config.get("strategy", "auto"), distributed.timeout_s, multi)
         kwargs["plugins"] = _without_lightning_requeue(config.get("plugins"))
         trainer = super().instantiate_trainer(**kwargs)

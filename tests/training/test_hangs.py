@@ -7,6 +7,9 @@ non-zero with one error line naming the worker; ``run_fit``'s budget turns a han
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 from support.tiny_dataset import PROBE_PATH, build_tiny_dataset, fit_args, fit_env, run_fit
 
@@ -22,3 +25,31 @@ def test_a_stalled_loader_worker_ends_the_run_naming_it(tmp_path):
     assert len(errors) == 1, output[-4000:]
     assert "worker 0 (pid" in errors[0] and "produced no batch for 10.0 s" in errors[0] and "killed" in errors[0]
     assert "Traceback" not in output
+
+
+def test_a_stalled_rank_is_named_and_does_not_outlive_the_others(tmp_path):
+    """2 DDP ranks, rank 1 stalls after step 2: rank 0's collective times out (distributed.timeout_s), the error
+    names rank 1 (``training/hang_watch.py``), and rank 1 is killed instead of running on, orphaned (D4)."""
+    build_tiny_dataset(tmp_path / "data")
+    pid_file = tmp_path / "stalled.pid"
+    stall = f"--trainer.callbacks+={{class_path: hang_faults.StallRank, init_args: {{pid_file: {pid_file}}}}}"
+    args = [*fit_args(tmp_path / "data", tmp_path / "run", max_steps=8), "--trainer.devices", "2",
+            "--trainer.strategy", "ddp", "--distributed.timeout_s", "60", stall]  # fmt: skip
+    with pytest.raises(AssertionError, match="exit code") as failure:
+        run_fit(args, fit_env(PROBE_PATH), timeout_s=300)
+    output = str(failure.value)
+    errors = [line for line in output.splitlines() if line.startswith("error:") and "stalled: rank 1" in line]
+    assert errors and "last finished step 2" in errors[0], output[-4000:]
+    pid = int(pid_file.read_text())
+    for _ in range(60):  # SIGKILL is asynchronous: give the kernel a moment to reap it
+        if not Path(f"/proc/{pid}").exists() or "Z" in _state(pid):
+            break
+        time.sleep(0.5)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid), f"the stalled rank {pid} outlived the run"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
