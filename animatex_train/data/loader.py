@@ -54,6 +54,13 @@ def _stall_error(iterator: object, error: BaseException) -> BaseException:
     info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", -1), ())
     waited = f"worker {info[0]} (pid {workers[info[0]].pid})" if info and info[0] < len(workers) else "a worker"
     pids = [w.pid for w in workers if w.is_alive()]
+    if getattr(iterator, "_worker_pids_set", False):
+        # torch's SIGCHLD handler would otherwise raise "worker killed by signal" in the main thread at a random
+        # point, racing this error; the iterator's own shutdown deregisters its workers the same way
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+        _remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
     for worker in workers:
         if worker.is_alive():
             os.kill(worker.pid, signal.SIGKILL)

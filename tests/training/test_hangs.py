@@ -39,7 +39,9 @@ def test_a_stalled_rank_is_named_and_does_not_outlive_the_others(tmp_path):
         run_fit(args, fit_env(PROBE_PATH), timeout_s=300)
     output = str(failure.value)
     errors = [line for line in output.splitlines() if line.startswith("error:") and "stalled: rank 1" in line]
-    assert errors and "last finished step 2" in errors[0], output[-4000:]
+    # the stall starts inside step 2's end-of-batch hooks, before its heartbeat: rank 1 last finished step 1
+    assert errors and "stalled: rank 1 (last finished step 1" in errors[0], output[-4000:]
+    assert "the others reached step 2" in errors[0] and "Traceback" not in output
     pid = int(pid_file.read_text())
     for _ in range(60):  # SIGKILL is asynchronous: give the kernel a moment to reap it
         if not Path(f"/proc/{pid}").exists() or "Z" in _state(pid):
@@ -53,3 +55,10 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_lagging_ranks_are_the_ones_behind_the_furthest():
+    from animatex_train.training.hang_watch import lagging_ranks
+
+    assert lagging_ranks({0: (3, 0.0), 1: (2, 0.0), 2: (3, 0.0)}) == [1]
+    assert lagging_ranks({0: (3, 0.0), 1: (3, 0.0)}) == [] and lagging_ranks({}) == []
