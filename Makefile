@@ -22,8 +22,9 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
 demo: $(STAMP)
 	$(BIN)/animatex-train demo
 
+# Every CPU test, the slow ones included (a plain `pytest` deselects them, see setup.cfg).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not parity_loop and not gpu and not fault_sweep" tests
 
 # The whole official sampling loop on the parity fixture (62 forwards at 768x512: 6-18 min on 2 cores); `make test`
 # checks the same loop at its first, second, middle and last steps.

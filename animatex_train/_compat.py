@@ -20,7 +20,7 @@ def install_torchvision_cpu_shim() -> bool:
     lightning``, diffusers and open_clip, which probe for torchvision. We define the two op schemas
     torchvision's fake-tensor registrations expect, so the pure-Python parts (transforms, models)
     import. The compiled ops (nms, roi_align kernels, image decode) stay unavailable; this project
-    needs none of them. Measured facts: ``../shared/design/DEPENDENCIES.md`` section 1.2.
+    needs none of them. Measured facts: ``docs/dependencies.md`` section 1.2.
 
     It is a no-op when torch is a CUDA build, when torchvision is absent, or when its extension
     loads (a matching CPU torchvision, e.g. from the PyTorch CPU index).

@@ -21,9 +21,9 @@ from animatex_train.cli_errors import DEBUG_ENV, debug_requested, user_error
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("animatex_train.demo:demo_main", "tiny end-to-end run on the embedded synthetic dataset (CPU)"),
     "prepare": ("animatex_train.preprocess.cli:prepare_main", "videos -> poses, CLIP, VAE latents -> shards"),
-    "synth": ("animatex_train.data.synthetic:synthetic_main", "write the synthetic character-animation videos"),
-    "anchor-pool": ("animatex_train.data.anchor_pool:anchor_pool_main", "build the EPI anchor pool from shards"),
-    "epi-preview": ("animatex_train.data.epi_preview:epi_preview_main", "PNG grid: original | realigned | rescaled"),
+    "synth": ("animatex_train.data.synthetic.dataset:synthetic_main", "write the synthetic character-animation videos"),
+    "anchor-pool": ("animatex_train.data.epi.anchor_pool:anchor_pool_main", "build the EPI anchor pool from shards"),
+    "epi-preview": ("animatex_train.data.epi.preview:epi_preview_main", "PNG grid: original | realigned | rescaled"),
     "export": ("animatex_train.training.export:export_main", "checkpoint (DDP/ZeRO/FSDP) -> safetensors/.pth"),
     "animate": ("animatex_train.inference.cli:animate_main", "reference image + driving video -> animation mp4"),
     "ablate": ("animatex_train.launch.ablate:ablate_main", "the paper's IPI/EPI ablations: list, run, submit, collate"),

@@ -2,7 +2,7 @@
 
 The released inference feeds the reference through the CLIP image tokens and as ``local_image``
 (the reference pixels concatenated to every frame), leaving the reference latent slot empty; UniAnimate
-also supports the reference latent in that slot (spec section 1.4). Training must exercise both paths,
+also supports the reference latent in that slot (docs/official_release.md §1.4). Training must exercise both paths,
 in a proportion the sources do not give [INFERRED], so each sample draws its reference mode here.
 """
 
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from animatex_train.data.batch import Batch
+from animatex_train.data.loading.batch import Batch
+from animatex_train.encoders.vae import VAEConfig
 from animatex_train.models.condition_dropout import to_device_async
 from animatex_train.models.unet import DenoiserConditions
 
@@ -46,7 +47,7 @@ class ConditioningConfig:
             )
 
 
-def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: float, training: bool,
+def batch_conditions(batch: Batch, config: ConditioningConfig, vae: VAEConfig, training: bool,
                      generator: torch.Generator | None = None, *,
                      ref_latents: torch.Tensor) -> DenoiserConditions:  # fmt: skip
     """The conditional-branch inputs for ``batch`` (pixels to [0, 1], reference latent to model space).
@@ -66,7 +67,7 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
             image_embedding=batch.ref_clip,
             local_image=(batch.ref_image.float() / 255.0).unsqueeze(2),
             pose_images=batch.pose_images.float() / 255.0,
-            ref_latent=ref_latents * latent_scale,
+            ref_latent=vae.to_model_latents(ref_latents),
             pose_keypoints=batch.ipi_keypoints,
             driving_clip=batch.driving_clip,
             local_image_keep=to_device_async(local, device),
@@ -78,12 +79,8 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, latent_scale: flo
         image_embedding=batch.ref_clip,
         local_image=(batch.ref_image.float() / 255.0).unsqueeze(2) if use_local else None,
         pose_images=batch.pose_images.float() / 255.0,
-        ref_latent=ref_latents * latent_scale if use_ref else None,
+        ref_latent=vae.to_model_latents(ref_latents) if use_ref else None,
         pose_keypoints=batch.ipi_keypoints,
         driving_clip=batch.driving_clip,
     )
 
-
-def model_latents(latents: torch.Tensor, latent_scale: float) -> torch.Tensor:
-    """The diffusion target ``x0``: ``(b, 4, f, h, w)`` raw latents (``Batch.sample_posterior``) in model space."""
-    return latents * latent_scale

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -20,16 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-import animatex_train
-
-REPO_ROOT = Path(animatex_train.__file__).resolve().parents[1]
-
-
-def _repo_file(relative: str) -> Path:
-    path = REPO_ROOT / relative
-    if not path.exists():
-        raise FileNotFoundError(f"{relative} not found next to the package ({path}); run the demo from a clone")
-    return path
+from animatex_train.embedded_dataset import build_embedded_dataset, embedded_dataset_overrides, repo_file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,7 +52,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     console.rule("[bold]4/5 train (tiny denoiser, CPU)")
     run_dir = out / "train"
-    recipe = _repo_file("recipes/debug/tiny_cpu.yaml")
+    recipe = repo_file("recipes/debug/tiny_cpu.yaml")
     overrides = [
         f"--trainer.default_root_dir={run_dir}", f"--trainer.max_steps={args.max_steps}",
         f"--trainer.val_check_interval={args.max_steps}", f"--seed_everything={args.seed}",
@@ -69,7 +61,13 @@ def demo_main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
     from animatex_train.training.lightning_cli import AnimateXCLI
 
-    cli = AnimateXCLI(args=["fit", "--config", str(recipe), *overrides])
+    # The fit's arguments are given here, not on the command line (which says `demo`): Lightning warns when it sees
+    # both, so it sees only the program name while the CLI parses.
+    own_argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli = AnimateXCLI(args=["fit", "--config", str(recipe), *overrides])
+    finally:
+        sys.argv = own_argv
     timings["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -83,73 +81,11 @@ def demo_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, console: Console | None = None,
-                           timings: dict[str, float] | None = None, num_stages: int = 3) -> int:  # fmt: skip
-    """Steps 1-3 of the demo: synthetic videos -> prepared shards -> EPI anchor pool; returns an exit code.
-
-    Each step is skipped when its output exists, so a rerun (or a second user, e.g. ``ablate --local``) reuses
-    the dataset. Stage titles are numbered ``i/num_stages`` to fit the caller's own progress.
-
-    Args:
-        videos_dir: where the synthetic videos and their ``metadata.jsonl`` go.
-        data_dir: where the shards, ``manifest.json`` and ``anchors.npy`` go.
-        seed: seed of the anchor-pool sampling.
-        console: where the stage titles are printed.
-        timings: filled with the seconds each stage took.
-        num_stages: the total number of stages the caller shows.
-    """
-    console = console or Console()
-    timings = {} if timings is None else timings
-    start = time.perf_counter()
-    console.rule(f"[bold]1/{num_stages} synthetic dataset")
-    if not (videos_dir / "metadata.jsonl").exists():
-        from animatex_train.data.synthetic import SyntheticDatasetConfig, write_synthetic_dataset
-
-        config = SyntheticDatasetConfig.from_yaml(_repo_file("data/embedded_dataset.yaml"))
-        write_synthetic_dataset(videos_dir, config)
-    timings["synthetic videos"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    console.rule(f"[bold]2/{num_stages} prepare shards")
-    if not (data_dir / "manifest.json").exists():
-        from animatex_train.preprocess.cli import prepare_main
-
-        prepare_args = ["--config", str(_repo_file("data/embedded_prepare.yaml")), "--videos", str(videos_dir),
-                        "--metadata", str(videos_dir / "metadata.jsonl"), "--output_dir", str(data_dir)]  # fmt: skip
-        code = prepare_main(prepare_args)
-        if code:
-            return code
-    timings["prepare"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    console.rule(f"[bold]3/{num_stages} anchor pool")
-    anchors = data_dir / "anchors.npy"
-    if not anchors.exists():
-        from animatex_train.data.anchor_pool import anchor_pool_main
-
-        code = anchor_pool_main(["--shards", str(data_dir), "--output", str(anchors), "--num-anchors",
-                                 "32", "--seed", str(seed)])  # fmt: skip
-        if code:
-            return code
-    timings["anchor pool"] = time.perf_counter() - start
-    return 0
-
-
-def embedded_dataset_overrides(data_dir: Path) -> list[str]:
-    """``fit`` arguments that point the tiny recipe at a dataset built by ``build_embedded_dataset``."""
-    return [
-        f"--data.train=[{{manifest: {data_dir / 'manifest.json'}}}]",
-        f"--data.val=[{{manifest: {data_dir / 'manifest.json'}, split: val}}]",
-        f"--data.anchor_pool={data_dir / 'anchors.npy'}",
-        f"--model.empty_prompt_cache={data_dir / 'zero_y.safetensors'}",
-    ]  # fmt: skip
-
-
 def _sample_from_checkpoint(cli, checkpoint: Path, out: Path) -> tuple[Path, Path]:
     """Load the saved weights into a fresh system and render the first validation clip."""
     import torch
 
-    from animatex_train.eval.video_io import side_by_side, write_mp4, write_strip
+    from animatex_train.data.format.video import side_by_side, write_mp4, write_strip
     from animatex_train.system import AnimateXSystem
 
     config = cli.model.config

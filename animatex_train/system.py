@@ -18,15 +18,14 @@ import lightning.pytorch as pl
 import torch
 from safetensors import SafetensorError
 
-from animatex_train.conditioning import ConditioningConfig, batch_conditions, model_latents
-from animatex_train.data.batch import Batch
+from animatex_train.conditioning import ConditioningConfig, batch_conditions
+from animatex_train.data.loading.batch import Batch
 from animatex_train.diffusion.gaussian import DiffusionConfig, GaussianDiffusion
 from animatex_train.diffusion.sampling import DDIMSampler, SamplerConfig
 from animatex_train.encoders.clip import CLIPConfig, FrozenCLIPImageEncoder
-from animatex_train.encoders.vae import FrozenVAE, VAEConfig
-from animatex_train.eval.generate import decode_frames, sample_latents
+from animatex_train.encoders.vae import FrozenVAE, VAEConfig, decode_frames
 from animatex_train.models.config import DenoiserConfig
-from animatex_train.models.unet import AnimateXDenoiser
+from animatex_train.models.unet import AnimateXDenoiser, DenoiserConditions
 from animatex_train.training.ema import EMA, EMAConfig
 from animatex_train.training.grad_norm import clip_and_measure, deepspeed_engine, deepspeed_step_norm
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
@@ -178,11 +177,19 @@ class AnimateXSystem(pl.LightningModule):
         n = num_samples or batch.batch_size
         batch = batch.head(n)
         latents, ref_latents = self._posterior(batch, "sample")
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False,
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae, training=False,
                                       ref_latents=ref_latents)  # fmt: skip
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "sample", *batch.keys))
         sampler = DDIMSampler(self.diffusion, self.config.sampler)
-        latents = sample_latents(self.denoiser, conditions, tuple(latents.shape), sampler, generator, progress)
+        unconditional = DenoiserConditions()  # classifier-free guidance: every condition dropped
+        # x_T is drawn from the CPU generator (the same clip on every device), then moved; the step noise
+        # (eta > 0) can use the generator only where it lives.
+        shape, device = tuple(latents.shape), latents.device
+        noise = sampler.diffusion.sample_noise(shape, generator).to(device)
+        step_generator = generator if generator.device == device else None
+        latents = sampler.sample(lambda xt, t: self.denoiser(xt, t, conditions),
+                                 lambda xt, t: self.denoiser(xt, t, unconditional), shape, step_generator,
+                                 progress, noise=noise, device=device)  # fmt: skip
         return decode_frames(self.vae(), latents)
 
     def configure_callbacks(self) -> list[pl.Callback]:
@@ -198,9 +205,9 @@ class AnimateXSystem(pl.LightningModule):
         # what an uninterrupted one draws, without saving RNG states (and independently of the world size).
         torch.manual_seed(step_seed ^ 0x5EED)
         latents, ref_latents = self._posterior(batch, "train", self.current_epoch)
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, True, generator,
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae, True, generator,
                                       ref_latents=ref_latents)  # fmt: skip
-        x0 = model_latents(latents, self.config.vae.scale_factor)
+        x0 = self.config.vae.to_model_latents(latents)
         t, noise = self._per_sample_noise(batch.keys, x0)
         per_sample, info = self.diffusion.training_loss(
             lambda xt, t: self.denoiser(xt, t, conditions, dropout_generator=generator), x0, t=t, noise=noise
@@ -280,9 +287,9 @@ class AnimateXSystem(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
         latents, ref_latents = self._posterior(batch, "val")
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae.scale_factor, training=False,
+        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae, training=False,
                                       ref_latents=ref_latents)  # fmt: skip
-        x0 = model_latents(latents, self.config.vae.scale_factor)
+        x0 = self.config.vae.to_model_latents(latents)
         per_sample, info = self.diffusion.training_loss(lambda xt, t: self.denoiser(xt, t, conditions), x0, generator)
         self._log_step("val", _masked_mean(per_sample, batch.valid), per_sample, info.t, batch)
 
@@ -331,7 +338,7 @@ class AnimateXSystem(pl.LightningModule):
         (``training/sample_videos.py`` calls it on every rank, inside the strategy's wrapper)."""
         generated = self(batch, num_samples=num_samples)
         latents, _ = self._posterior(batch.head(num_samples), "sample")
-        truth = decode_frames(self.vae(), model_latents(latents, self.config.vae.scale_factor))
+        truth = decode_frames(self.vae(), self.config.vae.to_model_latents(latents))
         return generated, truth
 
 

@@ -2,7 +2,7 @@
 
 Uses ``torch.utils.flop_counter.FlopCounterMode`` (matmul-class ops: conv, linear, attention) on a
 meta-device model, so nothing is allocated and no GPU is needed. Training FLOPs are 3x forward
-(PERFORMANCE.md section 2.1); activation-checkpoint recompute is not counted.
+(docs/performance.md §2.1); activation-checkpoint recompute is not counted.
 
     python benchmarks/denoiser_flops.py
 

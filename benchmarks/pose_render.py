@@ -20,9 +20,9 @@ import time  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from animatex_train.data.epi_preview import demo_pose_sequence  # noqa: E402
-from animatex_train.data.keypoints import visible  # noqa: E402
-from animatex_train.data.pose_render import render_pose  # noqa: E402
+from animatex_train.data.epi.preview import demo_pose_sequence  # noqa: E402
+from animatex_train.data.format.keypoints import visible  # noqa: E402
+from animatex_train.data.pose.render import render_pose  # noqa: E402
 
 
 def main() -> None:

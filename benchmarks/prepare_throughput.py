@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from animatex_train.data.manifest import DatasetManifest
-    from animatex_train.data.schema import decode_clip
+    from animatex_train.data.format.manifest import DatasetManifest
+    from animatex_train.data.format.schema import decode_clip
     from animatex_train.encoders.clip import CLIPConfig
     from animatex_train.encoders.vae import VAEConfig
     from animatex_train.preprocess.cli import prepare_dataset

@@ -1,4 +1,9 @@
-"""House rule: models/, encoders/, diffusion/ import no Lightning/DeepSpeed/W&B/WebDataset; data/ imports no models/."""
+"""House rules on imports: the pure packages import no training infrastructure, and ``data/`` is layered by concern.
+
+``data/``: ``format`` <- ``pose`` <- ``epi`` <- ``loading`` (each imports only the ones left of it, and itself);
+``synthetic`` and ``preprocess`` import only ``format`` (and ``pose``, to draw); nothing in ``data/`` imports the
+model, and neither the Lightning system nor ``training/`` nor ``launch/`` imports ``eval`` or the demo.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ FORBIDDEN = {"lightning", "pytorch_lightning", "deepspeed", "wandb", "webdataset
 
 
 def imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth (imports inside functions count too)."""
     tree = ast.parse(path.read_text())
     names = set()
     for node in ast.walk(tree):
@@ -17,7 +23,79 @@ def imported_modules(path: Path) -> set[str]:
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
+            # ``from animatex_train.data import format`` imports the subpackage itself
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def package_imports(path: Path) -> set[str]:
+    """The parts of ``animatex_train`` that ``path`` imports, as dotted paths below it (``data.format.schema``)."""
+    return {m.removeprefix("animatex_train.") for m in imported_modules(path) if m.startswith("animatex_train.")}
+
+
+# What each part of data/ may import from the package, besides itself (prefixes of dotted paths).
+DATA_LAYERS = {
+    "format": (),
+    "pose": ("data.format",),
+    "epi": ("data.format", "data.pose"),
+    "loading": ("data.format", "data.pose", "data.epi"),
+    "synthetic": ("data.format", "data.pose"),
+}
+
+
+def _allowed(module: str, prefixes: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in prefixes)
+
+
+def test_data_subpackages_import_only_the_layers_below_them():
+    assert {p.name for p in (PACKAGE / "data").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(DATA_LAYERS)
+    offenders = {}
+    for layer, below in DATA_LAYERS.items():
+        allowed = (f"data.{layer}", *below)
+        for path in (PACKAGE / "data" / layer).rglob("*.py"):
+            bad = {m for m in package_imports(path) if not _allowed(m, allowed)}
+            if bad:
+                offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_the_format_layer_is_numpy_only():
+    """``preprocess/`` and offline tools read shards through it without pulling in torch (webdataset's ``gopen``
+    is allowed: the shard reader opens remote URLs with it, imported only when one is given)."""
+    heavy = {"torch", "torchvision", *FORBIDDEN} - {"webdataset"}
+    offenders = {}
+    for path in (PACKAGE / "data" / "format").rglob("*.py"):
+        bad = {m for m in imported_modules(path) if m.split(".")[0] in heavy}
+        if bad:
+            offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_preprocess_imports_only_the_format_and_pose_drawing_from_data():
+    offenders = {}
+    for path in (PACKAGE / "preprocess").rglob("*.py"):
+        bad = {m for m in package_imports(path) if _allowed(m, ("data",)) and not _allowed(m, DATA_LAYERS["synthetic"])}
+        if bad:
+            offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_training_side_imports_neither_eval_nor_demo():
+    sources = [PACKAGE / "system.py", *(PACKAGE / "training").rglob("*.py"), *(PACKAGE / "launch").rglob("*.py")]
+    offenders = {}
+    for path in sources:
+        bad = {m for m in package_imports(path) if _allowed(m, ("eval", "demo"))}
+        if bad:
+            offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_the_import_rules_catch_a_violation(tmp_path):
+    """The scan sees imports inside functions and ``from package import module`` forms."""
+    source = tmp_path / "probe.py"
+    source.write_text("def f():\n    from animatex_train.data import epi\n    import animatex_train.eval.video_io\n")
+    assert {"data.epi", "eval.video_io"} <= package_imports(source)
+    assert not _allowed("data.epi", DATA_LAYERS["pose"]) and _allowed("data.format.schema", DATA_LAYERS["pose"])
 
 
 def test_pure_packages_import_no_training_infrastructure():

@@ -1,10 +1,11 @@
-"""Every recipe parses into the system, the data module and the trainer (nothing runs)."""
+"""Every recipe parses into the system, the data module and the trainer, with every value it sets (nothing runs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
 from animatex_train.training.lightning_cli import AnimateXCLI
 
@@ -23,7 +24,35 @@ def test_recipe_parses(recipe):
     if "train" in recipe.parts:  # full-size recipes name user-supplied weights: build the model from scratch
         args += ["--model.init.checkpoint=null"]
     cli = AnimateXCLI(args=args, run=False)
-    assert cli.model is not None and cli.datamodule is not None and cli.trainer is not None
+    resolved = _flatten(cli.config.as_dict())
+    written = _flatten(yaml.safe_load(recipe.read_text()) or {})
+    if "train" in recipe.parts:
+        written.pop("model.init.checkpoint", None)  # replaced on the command line above
+    differ = {key: (value, resolved.get(key, "<absent>")) for key, value in written.items()
+              if value != {} and not _matches(value, resolved.get(key, "<absent>"))}  # fmt: skip
+    assert not differ, f"values of {recipe.name} that did not reach the resolved config: {differ}"
+    assert cli.trainer.max_steps == resolved["trainer.max_steps"]  # the trainer is built from the resolved values
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists and scalars are leaves."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _matches(written, resolved) -> bool:
+    """Whether the resolved value holds what the recipe wrote (a written mapping may leave keys at defaults)."""
+    if isinstance(written, dict):
+        return isinstance(resolved, dict) and all(_matches(v, resolved.get(k, "<absent>")) for k, v in written.items())
+    if isinstance(written, list):
+        return (isinstance(resolved, (list, tuple)) and len(resolved) == len(written)
+                and all(_matches(w, r) for w, r in zip(written, resolved, strict=True)))  # fmt: skip
+    return (str(resolved) if isinstance(resolved, Path) else resolved) == written
 
 
 def test_recipe_key_typo_fails_before_training(tmp_path, capsys):

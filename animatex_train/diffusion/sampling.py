@@ -265,9 +265,11 @@ class DDIMSampler:
         b = xt.shape[0]
         steps: Iterable[torch.Tensor] = self.timesteps
         if progress:
-            from tqdm.auto import tqdm
+            # rich, not tqdm: the bar then shares the console that Lightning's progress bar and the CLI print to
+            # (a tqdm bar writes carriage returns into it), and prints no control codes into a non-TTY log.
+            from rich.progress import track
 
-            steps = tqdm(steps, desc="DDIM", total=len(self.timesteps))
+            steps = track(steps, description="DDIM", total=len(self.timesteps))
         with torch.no_grad():
             for step in steps:
                 t = torch.full((b,), int(step), dtype=torch.int64, device=xt.device)

@@ -80,6 +80,15 @@ class VAEConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"vae.{name} must be >= 1, got {getattr(self, name)}")
 
+    def to_model_latents(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> diffusion-model space: ``raw * scale_factor`` (any shape). The one place the scale is
+        applied: the training target, the reference latent and inference all go through it."""
+        return raw * self.scale_factor
+
+    def from_model_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Diffusion-model space -> raw VAE latents: ``latents / scale_factor`` (any shape)."""
+        return latents / self.scale_factor
+
 
 class FrozenVAE(nn.Module):
     """The SD 2.1 VAE, frozen: raw posterior in, model-space latents via a scale, pixels out.
@@ -170,14 +179,6 @@ class FrozenVAE(nn.Module):
         eps = torch.randn(mean.shape, generator=generator, device=device, dtype=mean.dtype)
         return mean + std * eps.to(mean.device)
 
-    def to_model_latents(self, raw: torch.Tensor) -> torch.Tensor:
-        """Raw VAE latents -> diffusion-model space: ``raw * scale_factor`` (any shape)."""
-        return raw * self.config.scale_factor
-
-    def from_model_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Diffusion-model space -> raw VAE latents: ``latents / scale_factor`` (any shape)."""
-        return latents / self.config.scale_factor
-
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode model-space latents to pixels, in chunks of ``decode_chunk_size`` frames.
@@ -195,7 +196,7 @@ class FrozenVAE(nn.Module):
                 "Fold frames into n first, e.g. rearrange 'b c f h w -> (b f) c h w'."
             )
         param = next(self.model.parameters())
-        raw = self.from_model_latents(latents)
+        raw = self.config.from_model_latents(latents)
         frames = [
             self.model.decode(chunk.to(device=param.device, dtype=param.dtype)).sample.float().clamp(-1.0, 1.0)
             for chunk in raw.split(self.config.decode_chunk_size)
@@ -249,3 +250,13 @@ def _load_diffusers_folder(path: Path, config: VAEConfig) -> AutoencoderKL:
             stacklevel=3,
         )
     return model
+
+
+@torch.no_grad()
+def decode_frames(vae: FrozenVAE, latents: torch.Tensor) -> torch.Tensor:
+    """Model-space latents ``(b, 4, f, h, w)`` -> uint8 frames ``(b, f, H, W, 3)`` on the CPU."""
+    b, c, f, h, w = latents.shape
+    flat = latents.transpose(1, 2).reshape(b * f, c, h, w).to(next(vae.parameters()).device)
+    pixels = vae.decode(flat)  # (b * f, 3, H, W) in [-1, 1]
+    frames = ((pixels + 1) * 127.5).round().to(torch.uint8)
+    return frames.view(b, f, 3, *frames.shape[-2:]).permute(0, 1, 3, 4, 2).cpu()

@@ -25,8 +25,9 @@ from typing import Literal
 
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, PoseSequence, visible
-from animatex_train.data.pose_realign import ROOT, PixelPose, validate_pose
+from animatex_train.data.epi.realign import PixelPose
+from animatex_train.data.format.keypoints import BODY, PoseSequence, visible
+from animatex_train.data.pose.skeleton import ROOT, validate_pose
 from animatex_train.inference.align_bones import MIN_LENGTH_PX, align_bones
 from animatex_train.inference.align_preview import preview_alignment
 

@@ -1,5 +1,5 @@
 """Per-bone pose alignment (INFERENCE.md sections 3-4): UniAnimate's ``run_align_pose`` and MusePose's
-``align_img``, reimplemented on the project's skeleton (``data/pose_realign.py``) with NaN/inf guards.
+``align_img``, reimplemented on the project's skeleton (``data/epi/realign.py``) with NaN/inf guards.
 
 Both methods measure bone-length ratios reference / driving on one driving frame (the align frame), rescale every
 bone of every frame about its parent in kinematic order (children move with their parent), and put the align
@@ -37,17 +37,9 @@ from typing import Literal
 
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, BODY_NAMES, KeypointError, PoseSequence
-from animatex_train.data.pose_realign import (
-    HAND_WRIST,
-    JOINT_PARENT,
-    NUM_JOINTS,
-    ROOT,
-    PixelPose,
-    first_visible_bone_lengths,
-    interpolated_root,
-    scale_bones,
-)
+from animatex_train.data.epi.realign import PixelPose, first_visible_bone_lengths, interpolated_root, scale_bones
+from animatex_train.data.format.keypoints import BODY, BODY_NAMES, KeypointError, PoseSequence
+from animatex_train.data.pose.skeleton import HAND_WRIST, JOINT_PARENT, NUM_JOINTS, ROOT
 
 BoneMode = Literal["unianimate", "musepose"]
 MIN_LENGTH_PX = 1.0  # shorter than a pixel: the two joints coincide and the length cannot be measured

@@ -7,8 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import PoseSequence
-from animatex_train.data.pose_render import render_pose
+from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.pose.render import render_pose
 
 # The reference's own skeleton is blended half-way to light grey, so it shows on most images and the driving
 # skeleton on top keeps its own colours.
@@ -25,7 +25,7 @@ def preview_alignment(
     """Write (and return) a preview PNG of an alignment.
 
     Each panel is the reference image with its own skeleton in grey and a driving skeleton in the official pose
-    colours on top (``data/pose_render.py``, body, feet and hands): the left panel shows ``aligned_frame_pose``
+    colours on top (``data/pose/render.py``, body, feet and hands): the left panel shows ``aligned_frame_pose``
     and, when given, the right panel shows ``unaligned_frame_pose``, drawn stretched onto the reference frame as
     the ``--align none`` pipeline does. Only frame 0 of each pose is drawn.
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from animatex_train.data.keypoints import MISSING
+from animatex_train.data.format.keypoints import MISSING
 
 
 @dataclass(frozen=True)

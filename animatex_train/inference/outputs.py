@@ -17,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from animatex_train.eval.video_io import side_by_side
+from animatex_train.data.format.video import side_by_side
 
 log = logging.getLogger(__name__)
 AUDIO_RATE_TOLERANCE = 1e-3  # relative: output fps this close to source fps / stride keeps the audio in sync

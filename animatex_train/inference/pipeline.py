@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from animatex_train.eval.generate import decode_frames
+from animatex_train.encoders.vae import decode_frames
 from animatex_train.inference import outputs
 from animatex_train.inference.conditions import clip_conditions, conditions_to
 from animatex_train.inference.frames import FramePlan, plan_frames

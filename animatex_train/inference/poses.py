@@ -1,8 +1,8 @@
 """Keypoints for inference: DWPose on the driving frames and on the reference (cached by content hash), or the
 official files (``saved_pkl/<video>.pkl``, a reference keypoint file), then the pose images the UNet sees.
 
-Keypoints are the packed ``(t, 130, 2)`` format of ``data/keypoints.py``, normalised to the frame they were
-measured on. Pose images are drawn by ``data/pose_render.py`` as the official preprocessing draws them; in
+Keypoints are the packed ``(t, 130, 2)`` format of ``data/format/keypoints.py``, normalised to the frame they were
+measured on. Pose images are drawn by ``data/pose/render.py`` as the official preprocessing draws them; in
 official mode they are drawn at the source resolution, JPEG-compressed and stretched like the released
 ``saved_pose`` files, in the default mode directly on the canvas from the fitted keypoints.
 """
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS, POINT_SLICES, PoseSequence, visible
-from animatex_train.data.pose_render import render_pose
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS, POINT_SLICES, PoseSequence, visible
+from animatex_train.data.pose.render import render_pose
 from animatex_train.inference.media import IMAGE_SUFFIXES, frame_number
 from animatex_train.preprocess.pose.base import PoseEstimator, drop_outside_frame, pack_parts
 from animatex_train.preprocess.pose.importers import load_official_pkl

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from animatex_train.data.keypoints import PoseSequence
+from animatex_train.data.format.keypoints import PoseSequence
 from animatex_train.encoders.vae import FrozenVAE
 from animatex_train.inference import poses
 from animatex_train.inference.conditions import ClipInputs
@@ -193,4 +193,4 @@ def encode_reference(vae: FrozenVAE, reference: np.ndarray, models: AnimateModel
     with models.on_device(vae) as on_device:
         mean, std = on_device.encode_pixels(pixels)
     raw = FrozenVAE.sample_posterior(mean.cpu(), std.cpu(), torch.Generator().manual_seed(int(seed) + 2))
-    return (vae.to_model_latents(raw)[0]).unsqueeze(1)
+    return (vae.config.to_model_latents(raw)[0]).unsqueeze(1)

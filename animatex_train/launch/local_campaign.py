@@ -70,7 +70,7 @@ def data_overrides(configs: list[str], passthrough: list[str], out: Path, consol
     if not ((model.get("vae") or {}).get("tiny") and (model.get("clip") or {}).get("tiny")):
         raise CampaignError(f"the recipe's data is missing ({', '.join(missing) or 'data.train is empty'}): fix its "
                             "data paths, or pass them after --, e.g. -- --data.train='[{manifest: ...}]'")  # fmt: skip
-    from animatex_train.demo import build_embedded_dataset, embedded_dataset_overrides
+    from animatex_train.embedded_dataset import build_embedded_dataset, embedded_dataset_overrides
 
     console.print(f"[yellow]the tiny recipe's data ({', '.join(missing)}) is missing: building the embedded "
                   f"synthetic dataset once into {out / 'data'}[/]")  # fmt: skip

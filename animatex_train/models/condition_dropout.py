@@ -1,6 +1,6 @@
 """Train-time condition dropout for classifier-free guidance, as its own seeded module.
 
-Reproduces the distribution of UniAnimate/Animate-X's ``DropPath`` scheme (spec section 4): per batch,
+Reproduces the distribution of UniAnimate/Animate-X's ``DropPath`` scheme (docs/official_release.md §4): per batch,
 ``n_zero = #(U < p_all_zero)`` and ``n_keep = #(U < p_all_keep)`` over ``b`` uniforms; a random
 permutation puts ``n_zero`` samples in the all-dropped group and the next ``n_keep`` in the all-kept
 group; then, independently for each condition, ``n = #(U < p_drop_each)`` samples are drawn without

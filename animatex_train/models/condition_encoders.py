@@ -1,4 +1,4 @@
-"""Encoders of the channel-wise and reference-slot conditions (spec section 1.3).
+"""Encoders of the channel-wise and reference-slot conditions (docs/official_release.md §1.3).
 
 Pose images and the local reference image go through a small conv stack down to the latent grid,
 then a one-layer transformer along the frame axis at every latent pixel (the "time adapter",

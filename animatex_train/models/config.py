@@ -1,7 +1,7 @@
 """Typed configuration of the Animate-X denoiser: the 3D UNet, its condition encoders and the IPI.
 
 Defaults are the model the paper trains. The architecture is the released Animate-X
-(``configs/Animate_X_infer.yaml`` merged over the official default config, spec section 1.5): building
+(``configs/Animate_X_infer.yaml`` merged over the official default config, docs/official_release.md §1.5): building
 ``AnimateXDenoiser(DenoiserConfig())`` gives the 1,817,708,556-parameter network whose state dict matches
 ``animate-x.pth`` key for key. Two behaviours depart from the official code where it departs from the
 paper, and both are defaults so that no training recipe has to remember them: each sample's IPI reads its
@@ -15,7 +15,7 @@ behaviour for parity. Ablations of the paper's Tables 4-5 are values of ``Implic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 GROUP_NORM_GROUPS = 32  # every GroupNorm in the network has 32 groups, as in SD 2.1
 
@@ -37,14 +37,14 @@ KeypointRowOrder = Literal["official", "per_sample"]
 
 @dataclass
 class ConditionDropoutConfig:
-    """Train-time condition dropout for classifier-free guidance (UniAnimate's DropPath, spec section 4).
+    """Train-time condition dropout for classifier-free guidance (UniAnimate's DropPath, docs/official_release.md §4).
 
     Per batch, a ``p_all_zero`` fraction of samples lose every droppable condition and a disjoint
     ``p_all_keep`` fraction keep all; every other sample loses each condition independently with
     ``p_drop_each``. Droppable: the local-image embedding, the pose-image embedding, the CLIP image tokens.
 
     The official scheme does not drop the reference slot or the IPI inputs, yet the unconditional branch
-    of classifier-free sampling has neither: it runs with every condition None (spec section 4). The two
+    of classifier-free sampling has neither: it runs with every condition None (docs/official_release.md §4). The two
     ``all_dropped_*`` switches make the all-dropped group lose them too, so that group trains exactly the
     branch the sampler uses [INFERRED]: an all-dropped sample's output equals the output for
     ``DenoiserConditions()`` bit for bit (tested). They are on by default; ``config_from_official`` turns
@@ -76,7 +76,7 @@ class ConditionDropoutConfig:
 
 @dataclass
 class ImplicitPoseIndicatorConfig:
-    """The implicit pose indicator (paper section 3.2; spec section 2).
+    """The implicit pose indicator (paper section 3.2; docs/official_release.md §2).
 
     Attributes:
         enabled: False builds no IPI and no pose attention: the UniAnimate network ("w/o IPI").
@@ -120,17 +120,13 @@ class ImplicitPoseIndicatorConfig:
     keypoint_row_order: KeypointRowOrder = "per_sample"
 
     def __post_init__(self) -> None:
-        if self.query not in ("learned+keypoints", "keypoints", "learned", "clip"):
-            raise ValueError(
-                "model.denoiser.ipi.query must be one of learned+keypoints, keypoints, learned, clip; "
-                f"got {self.query!r}"
-            )
-        if self.placement not in ("sequential", "parallel"):
-            raise ValueError(f"model.denoiser.ipi.placement must be sequential or parallel; got {self.placement!r}")
-        if self.keypoint_row_order not in ("official", "per_sample"):
-            raise ValueError(
-                f"model.denoiser.ipi.keypoint_row_order must be official or per_sample; got {self.keypoint_row_order!r}"
-            )
+        for name, kind in (("query", IPIQuery), ("placement", PoseAttentionPlacement),
+                           ("keypoint_row_order", KeypointRowOrder)):  # fmt: skip
+            allowed = get_args(kind)
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.denoiser.ipi.{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}"
+                )
         if self.width % self.keypoint_heads:
             raise ValueError(
                 f"model.denoiser.ipi.width ({self.width}) must be divisible by keypoint_heads ({self.keypoint_heads})"

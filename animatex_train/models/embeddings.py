@@ -9,7 +9,7 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of raw integer timesteps, ``[cos, sin]`` order (VGen/UniAnimate convention).
 
     Computed in float32 from the integer timesteps, frequencies ``10000^(-i/half)``, exactly as the
-    official denoiser (spec section 1.2), so released weights see the inputs they were trained on.
+    official denoiser (docs/official_release.md §1.2), so released weights see the inputs they were trained on.
 
     Args:
         timesteps: ``(b,)`` integer (or float) timesteps in ``[0, 999]``.

@@ -1,7 +1,7 @@
 """Forward FLOPs of the denoiser for a clip shape, counted on the meta device (no memory, no GPU).
 
 Used by ``benchmarks/denoiser_flops.py`` and by the throughput/MFU instrumentation, which multiplies
-by 3 for training (forward + backward, PERFORMANCE.md section 2.1).
+by 3 for training (forward + backward, docs/performance.md §2.1).
 """
 
 from __future__ import annotations

@@ -102,7 +102,8 @@ _DWPOSE_DEFAULTS = dict(
     normalize_before=False, pos_embed_len=33, input_dim=36, num_tokens=4,
 )  # fmt: skip
 _RESAMPLER_DEFAULTS = dict(dim=1024, depth=8, dim_head=64, heads=16, embedding_dim=1024, output_dim=1024, ff_mult=4)
-# The released model: default_config's UNet dict updated with configs/Animate_X_infer.yaml (spec 1.5).
+# The released model: default_config's UNet dict updated with configs/Animate_X_infer.yaml
+# (docs/official_release.md §1.5).
 RELEASED_UNET_KWARGS: dict[str, Any] = dict(
     in_dim=4, dim=320, y_dim=1024, context_dim=1024, out_dim=4, dim_mult=[1, 2, 4, 4], num_heads=8, head_dim=64,
     num_res_blocks=2, attn_scales=[1.0, 0.5, 0.25], dropout=0.1, temporal_attention=True, temporal_attn_times=1,
@@ -257,7 +258,7 @@ def official_forward(
     randomref: torch.Tensor | None = None,
     pose_embeddings: list[torch.Tensor] | tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Call ``model`` with the official forward's inputs and conventions (spec section 1.3).
+    """Call ``model`` with the official forward's inputs and conventions (docs/official_release.md §1.3).
 
     Args:
         x: ``(b, 4, f, h, w)`` noisy latents.

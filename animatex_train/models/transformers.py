@@ -132,7 +132,7 @@ class ImageTransformer(nn.Module):
 class SpatialTransformer(ImageTransformer):
     """SD 2.1 spatial transformer over each frame, followed by Animate-X's pose attention.
 
-    The pose attention (paper "motion attention", spec section 2.4) is a second image transformer whose
+    The pose attention (paper "motion attention", docs/official_release.md §2.4) is a second image transformer whose
     cross-attention reads the IPI's motion tokens of the same frame; its output layer is zero-initialised
     so the block starts as the identity (a UniAnimate checkpoint reproduces UniAnimate at step 0).
     ``placement="sequential"`` applies it to the spatial transformer's output with residual weight

@@ -1,6 +1,6 @@
 """The Animate-X denoiser: a 3D UNet over the reference slot + generated frames, with the IPI.
 
-Paper Fig. 2 / spec sections 1.2-1.3 and 2.4. Inputs are noisy latents ``(b, 4, f, h, w)``; the
+Paper Fig. 2 / docs/official_release.md §1.2-1.3, §2.4. Inputs are noisy latents ``(b, 4, f, h, w)``; the
 network runs on ``f + 1`` frames, the extra leading frame being the reference slot (the reference
 latent embedding, or zeros), and returns the ``f`` generated frames. Channel-wise conditions
 (local reference image, driving pose images) are embedded to ``concat_channels`` and concatenated to

@@ -24,7 +24,7 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ArgumentParser
 from rich.console import Console
 
-from animatex_train.data.manifest import DatasetManifest
+from animatex_train.data.format.manifest import DatasetManifest
 from animatex_train.preprocess.config import PrepareConfig
 from animatex_train.preprocess.inputs import InputError, discover_videos, resolve_rank
 from animatex_train.preprocess.journal import JournalError

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from animatex_train.data.keypoints import PoseSequence
-from animatex_train.data.schema import ClipMeta, ClipRecord, encode_clip
+from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.format.schema import ClipMeta, ClipRecord, encode_clip
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.clipstream import iter_clips
 from animatex_train.preprocess.config import PrepareConfig

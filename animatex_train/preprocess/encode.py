@@ -18,7 +18,6 @@ import torch
 from animatex_train.encoders.clip import FrozenCLIPImageEncoder
 from animatex_train.encoders.vae import FrozenVAE
 from animatex_train.preprocess.config import EncodersConfig
-from animatex_train.preprocess.identity import config_identity
 
 
 def torch_device(device: str) -> torch.device:
@@ -65,11 +64,6 @@ class ClipEncoder:
             std.to(torch.float16).cpu().numpy(),
             embeds.to(torch.float16).cpu().numpy(),
         )
-
-
-def encoder_identities(config: EncodersConfig) -> dict[str, str]:
-    """What produced the latents and CLIP features, for the manifest and the resume fingerprint."""
-    return {"vae": config_identity(config.vae), "clip": config_identity(config.clip)}
 
 
 def jpeg_bytes(frame: np.ndarray, quality: int) -> bytes:

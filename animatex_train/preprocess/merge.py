@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from animatex_train.data.manifest import MANIFEST_NAME, DatasetManifest, ShardEntry, VideoEntry
+from animatex_train.data.format.manifest import MANIFEST_NAME, DatasetManifest, ShardEntry, VideoEntry
 from animatex_train.preprocess.journal import JournalState, read_journal
 from animatex_train.preprocess.rejects import Reject
 from animatex_train.preprocess.shards import sha256_file

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.clipstream import iter_clips
 from animatex_train.preprocess.config import PrepareConfig

@@ -13,7 +13,7 @@ from fractions import Fraction
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING
+from animatex_train.data.format.keypoints import MISSING
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.rejects import VideoRejected
 from animatex_train.preprocess.video import VideoInfo

@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from animatex_train.data.schema import SCHEMA_VERSION
+from animatex_train.data.format.schema import SCHEMA_VERSION
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.clipwork import process_video
 from animatex_train.preprocess.config import PrepareConfig

@@ -155,7 +155,7 @@ def decode_frames(path: Path, info: VideoInfo, indices: np.ndarray) -> Iterator[
     """Decode the frames at ``indices``, in increasing index order.
 
     Decodes the stream sequentially from the start (h264 must decode every frame anyway; see
-    DEPENDENCIES.md section 7) and converts only the wanted frames to RGB.
+    docs/dependencies.md §7) and converts only the wanted frames to RGB.
 
     Args:
         path: the video file.
@@ -180,7 +180,7 @@ def decode_frames(path: Path, info: VideoInfo, indices: np.ndarray) -> Iterator[
     container = _open(path)
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"  # frame threading: 1.2-1.4x faster than slice threading (DEPENDENCIES.md s.7)
+        stream.thread_type = "AUTO"  # frame threading: 1.2-1.4x faster than slice threading (docs/dependencies.md §7)
         try:
             for frame in container.decode(stream):
                 if frame.pts is None or int(frame.pts) not in index_of_pts:

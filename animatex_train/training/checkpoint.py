@@ -1,6 +1,6 @@
 """Checkpoints that cannot be half-written, and resume from the newest complete one.
 
-Commit protocol (RELIABILITY.md section 4), run by every rank together:
+Commit protocol (docs/reliability.md §4), run by every rank together:
 
 1. rank 0 creates ``step-<N>.tmp/``; barrier;
 2. every rank writes its part through Lightning (``state.ckpt``: one file under DDP, a directory of

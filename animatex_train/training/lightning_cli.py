@@ -31,13 +31,14 @@ from typing import Any
 
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from animatex_train.data.datamodule import VideoDataModule
+from animatex_train.data.loading.datamodule import VideoDataModule
 from animatex_train.system import AnimateXSystem
 from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint, resolve_checkpoint
 from animatex_train.training.checkpoint_trust import guard_strategy_loading, is_remote
+from animatex_train.training.console import ParameterSummary, StepProgressBar, silence_known_harmless_messages
 from animatex_train.training.hang_watch import RankHeartbeat
 from animatex_train.training.performance import PerformanceLevers
 from animatex_train.training.preemption import (
@@ -56,6 +57,7 @@ class AnimateXCLI(LightningCLI):
     """Recipes are values only: the schema is the typed ``__init__`` signatures and config dataclasses."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs):
+        silence_known_harmless_messages()  # training/console.py lists each message and why it is harmless
         kwargs.setdefault("save_config_callback", TrackedConfigSaver)  # redacted config.yaml, logged to W&B
         super().__init__(
             AnimateXSystem,
@@ -105,6 +107,11 @@ class AnimateXCLI(LightningCLI):
             callbacks.append(LearningRateMonitor(logging_interval="step"))
         if wandb_logger is not None and tracking.epi_preview:
             callbacks.append(PosePreview(num_samples=tracking.epi_preview_samples))
+        # Lightning's defaults print "Epoch 2/-2" and "Total FLOPs: 0" for our runs (training/console.py).
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(StepProgressBar())
+        if config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in callbacks):
+            callbacks.append(ParameterSummary())
         kwargs["callbacks"] = callbacks
 
         multi = multi_process_run(config.get("devices"), config.get("num_nodes"))

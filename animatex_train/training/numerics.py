@@ -1,6 +1,6 @@
 """Non-finite loss / gradient guard and loss-spike warning: one decision per optimizer step, the same on every rank.
 
-How it is checked (RELIABILITY.md section 4), with one host sync per optimizer step:
+How it is checked (docs/reliability.md §4), with one host sync per optimizer step:
 
 1. Each micro-batch's loss is added to this rank's window on the device (``observe_loss``): a count of non-finite
    losses and the sum of the finite ones. Nothing is read on the host, and the loss is backpropagated as it is: a

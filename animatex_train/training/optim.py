@@ -1,6 +1,6 @@
 """Parameter groups and the learning-rate schedule.
 
-The paper trains the implicit pose indicator at 5e-7 and everything else at 5e-5 (spec section 5).
+The paper trains the implicit pose indicator at 5e-7 and everything else at 5e-5 (docs/official_release.md §5).
 Which modules count as "the IPI" is not stated: by default the keypoint encoder and the extractor
 (``ipi.``) get the IPI rate, and the pose-attention blocks, which live inside the UNet's spatial
 transformers, get the base rate [INFERRED]; ``ipi_param_prefixes`` changes that.

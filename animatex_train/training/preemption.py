@@ -1,6 +1,6 @@
 """Preemption: a signal becomes a checkpoint, a Slurm requeue and a clean exit at the next step boundary.
 
-Protocol (RELIABILITY.md section 4, the Megatron pattern):
+Protocol (docs/reliability.md §4, the Megatron pattern):
 
 1. The signal handler only records which signal arrived. Slurm sends ``SIGUSR1`` ahead of the time limit
    (``#SBATCH --signal=USR1@<lead>``); ``scancel``, a time limit and node shutdowns send ``SIGTERM``.
@@ -40,6 +40,7 @@ import torch
 from lightning.pytorch.strategies import StrategyRegistry
 
 from animatex_train.training.checkpoint import CrashSafeCheckpoint
+from animatex_train.training.strategy import DEFAULT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class PreemptionHandler(pl.Callback):
         self._last_checked_step = -1
         self._install()  # before any DataLoader worker is forked, so workers inherit (and ignore) it
         # Lightning's SIGTERM notifier runs a collective (dist.broadcast) inside the signal handler, which can
-        # deadlock against the collective the interrupted rank was in (RELIABILITY.md section 4); with our
+        # deadlock against the collective the interrupted rank was in (docs/reliability.md §4); with our
         # handler in charge it must not run. It is (re)installed before fitting, after this hook.
         connector = getattr(trainer, "_signal_connector", None)
         if connector is not None and hasattr(connector, "_sigterm_notifier_fn"):
@@ -260,7 +261,7 @@ class DistributedConfig:
             ...; ``auto`` when several processes run); a strategy given as a class sets its own ``timeout``.
     """
 
-    timeout_s: float = 600.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.timeout_s <= 0:

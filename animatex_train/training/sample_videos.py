@@ -73,7 +73,7 @@ class SampleVideoLogger(pl.Callback):
 
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, generated: np.ndarray,
                truth: np.ndarray) -> None:  # fmt: skip
-        from animatex_train.eval.video_io import side_by_side, write_mp4, write_strip
+        from animatex_train.data.format.video import side_by_side, write_mp4, write_strip
 
         out_dir = Path(self.config.output_dir or Path(trainer.default_root_dir) / "samples")
         n = generated.shape[0]

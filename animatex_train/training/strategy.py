@@ -12,7 +12,7 @@ denoiser's blocks (``training/activation_checkpointing.py``) before the strategy
   floating-point inputs are cast to its weights' dtype by a forward pre-hook; the batch reaches the step as the
   loader made it (Lightning's DeepSpeed precision would convert all of it, unlike DDP's); under
   ZeRO-3 each denoiser block is one fetch unit. On CPU (CI, gloo), where Lightning refuses DeepSpeed, three
-  overrides apply (DEPENDENCIES.md section 2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
+  overrides apply (docs/dependencies.md §2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
   CUDA-only check, skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0
   instead of None. They touch Lightning internals, hence the pinned lightning version.
 * ``AnimateXFSDPStrategy``: Lightning's FSDP (FSDP1) wrapping each denoiser block as one unit, with
@@ -41,12 +41,14 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStr
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from animatex_train.data.batch import Batch
+from animatex_train.data.loading.batch import Batch
 from animatex_train.training.activation_checkpointing import apply_activation_checkpointing, outermost_blocks
 
 log = logging.getLogger(__name__)
 _Sharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
-DEFAULT_TIMEOUT_S = 600.0  # as distributed.timeout_s (training/preemption.py): fail a stuck rank, do not hang
+# The collective timeout of every strategy and of ``distributed.timeout_s`` (training/preemption.py, which says why
+# 600 s): a stuck rank fails the run instead of hanging it.
+DEFAULT_TIMEOUT_S = 600.0
 
 
 def _timeout(timeout_s: float, owner: str) -> timedelta:

@@ -1,6 +1,6 @@
 """Throughput instrumentation: samples/s, TFLOP/s, MFU, data-wait fraction, peak memory.
 
-MFU follows PERFORMANCE.md section 2: model FLOPs per sample = 3 x the denoiser's forward FLOPs for the
+MFU follows docs/performance.md §2: model FLOPs per sample = 3 x the denoiser's forward FLOPs for the
 batch's clip shape (counted once per shape on the meta device), activation-checkpoint recompute not
 counted; the peak is ``peak_tflops`` when given (e.g. the bf16 matmul rate measured on the card, as
 ``benchmarks/gpu`` does), else Lightning's table of datasheet dense bf16/fp16/fp32 peaks per GPU model. The data

@@ -8,7 +8,7 @@
 * Logged: the scalars the system and callbacks log (loss, loss by timestep bucket, grad norm, learning
   rate per group, ``perf/*`` throughput), validation sample clips (mp4 paths: no moviepy needed), a pose
   preview of the first training batch (what EPI fed the model), and the resolved config with the git commit.
-* Secrets (RELIABILITY.md section 3.4): the API key only ever comes from the environment or netrc, never
+* Secrets (docs/reliability.md §3.4): the API key only ever comes from the environment or netrc, never
   from a config field or an argument. Everything that leaves through the logger or the config dump is
   redacted: values under keys matching ``*_KEY``, ``*_TOKEN``, ``*SECRET*``, ``*PASSWORD*``, and any
   string containing the value of such an environment variable.
@@ -24,6 +24,7 @@ import re
 import secrets
 import string
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -191,8 +192,14 @@ class AnimateXWandbLogger(WandbLogger):
         if mode not in ("online", "offline"):
             raise ValueError(f"AnimateXWandbLogger needs mode online or offline, got {mode!r} (disabled: no logger)")
         text = redact({"group": config.group, "name": config.name, "tags": list(config.tags), "notes": config.notes})
+        # Into a log (stderr not a terminal) W&B's closing lines came out with colour codes; there it keeps to the
+        # essential lines (quiet), and the run's directory is in the run's own log anyway.
+        import wandb  # imported by Lightning's logger anyway; not at module import
+
+        settings = wandb.Settings(quiet=not sys.stderr.isatty())
         super().__init__(save_dir=str(run_dir), project=config.project, entity=config.entity, group=text["group"],
-                         name=text["name"], tags=text["tags"] or None, notes=text["notes"], mode=mode)  # fmt: skip
+                         name=text["name"], tags=text["tags"] or None, notes=text["notes"], mode=mode,
+                         settings=settings)  # fmt: skip
         self._wandb_init.pop("anonymous", None)  # deprecated in wandb; Lightning always passes it
         self.run_dir = Path(run_dir)
 

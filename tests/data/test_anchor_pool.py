@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animatex_train.data.anchor_pool import (
+from animatex_train.data.epi.anchor_pool import (
     AnchorPool,
     AnchorPoolError,
     anchor_pool_main,
@@ -19,9 +19,9 @@ from animatex_train.data.anchor_pool import (
     is_full_body,
     iter_shard_poses,
 )  # fmt: skip
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import BODY, PoseSequence, visible
-from animatex_train.data.schema import ClipMeta
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.format.keypoints import BODY, PoseSequence, visible
+from animatex_train.data.format.schema import ClipMeta
 
 
 def _with_missing(pose: PoseSequence, frames: slice, joints: list[str]) -> PoseSequence:

@@ -12,20 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animatex_train.data.anchor_pool import AnchorPool, AnchorPoolError
-from animatex_train.data.epi import (
-    EPI_ABLATIONS,
-    EPIConfig,
-    EPITransform,
-    apply_epi,
-    epi_config_for_ablation,
-    sample_epi_plan,
-)  # fmt: skip
-from animatex_train.data.epi_preview import demo_pose_sequence, epi_preview_main, render_preview_grid
-from animatex_train.data.keypoints import KeypointError, PoseSequence
-from animatex_train.data.pose_realign import realign_to_anchor
+from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError
+from animatex_train.data.epi.preview import demo_pose_sequence, epi_preview_main, render_preview_grid
+from animatex_train.data.epi.realign import realign_to_anchor
+from animatex_train.data.epi.transform import EPIConfig, EPITransform, apply_epi, sample_epi_plan
+from animatex_train.data.format.keypoints import KeypointError, PoseSequence
 
 SEED = 1234
+ABLATIONS = Path(__file__).resolve().parents[2] / "recipes" / "ablations"
 
 
 def _anchors() -> AnchorPool:
@@ -99,8 +93,8 @@ _SUBPROCESS = """
 import hashlib, sys
 sys.path.insert(0, {test_dir!r})
 from test_epi import _anchors, _digest, SEED
-from animatex_train.data.epi import EPIConfig, apply_epi
-from animatex_train.data.epi_preview import demo_pose_sequence
+from animatex_train.data.epi.transform import EPIConfig, apply_epi
+from animatex_train.data.epi.preview import demo_pose_sequence
 clip = demo_pose_sequence(8, seed=3, body_scale=0.7)
 for key in {keys!r}:
     print(key, _digest(apply_epi(clip, _anchors(), EPIConfig(), SEED, 4, key)))
@@ -117,11 +111,11 @@ def test_same_draws_in_another_process(clip, anchors):
 
 
 def test_ablations_are_config_values(clip, anchors):
-    expected = {"full", "wo_epi", "wo_realign", "wo_rescale", "wo_add", "wo_drop", "wo_bs", "wo_nf", "wo_al"}
-    expected |= {f"lambda_{p}" for p in (1.0, 0.98, 0.95, 0.9, 0.8)}
-    assert set(EPI_ABLATIONS) == expected
-    configs = {name: epi_config_for_ablation(name) for name in EPI_ABLATIONS}
-    assert configs["full"] == EPIConfig()
+    """The paper's EPI ablations are the ``data.epi`` values of their overlays, and each removes its part."""
+    names = ["full", "wo_epi", "wo_realign", "wo_rescale", "wo_add", "wo_drop", "wo_bs", "wo_nf", "wo_al"]
+    names += [f"lambda_{p}" for p in (1.0, 0.98, 0.95, 0.9, 0.8)]
+    configs = {name: EPIConfig.from_recipe(ABLATIONS / f"{name}.yaml") for name in names}
+    assert configs["full"] == EPIConfig() and configs["lambda_0.8"].apply_prob == 0.8
     assert configs["lambda_0.95"].apply_prob == 0.95
     assert apply_epi(clip, anchors, configs["wo_epi"], SEED, 0, "k") is clip
     plans = {

@@ -7,19 +7,21 @@ import logging
 import pickle
 import tarfile
 from collections import Counter
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing  # noqa: F401  (registers torch's tensor reductions with ForkingPickler)
 from support.shards import index_of, make_record, write_shards, write_tar
 
-from animatex_train.data.epoch_plan import DataIndex, Layout, ShardInfo
-from animatex_train.data.loader import ResumeError, ShardStreamLoader
-from animatex_train.data.sample_assembly import WindowConfig
-from animatex_train.data.schema import encode_clip
-from animatex_train.data.shard_reader import ShardReadError, open_shard
-from animatex_train.data.stream import ShardStream, StreamSettings
+from animatex_train.data.format.schema import encode_clip
+from animatex_train.data.format.shard_reader import ShardReadError, open_shard
+from animatex_train.data.loading.epoch_plan import DataIndex, Layout, ShardInfo
+from animatex_train.data.loading.loader import ResumeError, ShardStreamLoader
+from animatex_train.data.loading.sample_assembly import WindowConfig
+from animatex_train.data.loading.stream import ShardStream, StreamSettings
 
 WINDOW = WindowConfig(num_frames=4)
 
@@ -200,15 +202,15 @@ def test_tar_members_are_never_extracted(tmp_path):
         info = tarfile.TarInfo("../../outside.meta.json")
         info.size = 2
         tar.addfile(info, io.BytesIO(b"{}"))
-    from animatex_train.data.shard_reader import iter_samples
+    from animatex_train.data.format.shard_reader import iter_samples
 
     assert [k for k, _ in iter_samples(str(evil))] == ["../../outside"]
     assert not (tmp_path.parent.parent / "outside.meta.json").exists()
 
 
 def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
-    from animatex_train.data.batch import allocate_batch, clear_row
-    from animatex_train.data.pose_render import POSE_PALETTE
+    from animatex_train.data.loading.batch import allocate_batch, clear_row
+    from animatex_train.data.pose.render import POSE_PALETTE
 
     for shared in (True, False):  # a worker's batch lives in shared memory
         batch = allocate_batch(2, 3, (16, 8), clip_dim=4, shared=shared)
@@ -223,7 +225,10 @@ def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
     batch.keys[:] = ["a", "b"]
     batch.latent_mean.normal_()
     batch.row_pose_crops(1).copy_(torch.tensor([60, 0, 1, 2, 3, 4, 5], dtype=torch.uint8))
-    copy = pickle.loads(pickle.dumps(batch))
+    # DataLoader's transport (torch's ForkingPickler, no custom reduction): the shared storage travels once.
+    wire = bytes(ForkingPickler.dumps(batch))
+    assert wire.count(b"rebuild_storage_fd") + wire.count(b"rebuild_storage_filename") == 1
+    copy = pickle.loads(wire)
     assert copy.keys == ["a", "b"] and torch.equal(copy.latent_mean, batch.latent_mean)
     assert len({t.untyped_storage().data_ptr() for t in (copy.latent_mean, copy.pose_crops, copy.valid)}) == 1
     labels = copy.pose_labels
@@ -241,7 +246,7 @@ def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
     assert torch.equal(joined.pose_labels, torch.cat([expected, expected[:1], expected]))
     clear_row(copy, 1, "b")
     assert not copy.pose_labels.any() and copy.pose_boxes[1, 2].tolist() == [3, 4, 2, 3]
-    batch.latent_std = torch.ones_like(batch.latent_std)  # a replaced field: pickled field by field instead
+    batch.latent_std = torch.ones_like(batch.latent_std)  # a replaced field travels as its own tensor
     assert torch.equal(pickle.loads(pickle.dumps(batch)).latent_std, batch.latent_std)
 
 
@@ -260,7 +265,7 @@ def test_non_finite_latents_in_the_window_make_a_placeholder(tmp_path, caplog):
 
 def _unchecked(record) -> dict:
     """``encode_clip`` without its validation (which would refuse the NaNs)."""
-    from animatex_train.data import schema
+    from animatex_train.data.format import schema
 
     std = record.latent_std
     record.latent_std = np.zeros_like(std)

@@ -5,16 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import BODY, KeypointError, PoseSequence, visible
-from animatex_train.data.pose_realign import (
-    BONES,
-    HAND_WRIST,
-    JOINT_PARENT,
-    RealignConfig,
-    realign_to_anchor,
-    retarget_to_reference,
-)  # fmt: skip
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.epi.realign import RealignConfig, realign_to_anchor
+from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence, visible
+from animatex_train.data.pose.skeleton import BONES, HAND_WRIST, JOINT_PARENT
 
 PARENTS = np.array([max(p, 0) for p in JOINT_PARENT])
 BONE_LIST = list(BONES)
@@ -155,14 +149,6 @@ def test_clip_without_a_neck_is_returned_unchanged(driving, anchor):
     np.testing.assert_array_equal(realign_to_anchor(no_neck, anchor).to_array(), no_neck.to_array())
 
 
-def test_retarget_to_reference_uses_the_reference_frame_and_shape(driving):
-    reference = demo_pose_sequence(1, (1024, 1024), seed=8, shape_jitter=0.3, body_scale=0.7)
-    out = retarget_to_reference(driving, reference)
-    assert out.frame_size == (1024, 1024)
-    # Directions are compared in each pose's own pixels; the uniform change of frame does not turn bones.
-    _assert_lengths_and_directions(out, driving, reference)
-
-
 def test_bad_input_raises_naming_the_sample(driving, anchor):
     body = driving.body.copy()
     body[2, 4] = (np.nan, 0.3)
@@ -176,8 +162,6 @@ def test_bad_input_raises_naming_the_sample(driving, anchor):
     headless[0, BODY["neck"]] = -1.0
     with pytest.raises(KeypointError, match="anchor: the neck must be visible"):
         realign_to_anchor(driving, PoseSequence(headless, anchor.feet, anchor.hands, None, anchor.frame_size))
-    with pytest.raises(KeypointError, match="reference pose"):
-        retarget_to_reference(driving, PoseSequence(headless, anchor.feet, anchor.hands, None, anchor.frame_size))
 
 
 def test_missing_elbow_places_the_wrist_by_the_chain_ratio(driving, anchor):

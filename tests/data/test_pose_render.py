@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import BODY, KeypointError, PoseSequence
-from animatex_train.data.pose_render import render_pose
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence
+from animatex_train.data.pose.render import render_pose
 
 HEIGHT, WIDTH = 200, 300
 BLACK = (0, 0, 0)
@@ -101,7 +101,7 @@ def test_other_resolution_scales_positions_not_strokes():
 
 def _reference_render(pose: PoseSequence, frame: int) -> np.ndarray:
     """Straightforward re-statement of the official steps: limbs at full colour, canvas * 0.6, dots, hands."""
-    from animatex_train.data.pose_render import CANVAS_COLOURS, HAND_EDGES, LIMBS
+    from animatex_train.data.pose.render import CANVAS_COLOURS, HAND_EDGES, LIMBS
 
     height, width = pose.frame_size
     canvas = np.zeros((height, width, 3), np.uint8)
@@ -193,7 +193,7 @@ def test_border_dots_are_clipped_like_opencv(frame_size):
 
 @pytest.mark.parametrize("frame_size", [(768, 512), (96, 64)])
 def test_labels_through_the_palette_are_the_rgb_images(frame_size):
-    from animatex_train.data.pose_render import POSE_PALETTE, render_pose_labels
+    from animatex_train.data.pose.render import POSE_PALETTE, render_pose_labels
 
     moving = demo_pose_sequence(8, frame_size, seed=4, shape_jitter=0.3)
     for pose in (moving, _edge_pose(frame_size)):
@@ -220,7 +220,7 @@ def _expand_crops(crops: np.ndarray, boxes: np.ndarray, frames: int, size: tuple
 def test_label_crops_hold_every_drawn_pixel(frame_size):
     """Drawing only the boxes and putting the crops back gives the whole label images, bit for bit; each box is
     the tight box of the drawn pixels or at most a few pixels wider."""
-    from animatex_train.data.pose_render import pose_label_boxes, render_pose_label_crops, render_pose_labels
+    from animatex_train.data.pose.render import pose_label_boxes, render_pose_label_crops, render_pose_labels
 
     rng = np.random.default_rng(0)
     poses = [demo_pose_sequence(6, frame_size, seed=seed, shape_jitter=0.3) for seed in range(25)]
@@ -252,7 +252,7 @@ def test_label_crops_hold_every_drawn_pixel(frame_size):
 
 
 def test_label_crops_check_their_buffer():
-    from animatex_train.data.pose_render import pose_label_boxes, render_pose_label_crops
+    from animatex_train.data.pose.render import pose_label_boxes, render_pose_label_crops
 
     pose = demo_pose_sequence(2, (64, 48), seed=1)
     boxes = pose_label_boxes(pose)

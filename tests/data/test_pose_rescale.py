@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import BODY, KeypointError, PoseSequence, visible
-from animatex_train.data.pose_realign import BONES, HAND_WRIST, JOINT_PARENT, LEFT_TOES, RIGHT_TOES
-from animatex_train.data.pose_rescale import (
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.epi.rescale import (
     GROUP_BONES,
     OPS,
     PARTS,
@@ -19,6 +17,8 @@ from animatex_train.data.pose_rescale import (
     drop_parts,
     sample_rescale_plan,
 )  # fmt: skip
+from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence, visible
+from animatex_train.data.pose.skeleton import BONES, HAND_WRIST, JOINT_PARENT, LEFT_TOES, RIGHT_TOES
 
 PARENTS = np.array([max(p, 0) for p in JOINT_PARENT])
 

@@ -10,8 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from animatex_train.data.keypoints import BODY, PoseSequence, visible
-from animatex_train.data.synthetic import (
+from animatex_train.data.format.keypoints import BODY, PoseSequence, visible
+from animatex_train.data.synthetic.characters import BODY_STYLES
+from animatex_train.data.synthetic.dataset import (
     LICENCE,
     METADATA_FILE,
     SyntheticDatasetConfig,
@@ -20,7 +21,6 @@ from animatex_train.data.synthetic import (
     synthetic_main,
     write_synthetic_dataset,
 )
-from animatex_train.data.synthetic_characters import BODY_STYLES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = (256, 192)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from support.tiny_dataset import build_tiny_dataset
 
-from animatex_train.data.datamodule import DataConfigError, DatasetSource, VideoDataModule
+from animatex_train.data.loading.datamodule import DataConfigError, DatasetSource, VideoDataModule
 
 
 def _module(manifest, workers: int) -> VideoDataModule:

@@ -183,11 +183,15 @@ def test_eta_changes_the_result_only_through_step_noise(diffusion: GaussianDiffu
     assert (out_1 - x0).abs().max().item() < 0.3
 
 
-def test_progress_bar_runs(diffusion: GaussianDiffusion, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_counts_every_step_and_changes_nothing(diffusion: GaussianDiffusion,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     sampler = DDIMSampler(diffusion, SamplerConfig(num_steps=2, guidance_scale=1.0))
-    out = sampler.sample(lambda xt, t: xt, None, SHAPE, torch.Generator().manual_seed(0), progress=True)
-    assert out.shape == SHAPE
-    assert "DDIM" in capsys.readouterr().err
+    quiet = sampler.sample(lambda xt, t: xt, None, SHAPE, torch.Generator().manual_seed(0))
+    capsys.readouterr()
+    shown = sampler.sample(lambda xt, t: xt, None, SHAPE, torch.Generator().manual_seed(0), progress=True)
+    assert torch.equal(shown, quiet)
+    out = capsys.readouterr().out  # rich's console: one final line in a non-TTY, no control codes
+    assert [line.split()[0] for line in out.splitlines()] == ["DDIM"] and "100%" in out and "\x1b" not in out, out
 
 
 def _diffusers_scheduler(diffusion: GaussianDiffusion, spacing: str, alpha_to_one: bool) -> DDIMScheduler:

@@ -1,4 +1,4 @@
-"""Noise schedule numbers against the spec and the closed form; official DDIM timestep grid."""
+"""Noise schedule numbers against the official release (docs/official_release.md §4) and the closed form; DDIM grid."""
 
 from __future__ import annotations
 

@@ -62,14 +62,14 @@ def test_decode_shape_and_range(vae: FrozenVAE) -> None:
 def test_scale_round_trip(vae: FrozenVAE) -> None:
     raw = torch.randn(2, 4, 8, 6)
     assert vae.scale_factor == 0.18215
-    torch.testing.assert_close(vae.to_model_latents(raw), raw * 0.18215)
-    torch.testing.assert_close(vae.from_model_latents(vae.to_model_latents(raw)), raw)
+    torch.testing.assert_close(vae.config.to_model_latents(raw), raw * 0.18215)
+    torch.testing.assert_close(vae.config.from_model_latents(vae.config.to_model_latents(raw)), raw)
 
 
 def test_decode_takes_model_space_latents(vae: FrozenVAE) -> None:
     raw = torch.randn(2, 4, 4, 3)
     expected = vae.model.decode(raw).sample.clamp(-1, 1)
-    torch.testing.assert_close(vae.decode(vae.to_model_latents(raw)), expected)
+    torch.testing.assert_close(vae.decode(vae.config.to_model_latents(raw)), expected)
 
 
 def test_sample_posterior_follows_generator() -> None:

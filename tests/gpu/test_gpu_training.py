@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from support.tiny_dataset import build_tiny_dataset, fit_args, fit_env, run_fit
 
-from animatex_train.data.datamodule import DatasetSource, VideoDataModule
+from animatex_train.data.loading.datamodule import DatasetSource, VideoDataModule
 from animatex_train.training.export import export_weights
 
 pytestmark = pytest.mark.gpu

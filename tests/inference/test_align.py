@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from support.poses import person, with_points
 
-from animatex_train.data.keypoints import BODY, MISSING, PoseSequence, visible
-from animatex_train.data.pose_realign import JOINT_PARENT, validate_pose
+from animatex_train.data.format.keypoints import BODY, MISSING, PoseSequence, visible
+from animatex_train.data.pose.skeleton import JOINT_PARENT, validate_pose
 from animatex_train.inference.align import LINEAR_JOINTS, align_poses, fallback_mode, preview_alignment
 from animatex_train.inference.align_bones import MUSEPOSE_SCALES, UNIANIMATE_BONES
 

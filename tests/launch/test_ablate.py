@@ -13,7 +13,7 @@ import yaml
 from support.tiny_dataset import REPO_ROOT as REPO
 from support.tiny_dataset import TINY_RECIPE, build_tiny_dataset
 
-from animatex_train.data.anchor_pool import anchor_pool_main
+from animatex_train.data.epi.anchor_pool import anchor_pool_main
 from animatex_train.launch import local_campaign
 from animatex_train.launch.ablate import ablate_main
 from animatex_train.launch.campaign import BY_NAME, CAMPAIGN, CampaignError
@@ -138,9 +138,9 @@ def test_missing_data_builds_the_embedded_dataset_once(tmp_path, monkeypatch):
         built.append((videos_dir, data_dir))
         return 0
 
-    import animatex_train.demo as demo
+    import animatex_train.embedded_dataset as embedded
 
-    monkeypatch.setattr(demo, "build_embedded_dataset", fake_build)
+    monkeypatch.setattr(embedded, "build_embedded_dataset", fake_build)
     monkeypatch.chdir(tmp_path)  # the tiny recipe's demo_run/data/... does not exist here
     out, console = tmp_path / "out", local_campaign.Console()
     overrides = local_campaign.data_overrides([str(TINY_RECIPE)], [], out, console)

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from animatex_train.data.anchor_pool import AnchorPool
-from animatex_train.data.epi import EPI_ABLATIONS, EPIConfig, EPITransform, epi_config_for_ablation
-from animatex_train.data.epi_preview import demo_pose_sequence
-from animatex_train.data.keypoints import visible
+from animatex_train.data.epi.anchor_pool import AnchorPool
+from animatex_train.data.epi.preview import demo_pose_sequence
+from animatex_train.data.epi.transform import EPIConfig, EPITransform
+from animatex_train.data.format.keypoints import visible
 from animatex_train.launch.campaign import ABLATIONS_DIR, BY_NAME, CAMPAIGN, flatten, overlay_changes
 from animatex_train.models.flops import count_forward_flops
 from animatex_train.models.pose_indicator.implicit import KeypointEncoder
@@ -68,7 +68,6 @@ def spatial_transformers(name: str | None) -> list[SpatialTransformer]:
 def test_every_ablation_has_an_overlay_and_every_overlay_is_an_ablation():
     files = {p.stem for p in ABLATIONS_DIR.glob("*.yaml")}
     assert files == set(BY_NAME) and len(CAMPAIGN) == 19
-    assert set(EPI_ABLATIONS) <= set(BY_NAME)  # the data module's named EPI ablations are all in the campaign
 
 
 @pytest.mark.parametrize("ablation", CAMPAIGN, ids=lambda a: a.name)
@@ -133,9 +132,14 @@ def test_kv_q_reads_keys_and_values_from_the_keypoint_tokens():
     assert _key_value_tokens("kv_q") == built("kv_q").model.config.denoiser.ipi.num_query_tokens > 1
 
 
-@pytest.mark.parametrize("name", sorted(EPI_ABLATIONS))
-def test_epi_overlay_is_the_data_modules_named_ablation(name):
-    assert built(name).datamodule.epi == epi_config_for_ablation(name)
+EPI_OVERLAYS = sorted(a.name for a in CAMPAIGN if any(key.startswith("data.epi.") for key in overlay_changes(a)))
+
+
+@pytest.mark.parametrize("name", EPI_OVERLAYS)
+def test_epi_overlay_reads_the_same_through_the_cli_and_the_preview(name):
+    """``epi-preview --config <overlay>`` shows the transform the CLI builds for a run with that overlay."""
+    assert len(EPI_OVERLAYS) == 13  # w/o EPI, Realign, Rescale, Add, Drop, BS, NF, AL and five lambdas
+    assert built(name).datamodule.epi == EPIConfig.from_recipe(BY_NAME[name].overlay())
     assert built(name).model.config.denoiser == built(None).model.config.denoiser
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from animatex_train.data.keypoints import MISSING
+from animatex_train.data.format.keypoints import MISSING
 from animatex_train.preprocess.pose.dwpose import DWPoseEstimator, execution_providers
 from animatex_train.preprocess.pose.dwpose_ops import first_person_box, letterbox
 from animatex_train.preprocess.pose.tiny_dwpose import detector_output, tiny_pose_keypoints, write_tiny_dwpose

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from animatex_train.data.manifest import DatasetManifest, ManifestError, ShardEntry
+from animatex_train.data.format.manifest import DatasetManifest, ManifestError, ShardEntry
 from animatex_train.preprocess.cli import _normalise_flags, prepare_main
 from animatex_train.preprocess.journal import JournalError, RankJournal, read_journal
 from animatex_train.preprocess.rejects import Reject

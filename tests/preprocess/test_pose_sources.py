@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from animatex_train.data.keypoints import MISSING
-from animatex_train.data.manifest import DatasetManifest
-from animatex_train.data.schema import decode_clip
+from animatex_train.data.format.keypoints import MISSING
+from animatex_train.data.format.manifest import DatasetManifest
+from animatex_train.data.format.schema import decode_clip
 from animatex_train.preprocess.cli import prepare_dataset
 from animatex_train.preprocess.pose.blazepose import blazepose_to_packed
 from animatex_train.preprocess.pose.importers import load_official_pkl

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from animatex_train.data.keypoints import PoseSequence
-from animatex_train.data.manifest import DatasetManifest, ManifestError
-from animatex_train.data.schema import decode_clip
+from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.format.manifest import DatasetManifest, ManifestError
+from animatex_train.data.format.schema import decode_clip
 from animatex_train.preprocess.cli import prepare_dataset
 from animatex_train.preprocess.encode import ClipEncoder, jpeg_bytes
 from animatex_train.preprocess.pose.dwpose import DWPoseEstimator

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from animatex_train.data.manifest import DatasetManifest
+from animatex_train.data.format.manifest import DatasetManifest
 from animatex_train.preprocess.cli import prepare_dataset, prepare_main
 from animatex_train.preprocess.merge import MergeError, merge_dataset
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, PoseSequence
-from animatex_train.data.pose_realign import JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
+from animatex_train.data.format.keypoints import BODY, PoseSequence
+from animatex_train.data.pose.skeleton import JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
 
 # Bone vectors (parent -> joint) in pixels of a 768-high frame for a standing person; the neck is the root.
 _BASE = {

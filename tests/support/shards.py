@@ -9,9 +9,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from animatex_train.data.epoch_plan import DataIndex, ShardInfo
-from animatex_train.data.keypoints import PoseSequence
-from animatex_train.data.schema import ClipMeta, ClipRecord, encode_clip
+from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.format.schema import ClipMeta, ClipRecord, encode_clip
+from animatex_train.data.loading.epoch_plan import DataIndex, ShardInfo
 
 
 def make_record(video: str, clip: int, frames: int = 6, size: tuple[int, int] = (32, 32), clip_dim: int = 8,

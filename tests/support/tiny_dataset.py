@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from animatex_train.data.manifest import DatasetManifest, ShardEntry
-from animatex_train.data.schema import SCHEMA_VERSION
+from animatex_train.data.format.manifest import DatasetManifest, ShardEntry
+from animatex_train.data.format.schema import SCHEMA_VERSION
 from support.shards import write_shards
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,8 @@ import lightning.pytorch as pl
 from strategy_probe import RunProbe
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from animatex_train.data.batch import Batch
-from animatex_train.data.datamodule import DatasetSource, VideoDataModule
+from animatex_train.data.loading.batch import Batch
+from animatex_train.data.loading.datamodule import DatasetSource, VideoDataModule
 from animatex_train.training.lightning_cli import AnimateXCLI
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "debug" / "tiny_cpu.yaml"

@@ -1,4 +1,4 @@
-"""Crash safety of checkpoints (RELIABILITY.md F4, F9): SIGKILL during a write, and damaged checkpoints.
+"""Crash safety of checkpoints (docs/reliability.md §4): SIGKILL during a write, and damaged checkpoints.
 
 * 20 SIGKILLs at random moments of a loop that commits through the real commit functions (``commit_loop.py``):
   resume never picks an incomplete checkpoint and always picks the newest complete one.

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from support.shards import write_shards
 
-from animatex_train.data.manifest import DatasetManifest, ShardEntry
+from animatex_train.data.format.manifest import DatasetManifest, ShardEntry
 from animatex_train.training.checkpoint import find_resume_checkpoint
 from animatex_train.training.ledger import read_ledger
 

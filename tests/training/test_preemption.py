@@ -1,4 +1,4 @@
-"""Preemption (RELIABILITY.md F5/F6, G5): a signal -> one checkpoint at the next step boundary -> one
+"""Preemption (docs/reliability.md §4): a signal -> one checkpoint at the next step boundary -> one
 ``scontrol requeue`` -> every rank exits; the rerun resumes from that checkpoint.
 
 The 2-rank runs are started the way ``srun`` starts them (``SLURM_PROCID``, ``SLURM_NTASKS``, ...), with a fake

@@ -196,7 +196,7 @@ def test_zero_checkpoint_export_equals_gathered_fp32_weights(runs, name, tmp_pat
 def test_precision_plugins_leave_the_batch_as_the_loader_made_it(precision):
     """Lightning's DeepSpeed and FSDP precisions would cast the whole batch to their input dtype (DDP's never does):
     posterior, CLIP features and keypoints would then differ by strategy. Ours pass a ``Batch`` through unchanged."""
-    from animatex_train.data.batch import allocate_batch
+    from animatex_train.data.loading.batch import allocate_batch
     from animatex_train.training.strategy import _DeepSpeedBatchAsLoaded, _FSDPNormClipping
 
     batch = allocate_batch(2, 3, (16, 16), clip_dim=8)

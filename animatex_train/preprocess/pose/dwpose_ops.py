@@ -1,4 +1,4 @@
-"""DWPose pre- and post-processing, re-implemented from the official Animate-X ``dwpose/`` (spec section 7).
+"""DWPose pre- and post-processing, re-implemented from Animate-X's official ``dwpose/`` (docs/official_release.md §7).
 
 Pure numpy/OpenCV, no model: YOLOX letterbox and box decoding, the top-down affine person crop, SimCC
 decoding, and the Animate-X post-processing (first person only, neck insertion, OpenPose-18 order, foot
@@ -19,7 +19,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS, POINT_SLICES
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS, POINT_SLICES
 
 NUM_WHOLEBODY = 133  # COCO-WholeBody: 17 body, 6 feet, 68 face, 2 x 21 hands
 DET_SCORE_THRESHOLD = 0.3  # official: NMS at 0.1, then boxes with score > 0.3 and class 0 (person)

@@ -1,13 +1,13 @@
 """Keypoints computed elsewhere: the official Animate-X ``.pkl`` files, and ``<stem>.pose.npy`` sidecars.
 
-The official ``process_data.py`` pickles one dict per video (spec section 7): ``bodies`` ``(T, 18, 2)``,
+The official ``process_data.py`` pickles one dict per video (docs/official_release.md §7): ``bodies`` ``(T, 18, 2)``,
 ``body_indices`` ``(T, 18)``, ``faces`` ``(T, 68, 2)``, ``hands`` ``(T, 2, 21, 2)`` (normalised, -1 =
 missing), ``size`` ``(H, W, 3)`` and ``fps``. A pickle can run arbitrary code when loaded, and these files
 come from outside, so they are read with ``SafeKeypointUnpickler``: it resolves only the numpy globals
-that rebuild plain arrays and refuses everything else before it can be called (RELIABILITY.md 3.1).
+that rebuild plain arrays and refuses everything else before it can be called (docs/reliability.md §3.1).
 
 A sidecar is ``(T, 130, 2)`` (or ``(T, 62, 2)`` without a face) float32 in the packed format of
-``data/keypoints.py``, normalised to the video's frames, read with ``allow_pickle=False``. The optional
+``data/format/keypoints.py``, normalised to the video's frames, read with ``allow_pickle=False``. The optional
 ``<stem>.pose.json`` next to it (written by ``--stages pose``) lists the frames it covers and what made it.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from animatex_train.data.keypoints import MISSING, NUM_POINTS, KeypointError, validate_coordinates
+from animatex_train.data.format.keypoints import MISSING, NUM_POINTS, KeypointError, validate_coordinates
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.inputs import VideoSource
 from animatex_train.preprocess.pose.base import SourcePoses, drop_outside_frame, pack_parts

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, NUM_BODY, NUM_HAND_POINTS
-from animatex_train.data.synthetic_characters import BodyProportions
+from animatex_train.data.format.keypoints import BODY, NUM_BODY, NUM_HAND_POINTS
+from animatex_train.data.synthetic.characters import BodyProportions
 
 SIDE_SIGNS = (1.0, -1.0)  # left, right: the order of hands and feet in ``PoseSequence``
 # Every position is rounded to 1/64 px: it makes the last-ulp differences of sin/cos between CPUs and libm

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from animatex_train.data.anchor_pool import AnchorPool
-from animatex_train.data.epi import EPIConfig, EPITransform
-from animatex_train.data.epoch_plan import DataIndex, Layout, ShardInfo, batches_per_rank
-from animatex_train.data.loader import ShardStreamLoader
-from animatex_train.data.manifest import DatasetManifest
-from animatex_train.data.sample_assembly import WindowConfig
-from animatex_train.data.schema import SampleError, decode_clip
-from animatex_train.data.shard_reader import iter_samples
-from animatex_train.data.stream import ShardStream, StreamSettings
+from animatex_train.data.epi.anchor_pool import AnchorPool
+from animatex_train.data.epi.transform import EPIConfig, EPITransform
+from animatex_train.data.format.manifest import DatasetManifest
+from animatex_train.data.format.schema import SampleError, decode_clip
+from animatex_train.data.format.shard_reader import iter_samples
+from animatex_train.data.loading.epoch_plan import DataIndex, Layout, ShardInfo, batches_per_rank
+from animatex_train.data.loading.loader import ShardStreamLoader
+from animatex_train.data.loading.sample_assembly import WindowConfig
+from animatex_train.data.loading.stream import ShardStream, StreamSettings
 
 log = logging.getLogger(__name__)
 

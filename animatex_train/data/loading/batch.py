@@ -1,9 +1,10 @@
 """The training batch: the one place where the loader's keys, dtypes and shapes are spelled.
 
 The loader assembles one ``Batch`` per step inside its worker processes: ``allocate_batch`` creates the
-batch's tensors up front, as views of one flat buffer (shared memory inside a worker), and each sample is
-written straight into its row, so no per-sample tensor is stacked or copied again and handing the batch to
-the main process passes one file descriptor. The system moves it to the device and turns it into the
+batch's tensors up front, as views of one flat buffer (shared memory inside a worker, as DataLoader's default
+collate allocates), and each sample is written straight into its row, so no per-sample tensor is stacked or
+copied again. DataLoader's own transport hands it to the main process; all fields share one storage, so the
+pickle carries one file descriptor. The system moves it to the device and turns it into the
 denoiser's conditions; three steps of the sample are done there, where they are free: the posterior draw of
 the latents (``sample_posterior``), putting the pose-label crops back into whole images (``pose_labels``) and
 their palette lookup to RGB (``pose_images``).
@@ -21,11 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from animatex_train.data import batch_ring
-from animatex_train.data.batch_ring import RingRef, WorkerSlots
-from animatex_train.data.keypoints import NUM_BODY
-from animatex_train.data.pose_render import POSE_PALETTE
-from animatex_train.data.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE
+from animatex_train.data.format.keypoints import NUM_BODY
+from animatex_train.data.format.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE
+from animatex_train.data.pose.render import POSE_PALETTE
 
 # (3, 256) uint8: channel c of label l is _PALETTE_T[c, l]; per-device copies are cached (768 bytes each).
 _PALETTE_T = torch.from_numpy(POSE_PALETTE.T.copy())
@@ -159,44 +158,13 @@ class Batch:
             values[f.name] = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else sum(parts, [])
         return Batch(**values)
 
-    def _intact_packing(self) -> tuple[torch.Tensor, _Layout] | None:
-        """The flat buffer and layout of a batch from ``allocate_batch`` whose fields are still its views."""
-        packed = getattr(self, "_packed", None)
-        if packed is not None and all(_same_view(getattr(self, n), v) for n, v in _views(*packed).items()):
-            return packed
-        return None
-
-    def __reduce__(self):
-        """Pickle a batch from ``allocate_batch`` as its one flat buffer (one shared-memory handle to pass), or,
-        in a worker's reused slot (``batch_ring``), as the slot's reference."""
-        packed = self._intact_packing()
-        if packed is not None:
-            ring = getattr(self, "_ring", None)
-            if ring is not None:
-                return _unpack_from_ring, (self.keys, packed[1], ring)
-            return _unpack, (self.keys, *packed)
-        return _rebuild, tuple(getattr(self, f.name) for f in fields(self))
-
     def pin_memory(self) -> Batch:
-        """Called by ``DataLoader(pin_memory=True)``: one pinned copy of the flat buffer when there is one (none
-        when it was received into pinned memory already)."""
-        packed = self._intact_packing()
-        if packed is not None:
-            if packed[0].is_pinned():
-                return self
-            return _unpack(self.keys, packed[0].pin_memory(), packed[1])
+        """Called by ``DataLoader(pin_memory=True)``: the batch with every tensor in pinned memory."""
         return Batch(**{f.name: _pin(getattr(self, f.name)) for f in fields(self)})
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """The batch on ``device``: one copy of the flat buffer when there is one, else field by field."""
-        packed = self._intact_packing()
-        if packed is not None:
-            return _unpack(self.keys, packed[0].to(device, non_blocking=non_blocking), packed[1])
+        """The batch on ``device`` (Lightning calls this to move it)."""
         return Batch(**{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self)})
-
-
-def _unpack_from_ring(keys: list[str], layout: _Layout, ring: RingRef) -> Batch:
-    return _unpack(keys, batch_ring.receive(ring), layout)
 
 
 def _crop_spans(boxes: torch.Tensor) -> list[tuple[int, int]]:
@@ -207,16 +175,6 @@ def _crop_spans(boxes: torch.Tensor) -> list[tuple[int, int]]:
         spans.append((start, start + area))
         start += area
     return spans
-
-
-def _rebuild(*values) -> Batch:
-    return Batch(*values)
-
-
-def _same_view(value: object, view: torch.Tensor) -> bool:
-    """Whether a field still is the buffer view it was allocated as (not replaced since)."""
-    return (isinstance(value, torch.Tensor) and value.data_ptr() == view.data_ptr() and value.dtype == view.dtype
-            and value.shape == view.shape and value.stride() == view.stride())  # fmt: skip
 
 
 def _pin(value):
@@ -238,7 +196,8 @@ def _zeros(nbytes: int, shared: bool) -> torch.Tensor:
     # is a newly created shared-memory object, which POSIX fills with zeros (torch also fallocates it, so its
     # pages are materialised here, not left for the consumer's page faults); placeholder rows and the undrawn
     # pose background rely on that, and a second zeroing pass would only cost time.
-    return batch_ring.shared_segment(nbytes)
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
 
 
 _Layout = tuple[tuple[str, torch.dtype, tuple[int, ...], int], ...]  # (field, dtype, shape, byte offset)
@@ -251,20 +210,13 @@ def _views(flat: torch.Tensor, layout: _Layout) -> dict[str, torch.Tensor]:
     }
 
 
-def _unpack(keys: list[str], flat: torch.Tensor, layout: _Layout) -> Batch:
-    batch = Batch(keys=keys, **_views(flat, layout))
-    batch._packed = (flat, layout)
-    return batch
-
-
 def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int], clip_dim: int,
-                   shared: bool = False, pose_boxes: Sequence[np.ndarray | None] | None = None,
-                   slots: WorkerSlots | None = None) -> Batch:  # fmt: skip
+                   shared: bool = False, pose_boxes: Sequence[np.ndarray | None] | None = None) -> Batch:  # fmt: skip
     """A ``Batch`` of placeholder rows (zeros, missing keypoints, ``valid`` False) to be filled in place.
 
     All its tensors are views of one flat byte buffer, so handing the batch from a worker to the main process
-    passes one file descriptor, not one per tensor: each descriptor costs an authenticated connection to the
-    worker's resource-sharer thread, about 1-2 ms, paid while the training step waits in ``next()``.
+    passes one file descriptor, not one per tensor (the pickler sends a shared storage once): each descriptor
+    costs an authenticated connection to the worker's resource-sharer thread, about 1-2 ms.
 
     Args:
         batch_size: rows ``b``.
@@ -274,7 +226,6 @@ def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int]
         shared: allocate in shared memory (inside a loader worker process).
         pose_boxes: per row the ``(f + 1, 4)`` pose-label boxes it will draw (``pose_render.pose_label_boxes``),
             or None for a row that stays a placeholder (blank frames); None: every row blank.
-        slots: the worker's reused shared-memory slots (``batch_ring``) to allocate from (``shared`` implied).
     """
     b, f, (height, width) = batch_size, num_frames, image_size
     h, w = height // VAE_DOWNSAMPLE, width // VAE_DOWNSAMPLE
@@ -299,14 +250,7 @@ def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int]
     for name, dtype, shape in fields_:
         layout.append((name, dtype, shape, offset))
         offset += -(-dtype.itemsize * math.prod(shape) // _ALIGN) * _ALIGN
-    if slots is not None:
-        flat, ring = slots.acquire(offset)
-        if ring is not None:
-            flat.zero_()  # a reused slot holds an earlier batch; pages are mapped, so this is a plain memset
-    else:
-        flat, ring = _zeros(offset, shared), None
-    batch = _unpack([""] * b, flat, tuple(layout))
-    batch._ring = ring
+    batch = Batch(keys=[""] * b, **_views(_zeros(offset, shared), tuple(layout)))
     batch.ipi_keypoints.fill_(-1.0)
     batch.pose_boxes.copy_(torch.from_numpy(boxes))
     return batch

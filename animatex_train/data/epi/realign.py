@@ -1,9 +1,11 @@
-"""Pose realignment (EPI step 3, spec section 3): keep a driving clip's motion, give it an anchor's body shape.
+"""Pose realignment (EPI step 3): keep a driving clip's motion, give it an anchor's body shape.
+
+Paper section 3.3; how the official sources relate: ``docs/official_release.md`` §3.
 
 The skeleton is the tree of the 19 drawn limbs over the 20 body-and-feet joints (OpenPose-18 + toes), rooted at
 the neck. Every bone is named by its child joint. Hands hang from their wrists and the face from the nose.
 
-Realignment follows the idea of UniAnimate's ``run_align_pose.py`` (reimplemented; spec section 3):
+Realignment follows the idea of UniAnimate's ``run_align_pose.py`` (reimplemented; docs/official_release.md §3):
 
 1. Per-bone ratios = anchor bone length / driving bone length, the driving length measured on the first frame
    where both ends of that bone are visible. All 19 bones are covered (neck, torso, shoulders, arms, legs, head,
@@ -29,70 +31,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from animatex_train.data.keypoints import (
+from animatex_train.data.format.keypoints import (
     BODY,
     MISSING,
     NUM_BODY,
     NUM_FACE,
-    NUM_FEET,
-    NUM_HAND_POINTS,
-    NUM_HANDS,
     KeypointError,
     PoseSequence,
-    validate_coordinates,
     visible,
 )  # fmt: skip
-
-NUM_JOINTS = NUM_BODY + NUM_FEET
-ROOT = BODY["neck"]
-LEFT_TOES, RIGHT_TOES = NUM_BODY, NUM_BODY + 1
-# Parent of every body-and-feet joint (-1 for the root); bone ``c`` is the limb parent(c) -> c.
-JOINT_PARENT: tuple[int, ...] = (
-    BODY["neck"], -1,
-    BODY["neck"], BODY["right_shoulder"], BODY["right_elbow"],
-    BODY["neck"], BODY["left_shoulder"], BODY["left_elbow"],
-    BODY["neck"], BODY["right_hip"], BODY["right_knee"],
-    BODY["neck"], BODY["left_hip"], BODY["left_knee"],
-    BODY["nose"], BODY["nose"], BODY["right_eye"], BODY["left_eye"],
-    BODY["left_ankle"], BODY["right_ankle"],
-)  # fmt: skip
-BONES: tuple[int, ...] = tuple(j for j in range(NUM_JOINTS) if JOINT_PARENT[j] >= 0)
-HEAD_BONES: tuple[int, ...] = (BODY["right_eye"], BODY["left_eye"], BODY["right_ear"], BODY["left_ear"])
-# Hand h of ``PoseSequence.hands`` (0 = left, 1 = right) hangs from this wrist.
-HAND_WRIST: tuple[int, int] = (BODY["left_wrist"], BODY["right_wrist"])
-FACE_ROOT = BODY["nose"]
-
-
-def _ancestors(joint: int) -> tuple[int, ...]:
-    chain = []
-    while JOINT_PARENT[joint] >= 0:
-        joint = JOINT_PARENT[joint]
-        chain.append(joint)
-    return tuple(chain)
-
-
-ANCESTORS: tuple[tuple[int, ...], ...] = tuple(_ancestors(j) for j in range(NUM_JOINTS))
-# Parents before children, so a rebuilt parent is always available.
-TOPOLOGICAL_ORDER: tuple[int, ...] = tuple(sorted(range(NUM_JOINTS), key=lambda j: len(ANCESTORS[j])))
-
-
-def validate_pose(pose: PoseSequence, name: str) -> None:
-    """Raise ``KeypointError`` naming ``name`` if ``pose`` has wrong shapes, NaNs or coordinates outside [0, 1]."""
-    if not isinstance(pose, PoseSequence):
-        raise KeypointError(f"{name}: expected a PoseSequence, got {type(pose).__name__}")
-    t = pose.body.shape[0] if np.ndim(pose.body) == 3 else -1
-    expected = {"body": (t, NUM_BODY, 2), "feet": (t, NUM_FEET, 2), "hands": (t, NUM_HANDS, NUM_HAND_POINTS, 2)}
-    if pose.face is not None:
-        expected["face"] = (t, NUM_FACE, 2)
-    for part, shape in expected.items():
-        array = getattr(pose, part)
-        if t < 1 or not isinstance(array, np.ndarray) or array.shape != shape:
-            got = tuple(np.shape(array))
-            raise KeypointError(f"{name}: {part} keypoints must have shape {shape} with at least one frame, got {got}")
-        validate_coordinates(array, f"{name} {part}")
-    height, width = pose.frame_size
-    if height < 1 or width < 1:
-        raise KeypointError(f"{name}: frame_size must be a positive (height, width), got {pose.frame_size}")
+from animatex_train.data.pose.skeleton import (
+    ANCESTORS,
+    BONES,
+    FACE_ROOT,
+    HAND_WRIST,
+    HEAD_BONES,
+    JOINT_PARENT,
+    NUM_JOINTS,
+    ROOT,
+    TOPOLOGICAL_ORDER,
+    validate_pose,
+)
 
 
 @dataclass
@@ -384,38 +343,7 @@ def _root_motion_scale(pose: PixelPose, target: PixelPose, config: RealignConfig
     return np.clip(result, 1.0 / config.max_bone_ratio, config.max_bone_ratio)
 
 
-def retarget_to_reference(
-    driving: PoseSequence, reference_pose: PoseSequence, config: RealignConfig | None = None
-) -> PoseSequence:
-    """Inference: align a driving clip to the pose of a reference character image (its frame and body shape).
-
-    This is the step users of the official code do by hand with UniAnimate's ``run_align_pose.py``. The output is
-    expressed in the reference image's frame, so it can be drawn at the generated video's resolution.
-
-    Args:
-        driving: the driving clip's keypoints.
-        reference_pose: keypoints of the reference image (frame 0 is used).
-        config: realignment settings.
-
-    Raises:
-        KeypointError: bad keypoints, a reference pose without a visible neck, or a driving clip whose neck is
-            never visible.
-    """
-    validate_pose(reference_pose, "reference pose")
-    if not visible(reference_pose.body[0, ROOT]):
-        raise KeypointError(
-            "reference pose: the neck is not visible in the reference image's pose; the driving clip is aligned "
-            "at the neck, so use a reference image that shows the shoulders"
-        )
-    if not visible(driving.body[:, ROOT]).any():
-        raise KeypointError("driving pose: the neck is not visible in any frame, so it cannot be retargeted")
-    return realign_to_anchor(
-        driving, reference_pose, config, output_frame_size=reference_pose.frame_size, name="driving pose"
-    )
-
-
 __all__ = [
-    "ANCESTORS", "BONES", "FACE_ROOT", "HAND_WRIST", "HEAD_BONES", "JOINT_PARENT", "NUM_JOINTS", "ROOT",
     "PixelPose", "RealignConfig", "bone_vectors", "first_visible_bone_lengths", "interpolated_root",
-    "realign_to_anchor", "retarget_to_reference", "scale_bones", "validate_pose",
+    "realign_to_anchor", "scale_bones",
 ]  # fmt: skip

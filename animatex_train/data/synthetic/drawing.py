@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import BODY
-from animatex_train.data.synthetic_characters import GRADIENT_DARKEST, CharacterLook, Colour, Fill
-from animatex_train.data.synthetic_motion import PosedCharacter
+from animatex_train.data.format.keypoints import BODY
+from animatex_train.data.synthetic.characters import GRADIENT_DARKEST, CharacterLook, Colour, Fill
+from animatex_train.data.synthetic.motion import PosedCharacter
 
 _SHIFT = 4  # OpenCV fixed-point bits: shapes are placed at 1/16 px, so slow motion stays smooth
 _EYE_WHITE: Colour = (248, 248, 246)

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from animatex_train.data.anchor_pool import AnchorPool, AnchorPoolError, expand_shard_paths, iter_shard_poses
-from animatex_train.data.epi import EPIConfig, epi_config_for_ablation, run_epi_plan, sample_epi_plan
-from animatex_train.data.keypoints import BODY, MISSING, NUM_FACE, KeypointError, PoseSequence
-from animatex_train.data.pose_realign import ANCESTORS, HAND_WRIST, JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
-from animatex_train.data.pose_render import render_pose
+from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError, expand_shard_paths, iter_shard_poses
+from animatex_train.data.epi.transform import EPIConfig, run_epi_plan, sample_epi_plan
+from animatex_train.data.format.keypoints import BODY, MISSING, NUM_FACE, KeypointError, PoseSequence
+from animatex_train.data.pose.render import render_pose
+from animatex_train.data.pose.skeleton import ANCESTORS, HAND_WRIST, JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
 
 STAGES = ("original", "realigned", "rescaled")
 HEADER_PX = 24
@@ -193,12 +193,13 @@ def epi_preview_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=4, help="rows")
     parser.add_argument("--frames-per-sample", type=int, default=3, help="frames per stage")
     parser.add_argument("--tile-size", type=int, nargs=2, default=[384, 256], metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--ablation", default="full", help="EPI config by ablation name (epi.EPI_ABLATIONS)")
+    parser.add_argument("--config", help="recipe or overlay whose data.epi values to use, e.g. "
+                        "recipes/ablations/wo_add.yaml (default: the EPI defaults)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epoch", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        config = epi_config_for_ablation(args.ablation)
+        config = EPIConfig.from_recipe(args.config) if args.config else EPIConfig()
         if args.demo:
             poses = [demo_pose_sequence(48, seed=1000 + i) for i in range(args.num_samples)]
         else:

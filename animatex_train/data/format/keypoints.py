@@ -1,6 +1,6 @@
 """The keypoint format: the one place where the layout of a person's pose keypoints is spelled.
 
-A pose is what DWPose's official post-processing produces (spec section 7): the OpenPose-18 body,
+A pose is what DWPose's official post-processing produces (docs/official_release.md §7): the OpenPose-18 body,
 two foot points (the midpoint of each foot's big and small toe), two 21-point hands and an
 optional 68-point face. Coordinates are normalised, ``x / width`` and ``y / height`` of the source
 frame, so they lie in [0, 1]; a missing point is ``(-1, -1)`` in both coordinates (DWPose's score

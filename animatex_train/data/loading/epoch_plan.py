@@ -2,7 +2,7 @@
 
 The plan is computed from the dataset manifests alone (no data is read), from ``(seed, epoch)`` and the
 loader layout (world size, workers per rank, batch size, shuffle-buffer size). That is what makes a
-resume exact (RELIABILITY.md section 4, "data position"): a checkpoint stores how many batches each rank
+resume exact (docs/reliability.md §4, "data position"): a checkpoint stores how many batches each rank
 consumed, and the same plan is rebuilt and continued. WebDataset's own resampling cannot do this.
 
 Construction of epoch ``e``:
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -230,7 +230,3 @@ def batches_per_rank(index: DataIndex, epoch: int, min_frames: int, history: lis
     """Batches every rank yields in the current part of the epoch (equal on all ranks)."""
     streams = plan_epoch(index, epoch, min_frames, history, layout)
     return layout.workers * len(streams[0].batches) if streams else 0
-
-
-def layout_dict(layout: Layout) -> dict:
-    return asdict(layout)

@@ -1,4 +1,4 @@
-"""The explicit pose indicator's training-time pose transform (EPI, spec section 3): realign, then rescale.
+"""The explicit pose indicator's training-time pose transform (EPI, docs/official_release.md §3): realign, then rescale.
 
 With probability lambda (``apply_prob``) a driving clip is realigned to an anchor drawn from the pose pool and then
 edited by one random combination from the rescale pool; otherwise it is left as it is. EPI runs on keypoints,
@@ -15,14 +15,17 @@ import hashlib
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from animatex_train.data.anchor_pool import AnchorPool, AnchorPoolError
-from animatex_train.data.keypoints import PoseSequence
-from animatex_train.data.pose_realign import RealignConfig, realign_to_anchor, validate_pose
-from animatex_train.data.pose_rescale import RescaleConfig, RescalePlan, apply_rescale_plan, sample_rescale_plan
+from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError
+from animatex_train.data.epi.realign import RealignConfig, realign_to_anchor
+from animatex_train.data.epi.rescale import RescaleConfig, RescalePlan, apply_rescale_plan, sample_rescale_plan
+from animatex_train.data.format.keypoints import PoseSequence, concat_poses
+from animatex_train.data.pose.skeleton import validate_pose
 
 
 @dataclass(frozen=True)
@@ -46,15 +49,17 @@ class EPIConfig:
     realign: RealignConfig = field(default_factory=RealignConfig)
     rescale: RescaleConfig = field(default_factory=RescaleConfig)
     # Default False. EPI exists to simulate, during self-driven training, the misalignment between the reference
-    # image and the driving poses that appears at inference (spec section 3). At inference the reference pose is
-    # extracted from the reference image itself, so it always describes the reference character's own body,
-    # never the driving skeleton (spec section 7: ref_pose.jpg is the DWPose of the reference image). Transforming it
-    # with the driving poses would break that correspondence, which holds in every inference run, and would leave
-    # reference image, reference pose and driving poses all mutually misaligned, a situation inference never shows.
+    # image and the driving poses that appears at inference (docs/official_release.md §3). At inference the
+    # reference pose is extracted from the reference image itself, so it always describes the reference character's
+    # own body, never the driving skeleton (docs/official_release.md §7: ref_pose.jpg is the DWPose of the reference
+    # image). Transforming it with the driving poses would break that correspondence, which holds in every inference
+    # run, and would leave reference image, reference pose and driving poses all mutually misaligned, a situation
+    # inference never shows.
     # Keeping it untransformed makes training match inference: reference pose <-> reference image, and a driving
     # pose whose body shape differs from both.
     transform_reference_pose: bool = False
-    # Default False: the released inference feeds the implicit pose indicator raw driving keypoints (spec 1.4/3).
+    # Default False: the released inference feeds the implicit pose indicator raw driving keypoints
+    # (docs/official_release.md §1.4, §3).
     transform_ipi_keypoints: bool = False
 
     def __post_init__(self) -> None:
@@ -82,6 +87,16 @@ class EPIConfig:
         are accepted for tuple fields (YAML has no tuples). Unknown keys raise ``ValueError``."""
         return _replace(cls(), overrides, "EPIConfig")
 
+    @classmethod
+    def from_recipe(cls, path: str | Path) -> EPIConfig:
+        """The ``data.epi`` values of a recipe or overlay YAML (e.g. ``recipes/ablations/wo_add.yaml``, the one
+        place the paper's EPI ablations are written) over the defaults; a file without them gives the defaults."""
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        epi = (values.get("data") or {}).get("epi") or {} if isinstance(values, dict) else None
+        if not isinstance(epi, Mapping):
+            raise ValueError(f"{path}: data.epi must be a mapping of EPI settings, got {epi!r}")
+        return cls.from_overrides(epi)
+
 
 def _replace(config: Any, overrides: Mapping[str, Any], label: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(config)}
@@ -98,28 +113,6 @@ def _replace(config: Any, overrides: Mapping[str, Any], label: str) -> Any:
             value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
         changes[key] = value
     return dataclasses.replace(config, **changes)
-
-
-# Paper Table 5 / Table 6 ablations as config overrides (the lead turns these into recipe files).
-EPI_ABLATIONS: dict[str, dict[str, Any]] = {
-    "full": {},
-    "wo_epi": {"apply_prob": 0.0},
-    "wo_realign": {"enable_realign": False},
-    "wo_rescale": {"enable_rescale": False},
-    "wo_add": {"rescale": {"enable_add": False}},
-    "wo_drop": {"rescale": {"enable_drop": False}},
-    "wo_bs": {"rescale": {"enable_bs": False}},
-    "wo_nf": {"rescale": {"enable_nf": False}},
-    "wo_al": {"rescale": {"enable_al": False}},
-    **{f"lambda_{p}": {"apply_prob": p} for p in (1.0, 0.98, 0.95, 0.9, 0.8)},
-}
-
-
-def epi_config_for_ablation(name: str) -> EPIConfig:
-    """The config of a named ablation (``EPI_ABLATIONS``)."""
-    if name not in EPI_ABLATIONS:
-        raise ValueError(f"unknown EPI ablation {name!r}; known: {sorted(EPI_ABLATIONS)}")
-    return EPIConfig.from_overrides(EPI_ABLATIONS[name])
 
 
 def epi_rng(seed: int, epoch: int, sample_key: str) -> np.random.Generator:
@@ -251,8 +244,13 @@ class EPITransform:
         num_anchors = len(self.anchors) if self.anchors is not None else 0
         plan = sample_epi_plan(self.config, num_anchors, self.seed, epoch, sample_key)
         joint = reference_pose is not None and self.config.transform_reference_pose
+        if joint and reference_pose.frame_size != pose.frame_size:
+            raise ValueError(
+                f"{name}: reference pose frame size {reference_pose.frame_size} differs from the driving clip's "
+                f"{pose.frame_size}; data.epi.transform_reference_pose needs both from the same video"
+            )
         # The reference frames go after the driving frames so realignment measures on the driving clip.
-        clip = _concat(pose, reference_pose) if joint else pose
+        clip = concat_poses(pose, reference_pose) if joint else pose
         transformed = run_epi_plan(clip, plan, self.anchors, self.config, name)[1]
         driving = transformed.select(np.arange(pose.num_frames)) if joint else transformed
         reference = reference_pose
@@ -267,17 +265,7 @@ class EPITransform:
         )
 
 
-def _concat(first: PoseSequence, second: PoseSequence) -> PoseSequence:
-    if first.frame_size != second.frame_size:
-        raise ValueError(
-            f"reference pose frame size {second.frame_size} differs from the driving clip's {first.frame_size}; "
-            "transform_reference_pose needs both from the same video"
-        )
-    arrays = [first.to_array(), second.to_array()]
-    return PoseSequence.from_array(np.concatenate(arrays), first.frame_size, name="driving + reference pose")
-
-
 __all__ = [
-    "EPIConfig", "EPIOutput", "EPIPlan", "EPITransform", "EPI_ABLATIONS", "apply_epi", "epi_config_for_ablation",
+    "EPIConfig", "EPIOutput", "EPIPlan", "EPITransform", "apply_epi",
     "epi_rng", "run_epi_plan", "sample_epi_plan",
 ]  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from animatex_train.data.keypoints import NUM_POINTS, PoseSequence
+from animatex_train.data.format.keypoints import NUM_POINTS, PoseSequence
 
 SCHEMA_VERSION = 1
 VAE_DOWNSAMPLE = 8

@@ -13,24 +13,18 @@ worker would keep a stale copy of it).
 
 from __future__ import annotations
 
-import atexit
 import os
-import queue
 import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 
-import torch
 from torch.utils.data import DataLoader
 
-from animatex_train.data.batch import Batch
-from animatex_train.data.batch_ring import BatchRing
-from animatex_train.data.epoch_plan import Layout, PlanSegment, batches_per_rank
-from animatex_train.data.stream import ShardStream, StreamPosition
+from animatex_train.data.loading.batch import Batch
+from animatex_train.data.loading.epoch_plan import Layout, PlanSegment, batches_per_rank
+from animatex_train.data.loading.stream import ShardStream, StreamPosition
 
 STATE_VERSION = 1
-RECEIVE_AHEAD = 1  # batches received ahead of the consumer by the receiving thread (each ~10 MB at paper size)
 
 
 class ResumeError(RuntimeError):
@@ -71,93 +65,12 @@ def _stall_error(iterator: object, error: BaseException) -> BaseException:
     )
 
 
-class _Receiver:
-    """Receives a DataLoader's batches in a background thread, ``depth`` ahead of the consumer.
-
-    Receiving a batch from a worker (its file descriptor, and the copy out of the worker's slot, see
-    ``batch_ring``) costs the main thread a few ms per batch. With ``pin_memory`` on a GPU node the DataLoader's
-    pin-memory thread already receives off the main thread; this does the same where there is none (CPU runs,
-    ``pin_memory=False``), so the training step does not wait for it. The position in the checkpoint counts
-    the batches the consumer took, not the ones received ahead (those are received again after a resume).
-    """
-
-    _END = object()
-
-    def __init__(self, iterator: Iterator[Batch], depth: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        # The thread holds only what it needs (not this object), so dropping the receiver stops it.
-        self._thread = threading.Thread(target=_receive, args=(iterator, self._queue, self._stop),
-                                        name="animatex-loader-receive", daemon=True)  # fmt: skip
-        self._thread.start()
-        _THREADS.difference_update([entry for entry in _THREADS if not entry[0].is_alive()])
-        _THREADS.add((self._thread, self._stop))
-
-    def __iter__(self) -> _Receiver:
-        return self
-
-    def __next__(self) -> Batch:
-        item, error = self._queue.get()
-        if error is not None:
-            raise error
-        if item is _Receiver._END:
-            raise StopIteration
-        return item
-
-    def close(self) -> None:
-        """Stop receiving: the thread ends at its next batch, dropping the DataLoader iterator (and workers)."""
-        self._stop.set()
-        while True:  # unblock a thread waiting to put
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-
-    def __del__(self) -> None:
-        self.close()
-
-
-# Every receiving thread started in this process, with its stop flag (dead ones are pruned as new ones start).
-_THREADS: set[tuple[threading.Thread, threading.Event]] = set()
-
-
-@atexit.register
-def _stop_receiving_threads() -> None:
-    """Stop and join the receiving threads before the interpreter finalises. A daemon thread still inside
-    torch's C++ code at that point is ended by a forced unwind through ``noexcept`` frames, which aborts the
-    process ("terminate called without an active exception") after a run that otherwise finished; Lightning
-    keeps the last, abandoned loader iterator (and so its thread) alive until then."""
-    for _, stop in list(_THREADS):
-        stop.set()
-    for thread, _ in list(_THREADS):
-        thread.join(timeout=30.0)  # it ends once its current batch arrives (a worker is producing it)
-
-
-def _receive(iterator: Iterator[Batch], out: queue.Queue, stop: threading.Event) -> None:
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    try:
-        for batch in iterator:
-            if not put((batch, None)):
-                return
-        put((_Receiver._END, None))
-    except BaseException as error:  # handed to the consumer, raised there
-        put((None, _stall_error(iterator, error)))
-
-
 class _Counting:
-    """Counts the batches handed out and closes the iteration's slot ring at its end. An iterator object, not a
-    generator: a suspended generator would keep the last batch alive until the next ``next()``."""
+    """Counts the batches handed out. An iterator object, not a generator: a suspended generator would keep the
+    last batch alive until the next ``next()``."""
 
-    def __init__(self, iterator: Iterator[Batch], position: StreamPosition, ring: BatchRing | None):
-        self.iterator, self.position, self.ring = iterator, position, ring
+    def __init__(self, iterator: Iterator[Batch], position: StreamPosition):
+        self.iterator, self.position = iterator, position
 
     def __iter__(self) -> _Counting:
         return self
@@ -165,24 +78,13 @@ class _Counting:
     def __next__(self) -> Batch:
         try:
             batch = next(self.iterator)
-        except BaseException as error:
-            self.close()
-            stalled = _stall_error(self.iterator, error)  # the pin-memory path has no receiving thread
+        except RuntimeError as error:
+            stalled = _stall_error(self.iterator, error)
             if stalled is not error:
                 raise stalled from error
             raise
         self.position.batches_yielded += 1
         return batch
-
-    def close(self) -> None:
-        if isinstance(self.iterator, _Receiver):
-            self.iterator.close()
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 class ShardStreamLoader(DataLoader):
@@ -221,22 +123,7 @@ class ShardStreamLoader(DataLoader):
             pos.epoch, pos.history, pos.batches_yielded = 0, [], 0
         elif pos.batches_yielded >= self._part_length():  # the current epoch is used up: start the next one
             pos.epoch, pos.history, pos.batches_yielded = pos.epoch + 1, [], 0
-        if self.num_workers == 0:
-            return _Counting(super().__iter__(), pos, None)
-        # The workers reuse shared-memory slots for their batches (batch_ring); they get the handle as they start.
-        context = self.multiprocessing_context or torch.multiprocessing
-        ring = BatchRing.open(self.num_workers, context, pin=self.pin_memory and torch.cuda.is_available())
-        self.stream.ring = ring.handle(max_slots=(self.prefetch_factor or 2) + 2)
-        try:
-            iterator = super().__iter__()
-        except BaseException:
-            ring.close()
-            raise
-        finally:
-            self.stream.ring = None
-        if not ring.pin:  # no pin-memory thread receives for us
-            iterator = _Receiver(iterator, depth=RECEIVE_AHEAD)
-        return _Counting(iterator, pos, ring)
+        return _Counting(super().__iter__(), pos)
 
     def state_dict(self) -> dict:
         pos, s = self.stream.position, self.stream.settings

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from animatex_train.data.anchor_pool import AnchorPool
-from animatex_train.data.batch import Batch, allocate_batch, clear_row
-from animatex_train.data.batch_ring import RingHandle, WorkerSlots
-from animatex_train.data.epi import EPIConfig, EPITransform
-from animatex_train.data.epoch_plan import (
+from animatex_train.data.epi.anchor_pool import AnchorPool
+from animatex_train.data.epi.transform import EPIConfig, EPITransform
+from animatex_train.data.format.schema import decode_clip
+from animatex_train.data.format.shard_reader import ShardReadError, iter_samples
+from animatex_train.data.loading.batch import Batch, allocate_batch, clear_row
+from animatex_train.data.loading.epoch_plan import (
     DataIndex,
     Layout,
     PlanSegment,
@@ -29,9 +30,7 @@ from animatex_train.data.epoch_plan import (
     consumed_batches_of_worker,
     plan_epoch,
 )
-from animatex_train.data.sample_assembly import PreparedSample, WindowConfig, prepare_sample, write_sample
-from animatex_train.data.schema import decode_clip
-from animatex_train.data.shard_reader import ShardReadError, iter_samples
+from animatex_train.data.loading.sample_assembly import PreparedSample, WindowConfig, prepare_sample, write_sample
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,6 @@ class ShardStream(IterableDataset):
         super().__init__()
         self.settings = settings
         self.position = StreamPosition()
-        self.ring: RingHandle | None = None  # set by the loader for worker processes (batch_ring)
         self._epi: EPITransform | None = None
         self._shard_keys: dict[tuple[int, int], frozenset[str]] = {}  # manifest keys per shard, built when needed
 
@@ -107,7 +105,6 @@ class ShardStream(IterableDataset):
         readers = {bucket: self._read_segment(segment, needed) for bucket, segment in plan.segments.items()}
         pending: dict[tuple[int, int], dict] = {}
         epi = self._transform()
-        slots = WorkerSlots(self.ring, worker) if info is not None and self.ring is not None else None
         for batch in batches:
             prepared = []
             for ref in batch:
@@ -116,10 +113,10 @@ class ShardStream(IterableDataset):
                     pending[(got_ref.occurrence, got_ref.index)] = sample
                 prepared.append(self._prepare(ref, pending.pop((ref.occurrence, ref.index)), pos.epoch, epi))
             # Every batch is one resolution bucket, allocated at its exact size once its samples' pose boxes are
-            # known; in a worker process it lives in shared memory, in one of the worker's reused slots.
+            # known; in a worker process it lives in shared memory, which DataLoader hands over without a copy.
             boxes = [None if isinstance(p, str) else p.pose_boxes for p in prepared]
             out = allocate_batch(len(batch), s.window.num_frames, batch[0].bucket, s.clip_dim,
-                                 shared=info is not None, pose_boxes=boxes, slots=slots)  # fmt: skip
+                                 shared=info is not None, pose_boxes=boxes)  # fmt: skip
             for row, (ref, sample) in enumerate(zip(batch, prepared, strict=True)):
                 self._write(ref, sample, out, row)
             yield out

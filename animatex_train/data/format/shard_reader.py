@@ -6,14 +6,14 @@ here: ``schema.decode_clip`` later decodes only the schema's members with non-pi
 
 URLs: local paths (and ``file:``) always; ``pipe:`` and remote URLs go through ``webdataset.gopen``,
 which runs shell commands / curl, so they must be allowed explicitly (``allow_remote_urls``) and the
-shard list must come from a trusted manifest (RELIABILITY.md section 3.2).
+shard list must come from a trusted manifest (docs/reliability.md §3.2).
 """
 
 from __future__ import annotations
 
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -52,8 +52,9 @@ def open_shard(url: str, allow_remote_urls: bool = False) -> IO[bytes]:
         raise ShardReadError(f"cannot open shard {url!r}: {error}") from error
 
 
-def iter_samples(url: str, allow_remote_urls: bool = False) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Yield ``(key, {member: bytes})`` in tar order.
+def iter_samples(url: str, allow_remote_urls: bool = False,
+                 only: Collection[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:  # fmt: skip
+    """Yield ``(key, {member: bytes})`` in tar order; with ``only``, just those members (others are not read).
 
     Raises:
         ShardReadError: the shard cannot be opened, or is corrupt or truncated (raised when reached,
@@ -76,6 +77,8 @@ def iter_samples(url: str, allow_remote_urls: bool = False) -> Iterator[tuple[st
                     if match is None:
                         continue
                     key, member = match.group(1), match.group(2)
+                    if only is not None and member not in only:
+                        continue
                     data = tar.extractfile(info).read()
                     if len(data) != info.size:
                         raise ShardReadError(f"shard {url!r} is truncated inside member {info.name!r}")

@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 import torch
 
-from animatex_train.data.batch import Batch
-from animatex_train.data.epi import EPITransform
-from animatex_train.data.epoch_plan import rng_for
-from animatex_train.data.keypoints import PoseSequence, concat_poses
-from animatex_train.data.pose_render import pose_label_boxes, render_pose_label_crops
-from animatex_train.data.schema import ClipRecord, SampleError, check_latent_values
+from animatex_train.data.epi.transform import EPITransform
+from animatex_train.data.format.keypoints import PoseSequence, concat_poses
+from animatex_train.data.format.schema import ClipRecord, SampleError, check_latent_values
+from animatex_train.data.loading.batch import Batch
+from animatex_train.data.loading.epoch_plan import rng_for
+from animatex_train.data.pose.render import pose_label_boxes, render_pose_label_crops
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The anchor pool: the body shapes EPI realigns driving poses to (spec section 3, "a pose pool").
+"""The anchor pool: the body shapes EPI realigns driving poses to (docs/official_release.md §3, "a pose pool").
 
 On disk a pool is two files, never a pickle: ``<name>.npy``, float32 ``(n, 130, 2)`` packed keypoints in the
 ``keypoints.POINT_SLICES`` layout, and ``<name>.json``, a sidecar with each anchor's frame size and provenance.
@@ -12,16 +12,15 @@ import glob
 import heapq
 import io
 import json
-import os
+import logging
 import sys
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from animatex_train.data.keypoints import (
+from animatex_train.data.format.keypoints import (
     BODY,
     MISSING,
     NUM_BODY,
@@ -32,7 +31,8 @@ from animatex_train.data.keypoints import (
     validate_coordinates,
     visible,
 )  # fmt: skip
-from animatex_train.data.schema import META, POSE, ClipMeta, SampleError
+from animatex_train.data.format.schema import META, POSE, ClipMeta, SampleError
+from animatex_train.data.format.shard_reader import ShardReadError, iter_samples
 
 POOL_FORMAT = "animatex-anchor-pool"
 POOL_VERSION = 1
@@ -40,6 +40,8 @@ DEFAULT_FRAME_SIZE = (768, 512)
 # A full-body anchor needs every joint realignment measures the torso and head from, and each leg.
 REQUIRED_JOINTS = tuple(BODY[n] for n in ("nose", "neck", "right_shoulder", "left_shoulder", "right_hip", "left_hip"))
 LEG_JOINTS = ((BODY["right_knee"], BODY["right_ankle"]), (BODY["left_knee"], BODY["left_ankle"]))
+
+log = logging.getLogger(__name__)
 
 
 class AnchorPoolError(ValueError):
@@ -323,41 +325,17 @@ def iter_shard_poses(
         SampleError: a malformed member; the message names the shard and the sample key.
     """
     for shard in shard_paths:
-        pending: dict[str, dict[str, bytes]] = {}
-        try:
-            yield from _shard_poses(shard, split, pending)
-        except (tarfile.TarError, EOFError, OSError) as error:  # tarfile says only e.g. "unexpected end of data"
-            raise AnchorPoolError(f"shard {shard}: not a readable tar ({error}); it is truncated or damaged: "
-                                  "rebuild it with `animatex-train prepare` or leave it out of --shards") from error
-        if pending:
-            incomplete = sorted(pending)[:3]
-            print(
-                f"warning: {shard}: {len(pending)} sample(s) lack {POSE} or {META}, skipped: {incomplete}",
-                file=sys.stderr,
-            )
-
-
-def _shard_poses(shard: str | Path, split: str | None,
-                 pending: dict[str, dict[str, bytes]]) -> Iterator[tuple[str, PoseSequence]]:  # fmt: skip
-    with tarfile.open(shard, mode="r|*") as tar:  # streaming: members are read once, in order
-        for member in tar:
-            if not member.isfile():
+        incomplete = []
+        for key, members in iter_samples(str(shard), only=(POSE, META)):
+            if len(members) < 2:
+                incomplete.append(key)
                 continue
-            directory, base = os.path.split(member.name)
-            stem, _, suffix = base.partition(".")
-            if suffix not in (POSE, META):
-                continue
-            key = os.path.join(directory, stem)
-            handle = tar.extractfile(member)
-            if handle is None:
-                continue
-            members = pending.setdefault(key, {})
-            members[suffix] = handle.read()
-            if len(members) == 2:
-                del pending[key]
-                sample = _decode_pose_sample(members, key, str(shard))
-                if sample is not None and (split is None or sample[0].split == split):
-                    yield key, sample[1]
+            sample = _decode_pose_sample(members, key, str(shard))
+            if sample is not None and (split is None or sample[0].split == split):
+                yield key, sample[1]
+        if incomplete:
+            log.warning("%s: %d sample(s) lack %s or %s, skipped: %s", shard, len(incomplete), POSE, META,
+                        incomplete[:3])  # fmt: skip
 
 
 def _decode_pose_sample(members: dict[str, bytes], key: str, shard: str) -> tuple[ClipMeta, PoseSequence] | None:
@@ -407,7 +385,7 @@ def anchor_pool_main(argv: list[str] | None = None) -> int:
         else:
             pool = AnchorPool.from_files(args.add, frame_size)
         pool.save(args.output)
-    except (AnchorPoolError, SampleError, KeypointError, FileNotFoundError, tarfile.TarError) as error:
+    except (AnchorPoolError, SampleError, KeypointError, FileNotFoundError, ShardReadError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(

@@ -1,4 +1,4 @@
-"""Pose rescale (EPI step 4, spec section 3): one random combination of body-shape edits per sample.
+"""Pose rescale (EPI step 4, docs/official_release.md §3): one random combination of body-shape edits per sample.
 
 The paper's appendix groups the rescale pool into five operations (Table 5), implemented here:
 
@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, MISSING, NUM_BODY, PoseSequence
-from animatex_train.data.pose_realign import (
+from animatex_train.data.epi.realign import PixelPose, scale_bones
+from animatex_train.data.format.keypoints import BODY, MISSING, NUM_BODY, PoseSequence
+from animatex_train.data.pose.skeleton import (
     FACE_ROOT,
     HAND_WRIST,
     JOINT_PARENT,
@@ -30,10 +31,8 @@ from animatex_train.data.pose_realign import (
     NUM_JOINTS,
     RIGHT_TOES,
     TOPOLOGICAL_ORDER,
-    PixelPose,
-    scale_bones,
     validate_pose,
-)  # fmt: skip
+)
 
 # Bones (named by child joint) of each scaling group.
 GROUP_BONES: dict[str, tuple[int, ...]] = {
@@ -246,15 +245,8 @@ def apply_rescale_plan(
     return pose
 
 
-def scale_bone_groups(
-    pose: PoseSequence, bone_factors: np.ndarray, face_scale: float, name: str = "pose"
-) -> PoseSequence:
-    """Multiply bone lengths by ``bone_factors`` ``(20,)`` (and face size by ``face_scale``), neck fixed."""
-    validate_pose(pose, name)
-    return _scale_bone_groups(pose, bone_factors, face_scale)
-
-
 def _scale_bone_groups(pose: PoseSequence, bone_factors: np.ndarray, face_scale: float) -> PoseSequence:
+    """Multiply bone lengths by ``bone_factors`` ``(20,)`` (and face size by ``face_scale``), neck fixed."""
     height, width = pose.frame_size
     pixels = PixelPose.from_pose(pose, (width, height))
     scaled = scale_bones(pixels, np.asarray(bone_factors, dtype=np.float64), float(face_scale))
@@ -359,5 +351,5 @@ def _part_has_visible(pose: PoseSequence, part: Part) -> bool:
 
 __all__ = [
     "GROUP_BONES", "OPS", "PARTS", "Part", "RescaleConfig", "RescalePlan", "add_parts", "apply_rescale_plan",
-    "drop_parts", "sample_rescale_plan", "scale_bone_groups",
+    "drop_parts", "sample_rescale_plan",
 ]  # fmt: skip

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from animatex_train.data.schema import SCHEMA_VERSION
+from animatex_train.data.format.schema import SCHEMA_VERSION
 
 MANIFEST_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -82,7 +82,7 @@ class DatasetManifest:
 
     Attributes:
         name: dataset name.
-        schema_version: the shard schema version (``data/schema.py``).
+        schema_version: the shard schema version (``data/format/schema.py``).
         resolutions_px: the ``[height, width]`` buckets clips were stored at.
         fps: the stored frame rate, or None when clips keep their source rate.
         num_frames_per_clip: frames per clip.

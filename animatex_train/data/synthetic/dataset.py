@@ -14,18 +14,17 @@ import json
 import sys
 import time
 from dataclasses import dataclass, fields, replace
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import yaml
 
-from animatex_train.data.keypoints import BODY, MISSING, PoseSequence
-from animatex_train.data.synthetic_characters import BODY_STYLES, CharacterLook, hsv_colour, sample_look
-from animatex_train.data.synthetic_drawing import draw_character
-from animatex_train.data.synthetic_motion import DanceMotion, pose_character, sample_motion
+from animatex_train.data.format.keypoints import BODY, MISSING, PoseSequence
+from animatex_train.data.format.video import write_mp4
+from animatex_train.data.synthetic.characters import BODY_STYLES, CharacterLook, hsv_colour, sample_look
+from animatex_train.data.synthetic.drawing import draw_character
+from animatex_train.data.synthetic.motion import DanceMotion, pose_character, sample_motion
 
 SOURCE = "animatex-train synthetic generator"
 LICENCE = "CC0-1.0"
@@ -266,46 +265,6 @@ class SyntheticDatasetConfig:
     def video_seed(self, index: int) -> int:
         """Clip seed of video ``index``: hashed from ``(seed, index)`` so that nearby seeds do not share clips."""
         return int(np.random.SeedSequence([self.seed, index]).generate_state(1, np.uint32)[0])
-
-
-def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
-    """``(h, w, 3)`` uint8 RGB to ``(3h/2, w)`` uint8 planar yuv420p, BT.601 limited range, in integer arithmetic.
-
-    Converting here rather than in swscale keeps the encoder input identical on every CPU (swscale's SIMD
-    paths are not always bit-exact with each other).
-    """
-    rgb = frame.astype(np.int32)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
-    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
-    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
-    height, width = y.shape
-
-    def subsample(plane: np.ndarray) -> np.ndarray:
-        return (plane.reshape(height // 2, 2, width // 2, 2).sum(axis=(1, 3)) + 2) >> 2
-
-    chroma = np.concatenate([subsample(u).reshape(-1), subsample(v).reshape(-1)]).reshape(height // 2, width)
-    return np.concatenate([y, chroma]).astype(np.uint8)
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: int, crf: int) -> None:
-    """Encode ``(t, h, w, 3)`` uint8 RGB frames (even h and w) as H.264 yuv420p in an MP4, reproducibly."""
-    num_frames, height, width, _ = frames.shape
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        context = stream.codec_context
-        context.width, context.height, context.pix_fmt = width, height, "yuv420p"
-        context.time_base = Fraction(1, fps)
-        # x264's output depends on its thread count, which defaults to the machine's core count.
-        context.thread_count = 1
-        context.options = {"crf": str(crf), "preset": "medium", "x264-params": "threads=1:lookahead-threads=1"}
-        context.color_range, context.colorspace = 1, 6  # limited range, BT.601 (SMPTE 170M): what we convert to
-        context.color_primaries, context.color_trc = 6, 6
-        for index in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frames[index]), format="yuv420p")
-            frame.pts, frame.time_base = index, Fraction(1, fps)
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def write_synthetic_dataset(out_dir: Path, config: SyntheticDatasetConfig) -> list[Path]:

@@ -1,7 +1,8 @@
 """The official pose-drawing style: stroke sizes, the limb list, colour tables and the palette of label images.
 
-Read from Animate-X's ``dwpose/util.py`` (spec section 7); ``pose_render`` draws with these. Colours are given as
-on the official canvas, which is saved as BGR and read back as RGB, so the drawing colours are reversed once here.
+Read from Animate-X's ``dwpose/util.py`` (docs/official_release.md §7); ``pose.render`` draws with these. Colours
+are given as on the official canvas, which is saved as BGR and read back as RGB, so the drawing colours are reversed
+once here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import BODY, NUM_BODY
+from animatex_train.data.format.keypoints import BODY, NUM_BODY
 
 LIMB_HALF_WIDTH_PX = 4
 JOINT_RADIUS_PX = 4

@@ -1,4 +1,6 @@
-"""Keypoints -> pose images, drawn exactly as Animate-X's official preprocessing draws them (spec section 7).
+"""Keypoints -> pose images, drawn exactly as Animate-X's official ``dwpose/util.py`` draws them.
+
+The drawing rules: ``docs/official_release.md`` §7.
 
 The official routine (``dwpose/util.py``: ``draw_body_and_foot`` then ``draw_handpose``; the face is not drawn)
 paints on a black canvas:
@@ -43,9 +45,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from animatex_train.data.keypoints import PoseSequence
-from animatex_train.data.pose_realign import validate_pose
-from animatex_train.data.pose_style import (
+from animatex_train.data.format.keypoints import PoseSequence
+from animatex_train.data.pose.skeleton import validate_pose
+from animatex_train.data.pose.style import (
     CANVAS_COLOURS,
     HAND_BONE_DRAW_COLOURS,
     HAND_DOT_DRAW_COLOUR,

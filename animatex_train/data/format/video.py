@@ -1,0 +1,90 @@
+"""Video files: the one H.264 mp4 writer (reproducible bytes) and the layouts sample clips are written in.
+
+The synthetic dataset, validation sample clips and the demo all write through ``write_mp4``: it converts RGB to
+yuv420p itself and runs x264 single-threaded, so the same frames give the same file on every machine.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+
+def rgb_to_yuv420p(frame: np.ndarray) -> np.ndarray:
+    """``(h, w, 3)`` uint8 RGB to ``(3h/2, w)`` uint8 planar yuv420p, BT.601 limited range, in integer arithmetic.
+
+    Converting here rather than in swscale keeps the encoder input identical on every CPU (swscale's SIMD
+    paths are not always bit-exact with each other).
+    """
+    rgb = frame.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+    height, width = y.shape
+
+    def subsample(plane: np.ndarray) -> np.ndarray:
+        return (plane.reshape(height // 2, 2, width // 2, 2).sum(axis=(1, 3)) + 2) >> 2
+
+    chroma = np.concatenate([subsample(u).reshape(-1), subsample(v).reshape(-1)]).reshape(height // 2, width)
+    return np.concatenate([y, chroma]).astype(np.uint8)
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:
+    """Encode ``(t, h, w, 3)`` uint8 RGB frames as H.264 yuv420p in an MP4, reproducibly; returns ``path``.
+
+    Odd sizes are padded with black to even ones (yuv420p needs them); the parent folder is created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    num_frames, height, width, _ = frames.shape
+    if height % 2 or width % 2:
+        padded = np.zeros((num_frames, height + height % 2, width + width % 2, 3), dtype=np.uint8)
+        padded[:, :height, :width] = frames
+        frames, height, width = padded, height + height % 2, width + width % 2
+    rate = Fraction(fps).limit_denominator(1000)
+    with av.open(str(path), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        context = stream.codec_context
+        context.width, context.height, context.pix_fmt = width, height, "yuv420p"
+        context.time_base = 1 / rate
+        # x264's output depends on its thread count, which defaults to the machine's core count.
+        context.thread_count = 1
+        context.options = {"crf": str(crf), "preset": "medium", "x264-params": "threads=1:lookahead-threads=1"}
+        context.color_range, context.colorspace = 1, 6  # limited range, BT.601 (SMPTE 170M): what we convert to
+        context.color_primaries, context.color_trc = 6, 6
+        for index in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frames[index]), format="yuv420p")
+            frame.pts, frame.time_base = index, 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def match_height(clip: np.ndarray, height: int) -> np.ndarray:
+    """Resize ``(f, H, W, 3)`` frames to ``height``, keeping the aspect ratio."""
+    if clip.shape[1] == height:
+        return clip
+    width = round(clip.shape[2] * height / clip.shape[1])
+    return np.stack([np.asarray(Image.fromarray(frame).resize((width, height))) for frame in clip])
+
+
+def side_by_side(*columns: np.ndarray) -> np.ndarray:
+    """Concatenate ``(f, H, W, 3)`` uint8 clips horizontally (each resized to the first one's height)."""
+    return np.concatenate([match_height(clip, columns[0].shape[1]) for clip in columns], axis=2)
+
+
+def write_strip(path: str | Path, rows: list[np.ndarray], num_frames: int = 4) -> Path:
+    """A PNG grid: one row per clip in ``rows`` (each ``(f, H, W, 3)``), ``num_frames`` evenly spaced columns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = min(clip.shape[0] for clip in rows)
+    picks = np.linspace(0, f - 1, num=min(num_frames, f)).round().astype(int)
+    rows = [match_height(clip, rows[0].shape[1]) for clip in rows]
+    grid = np.concatenate([np.concatenate(list(clip[picks]), axis=1) for clip in rows], axis=0)
+    Image.fromarray(grid).save(path)
+    return path

@@ -1,0 +1,1 @@
+"""The streaming training loader: epoch plan, shard stream, sample assembly, the Batch and the datamodule."""

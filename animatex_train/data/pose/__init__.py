@@ -1,0 +1,1 @@
+"""Pose skeletons and drawing: the pose images the denoiser is conditioned on."""

@@ -1,0 +1,1 @@
+"""The synthetic character-animation dataset the demo and the tests train on."""
