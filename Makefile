@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export DS_ACCELERATOR ?= cpu
 export WDS_SECURE ?= 1
 
-.PHONY: setup demo test test-parity lint clean
+.PHONY: setup demo test test-parity test-faults lint clean
 
 setup: $(STAMP)
 
@@ -24,12 +24,17 @@ demo: $(STAMP)
 
 # Every CPU test, the slow ones included (a plain `pytest` deselects them, see setup.cfg).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not parity_loop and not gpu" tests
+	$(BIN)/python -m pytest -q -m "not parity_loop and not gpu and not fault_sweep" tests
 
 # The whole official sampling loop on the parity fixture (62 forwards at 768x512: 6-18 min on 2 cores); `make test`
 # checks the same loop at its first, second, middle and last steps.
 test-parity: $(STAMP)
 	$(BIN)/python -m pytest -q -m parity_loop tests
+
+# Every test of the fault catalogue (docs/reliability.md, F1-F24), with the long randomised variants (`fault_sweep`:
+# 50 kill-during-save trials, ...) that `make test` leaves out.
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not parity_loop" -k "$$($(BIN)/python tests/test_fault_catalogue.py)" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check animatex_train tests benchmarks

@@ -4,6 +4,9 @@
 in order, e.g. an experiment recipe then a cluster overlay; ``--print_config`` shows the resolved run).
 The project's own subcommands (data preparation, previews, the demo, export, ablations, ...) dispatch to
 their modules' ``*_main(argv)`` functions. ``python -m animatex_train`` is the same program.
+
+Errors a user can fix print one line, ``error: <what>, <where>, <how to fix>``, and exit non-zero; the
+traceback only with ``--debug`` as the first argument or ``ANIMATEX_DEBUG=1`` (``cli_errors.py``).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+
+from animatex_train.cli_errors import DEBUG_ENV, debug_requested, user_error
 
 # subcommand -> "module:function" taking argv (list[str]) and returning an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -36,18 +41,43 @@ def _offline_defaults() -> None:
 
 def lightning_main(argv: list[str] | None) -> int:
     """LightningCLI on ``argv`` (None: the process's own command line)."""
-    from animatex_train.training.lightning_cli import AnimateXCLI
+    import yaml
 
+    from animatex_train.cli_errors import config_files
+    from animatex_train.training.lightning_cli import AnimateXCLI
+    from animatex_train.training.preemption import refuse_elastic_restarts
+
+    refuse_elastic_restarts()
+    for path in config_files(list(sys.argv[1:] if argv is None else argv)):
+        with path.open() as handle:  # the same safe loader as jsonargparse's, but its errors name the file
+            yaml.safe_load(handle)
     AnimateXCLI(args=argv)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Dispatch; expected errors end as one ``error:`` line and a non-zero code (``cli_errors.py``)."""
     from_command_line = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
+    debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
+    if from_command_line:
+        sys.argv[1:] = argv  # LightningCLI (and Lightning's launcher of the other ranks) read sys.argv
+    try:
+        return _dispatch(argv, from_command_line)
+    except Exception as error:  # noqa: BLE001 - sorted into expected errors (one line) and bugs (re-raised)
+        handled = None if debug else user_error(error, argv)
+        if handled is None:
+            raise
+        message, code = handled
+        rank = os.environ.get("RANK") if os.environ.get("WORLD_SIZE", "1") != "1" else None
+        prefix = f"error: [rank {rank}] " if rank is not None else "error: "
+        print(f"{prefix}{message} (traceback: rerun with --debug or {DEBUG_ENV}=1)", file=sys.stderr, flush=True)
+        return code
+
+
+def _dispatch(argv: list[str], from_command_line: bool) -> int:
     _offline_defaults()
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: animatex-train {" + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS)) + "} ...\n")
+        print("usage: animatex-train [--debug] {" + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS)) + "} ...\n")
         print("  fit | validate | test | predict   LightningCLI: --config recipe.yaml [--config overlay.yaml] ...")
         for name, (_, help_text) in SUBCOMMANDS.items():
             print(f"  {name:<32} {help_text}")

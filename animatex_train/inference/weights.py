@@ -108,7 +108,9 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | No
         config = metadata.get("animatex.denoiser_config")
         return load_file(str(path)), (json.loads(config) if config else None)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from animatex_train.training.checkpoint_trust import load_checkpoint_file  # torch only; lazy as export
+
+        state = load_checkpoint_file(path, flag=None)  # the one policy (training/checkpoint_trust.py): weights-only
     except Exception as error:  # noqa: BLE001 - UnpicklingError and friends: refuse, with the reason
         raise ValueError(f"--checkpoint: {path} holds more than tensors and is not loaded ({error}); pass the "
                          "official .pth, one of our .safetensors exports, or a training checkpoint folder") from error

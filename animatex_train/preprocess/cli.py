@@ -87,6 +87,7 @@ def build_parser() -> ArgumentParser:
         prog="animatex-train prepare",
         description="Videos -> keypoints, CLIP features, VAE latents -> WebDataset shards (resumable, multi-rank).",
         exit_on_error=False,
+        allow_abbrev=False,  # `--clips.num_frame` must not silently mean --clips.num_frames
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of the options below")
     parser.add_class_arguments(PrepareConfig, None)

@@ -23,9 +23,21 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Checkpoint
+
+from animatex_train.training.checkpoint_storage import (
+    SAVE_ERROR_POLICIES,
+    CheckpointSaveError,
+    attempt_write,
+    checkpoint_bytes,
+    failure_message,
+    remove_partial,
+    warn_if_short,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +174,45 @@ def find_resume_checkpoint(root: str | Path, check_hashes: bool = True) -> Path 
     return None
 
 
+def resolve_checkpoint(path: str | Path, check_hashes: bool = True, key: str = "--ckpt_path") -> Path:
+    """The verified ``state.ckpt`` behind ``path``: a run's checkpoints folder (its newest complete checkpoint),
+    a ``step-<N>`` folder or its ``state.ckpt``. Anything else (a Lightning ``.ckpt`` of another project, a
+    bare DeepSpeed folder) is returned as given: it has no manifest to verify, and is read weights-only anyway.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointIntegrityError: a checkpoint of ours fails ``verify_checkpoint`` (names the check), or a
+            checkpoints folder holds no complete one.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{key}: {path} does not exist; pass a run's checkpoints/ folder, a step-<N> folder or its {STATE}"
+        )
+    if path.name == STATE:
+        step_dir = path.parent
+    elif (path / STATE).exists():
+        step_dir = path
+    elif path.is_dir() and any(_STEP_DIR.match(p.name) or _TMP_DIR.match(p.name) for p in path.iterdir()):
+        newest = find_resume_checkpoint(path, check_hashes)
+        if newest is None:
+            raise CheckpointIntegrityError(
+                f"{key}: {path} holds no complete, intact checkpoint (step-<N>/ with {STATE}); the log above names "
+                "any that were skipped and why"
+            )
+        step_dir = newest.parent
+    else:
+        return path
+    verify_checkpoint(step_dir, check_hashes)
+    return step_dir / STATE
+
+
+def _make_tmp(root: Path, tmp: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+
 class CrashSafeCheckpoint(Checkpoint):
     """Save every ``every_n_steps`` optimizer steps (and at the end) with the commit protocol above.
 
@@ -171,16 +222,30 @@ class CrashSafeCheckpoint(Checkpoint):
         keep_last: complete checkpoints to keep (at least 2, so a damaged newest one has a fallback).
         save_on_train_end: also save when training ends.
         verify_hashes_on_resume: check sha256 of every file before resuming (sizes are always checked).
+        on_save_error: a save that fails on any rank (disk full, I/O error) is aborted on every rank, then
+            ``stop`` ends the run with an error naming path, bytes needed and bytes free, ``continue`` warns
+            and trains on (the next save tries again). The previous checkpoint is intact either way.
+        free_space_margin: warn before (and after) a save when the checkpoint folder has less free space than
+            the last checkpoint's size times this factor.
     """
 
     def __init__(self, dirpath: str | None = None, every_n_steps: int = 1000, keep_last: int = 2,
-                 save_on_train_end: bool = True, verify_hashes_on_resume: bool = True):  # fmt: skip
+                 save_on_train_end: bool = True, verify_hashes_on_resume: bool = True,
+                 on_save_error: Literal["stop", "continue"] = "stop", free_space_margin: float = 1.5):  # fmt: skip
         if keep_last < 2:
             raise ValueError(
                 f"CrashSafeCheckpoint.keep_last must be >= 2 (a fallback if the newest is damaged), got {keep_last}"
             )
         if every_n_steps < 0:
             raise ValueError(f"CrashSafeCheckpoint.every_n_steps must be >= 0, got {every_n_steps}")
+        if on_save_error not in SAVE_ERROR_POLICIES:
+            raise ValueError(f"checkpoint.on_save_error must be one of {SAVE_ERROR_POLICIES}, got {on_save_error!r}")
+        if free_space_margin < 1:
+            raise ValueError(f"checkpoint.free_space_margin must be >= 1 (a factor on the last checkpoint's size), "
+                             f"got {free_space_margin}")  # fmt: skip
+        self.on_save_error = on_save_error
+        self.free_space_margin = free_space_margin
+        self._failed_ranks: list[int] = []
         self.dirpath = dirpath
         self.every_n_steps = every_n_steps
         self.keep_last = keep_last
@@ -202,28 +267,71 @@ class CrashSafeCheckpoint(Checkpoint):
         if self.save_on_train_end and trainer.global_step != self.last_saved_step:
             self.save(trainer)
 
-    def save(self, trainer: pl.Trainer) -> Path:
-        """Run the commit protocol on every rank; returns the committed directory."""
+    def save(self, trainer: pl.Trainer) -> Path | None:
+        """Run the commit protocol on every rank; returns the committed directory (None: aborted, policy continue).
+
+        A write error on any rank aborts the save on every rank (``checkpoint_storage.py``).
+        """
         step = trainer.global_step
         root = self.directory(trainer)
         tmp, final = root / (step_dir_name(step) + ".tmp"), root / step_dir_name(step)
         strategy = trainer.strategy
+        previous = find_resume_checkpoint(root, check_hashes=False) if trainer.is_global_zero else None
+        last_bytes = checkpoint_bytes(previous.parent) if previous is not None else 0
+        existed = final.exists()
+        error: BaseException | None = None
         if trainer.is_global_zero:
-            root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
+            warn_if_short(root, last_bytes, self.free_space_margin, f"before the checkpoint save at step {step}")
+            error = attempt_write(lambda: _make_tmp(root, tmp))
         strategy.barrier("checkpoint:tmp")
-        trainer.save_checkpoint(tmp / STATE, weights_only=False)
+        if error is None:
+            error = attempt_write(lambda: trainer.save_checkpoint(tmp / STATE, weights_only=False))
+            if error is not None:  # it left before Trainer.save_checkpoint's closing barrier: keep collectives paired
+                strategy.barrier("Trainer.save_checkpoint")
         strategy.barrier("checkpoint:written")
-        fsync_tree(tmp)
-        strategy.barrier("checkpoint:synced")
+        if error is None:
+            error = attempt_write(lambda: fsync_tree(tmp))
+        if self._failed_anywhere(trainer, error):
+            return self._abort(trainer, step, tmp, final, existed, error, last_bytes, previous)
         if trainer.is_global_zero:
-            commit_checkpoint(tmp, final, step, self.keep_last)
-            log.info("checkpoint committed: %s", final)
+            error = attempt_write(lambda: commit_checkpoint(tmp, final, step, self.keep_last))
+            if error is None:
+                log.info("checkpoint committed: %s", final)
+                warn_if_short(root, checkpoint_bytes(final), self.free_space_margin,
+                              f"after the checkpoint save at step {step} (for the next one)")  # fmt: skip
+        if self._failed_anywhere(trainer, error):
+            return self._abort(trainer, step, tmp, final, existed, error, last_bytes, previous)
         strategy.barrier("checkpoint:committed")
         self.last_saved_step = step
         self.save_requested = False
         return final
+
+    def _failed_anywhere(self, trainer: pl.Trainer, error: BaseException | None) -> bool:
+        """One collective: did the save fail on some rank? (every rank gets the same answer)."""
+        self._failed_ranks = [trainer.global_rank] if error is not None else []
+        if trainer.world_size == 1:
+            return error is not None
+        flags = torch.zeros(trainer.world_size, dtype=torch.int32, device=trainer.strategy.root_device)
+        flags[trainer.global_rank] = int(error is not None)
+        flags = trainer.strategy.reduce(flags, reduce_op="sum")
+        self._failed_ranks = [rank for rank, flag in enumerate(flags.tolist()) if flag]
+        return bool(self._failed_ranks)
+
+    def _abort(self, trainer: pl.Trainer, step: int, tmp: Path, final: Path, existed: bool,
+               error: BaseException | None, last_bytes: int, previous: Path | None) -> None:  # fmt: skip
+        message = None
+        if trainer.is_global_zero:
+            message = failure_message(step, tmp, error, self._failed_ranks, last_bytes, self.free_space_margin,
+                                      previous.parent if previous is not None else None)  # fmt: skip
+            remove_partial(tmp, final, existed)
+        message = trainer.strategy.broadcast(message, src=0)  # every rank reports and acts on the same text
+        trainer.strategy.barrier("checkpoint:aborted")
+        self.save_requested = False
+        if self.on_save_error == "stop":
+            raise CheckpointSaveError(message)
+        log.warning("rank %d: %s; training goes on (checkpoint.on_save_error: continue), the next save tries again",
+                    trainer.global_rank, message)  # fmt: skip
+        return None
 
     def state_dict(self) -> dict:
         return {"last_saved_step": self.last_saved_step}

@@ -5,11 +5,10 @@ or its ``state.ckpt`` (one file under DDP/FSDP-full/single device, a folder of p
 DeepSpeed ZeRO). The checkpoint is verified first (``verify_checkpoint``: completion marker, manifest,
 sizes, sha256), then read without executing code:
 
-* a single-file ``state.ckpt`` with ``torch.load(weights_only=True)``;
-* a DeepSpeed folder with the same restricted unpickler plus an allowlist of two DeepSpeed types
-  (``LossScaler``, ``ZeroStageEnum``), by handing DeepSpeed's own ``zero_to_fp32`` reconstruction (which
-  assembles the fp32 master weights from the ZeRO-1/2/3 optimizer partitions) a ``torch`` whose ``load``
-  is restricted. ``--trust-checkpoint`` lifts the restriction, for your own run directories only.
+the project's one loading policy (``training/checkpoint_trust.py``): a single-file ``state.ckpt`` and a
+DeepSpeed folder (through DeepSpeed's own ``zero_to_fp32`` reconstruction) are read with PyTorch's
+restricted unpickler plus an allowlist of DeepSpeed's plain state holders. ``--trust-checkpoint`` lifts
+the restriction, for your own run directories only.
 
 The output holds the denoiser's state dict under our key names (buffers included), EMA weights from the
 EMA callback's state or the raw weights, in float32 or bfloat16; its metadata records where it came from.
@@ -24,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,13 +31,9 @@ import torch
 from safetensors.torch import save_file
 
 from animatex_train.models.official import to_official_state_dict
-from animatex_train.training.checkpoint import (
-    LATEST,
-    STATE,
-    CheckpointIntegrityError,
-    find_resume_checkpoint,
-    verify_checkpoint,
-)
+from animatex_train.training.checkpoint import LATEST, STATE, CheckpointIntegrityError
+from animatex_train.training.checkpoint import resolve_checkpoint as resolve_verified
+from animatex_train.training.checkpoint_trust import CheckpointRefusedError, restricted_loading
 
 log = logging.getLogger(__name__)
 PREFIX = "denoiser."  # the LightningModule attribute holding the denoiser
@@ -76,81 +70,35 @@ def resolve_checkpoint(path: str | Path, check_hashes: bool = True) -> Path:
     Raises:
         ExportError: nothing exportable there, or the checkpoint fails verification (names the check).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"{path} does not exist; pass a run's checkpoints/ folder, a step-<N> folder or its {STATE}")
-    if path.name == STATE:
-        step_dir = path.parent
-    elif (path / STATE).exists():
-        step_dir = path
-    else:
-        newest = find_resume_checkpoint(path, check_hashes)
-        if newest is None:
-            raise ExportError(
-                f"{path} holds no complete, intact checkpoint (step-<N>/ with {STATE}); the log above names any "
-                "that were skipped and why"
-            )
-        step_dir = newest.parent
     try:
-        verify_checkpoint(step_dir, check_hashes)
+        state = resolve_verified(path, check_hashes, key="export")
+    except FileNotFoundError as error:
+        raise ExportError(str(error)) from error
     except CheckpointIntegrityError as error:
         raise ExportError(
             f"refusing to export: {error}. Export an older step-<N> folder of the same run instead"
         ) from error
-    return step_dir / STATE
-
-
-# DeepSpeed types inside ZeRO optimizer shards; plain state holders, safe to rebuild field by field.
-def _deepspeed_safe_globals() -> list[type]:
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-class _RestrictedTorch:
-    """``torch`` for DeepSpeed's ``zero_to_fp32``, with ``load`` forced to the restricted unpickler."""
-
-    def __getattr__(self, name: str):
-        return getattr(torch, name)
-
-    @staticmethod
-    def load(*args, **kwargs):
-        kwargs["weights_only"] = True
-        return torch.load(*args, **kwargs)
+    if state.name != STATE:
+        raise ExportError(
+            f"{path} holds no complete, intact checkpoint (step-<N>/ with {STATE}); the log above names any "
+            "that were skipped and why"
+        )
+    return state
 
 
 @contextlib.contextmanager
-def _deepspeed_loading(trust: bool):
-    from deepspeed.utils import zero_to_fp32
-
-    if trust:
-        yield
-        return
-    original = zero_to_fp32.torch
-    zero_to_fp32.torch = _RestrictedTorch()
+def _policy(source: Path, trust: bool):
+    """``checkpoint_trust``'s policy, its refusal reported as an ``ExportError``."""
     try:
-        with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        with restricted_loading(source, trust, flag="--trust-checkpoint"):
             yield
-    except pickle.UnpicklingError as error:
-        raise ExportError(
-            f"the DeepSpeed checkpoint holds an object outside the allowlist ({error}); if it is from your own run "
-            "directory, pass --trust-checkpoint (this unpickles arbitrary objects: never for files from elsewhere)"
-        ) from error
-    finally:
-        zero_to_fp32.torch = original
+    except CheckpointRefusedError as error:
+        raise ExportError(str(error)) from error
 
 
 def _load(path: Path, trust: bool) -> dict:
-    with _deepspeed_loading(trust) if path.parent.parent.name == STATE else contextlib.nullcontext():
-        try:
-            return torch.load(path, map_location="cpu", weights_only=not trust)
-        except pickle.UnpicklingError as error:
-            raise ExportError(
-                f"{path} holds objects other than tensors and plain containers ({error}); if it is from your own "
-                "run directory, pass --trust-checkpoint"
-            ) from error
+    with _policy(path, trust):
+        return torch.load(path, map_location="cpu")
 
 
 def _deepspeed_tag(state: Path) -> str:
@@ -172,7 +120,9 @@ def _read_deepspeed(state: Path, trust: bool) -> tuple[dict, dict[str, torch.Ten
     if model_states is None:
         raise ExportError(f"{state / tag}: none of {names}; the DeepSpeed checkpoint is incomplete")
     client = _load(model_states, trust)
-    with _deepspeed_loading(trust), contextlib.redirect_stdout(sys.stderr):  # it prints progress to stdout
+    # DeepSpeed's zero_to_fp32 assembles the fp32 master weights from the ZeRO-1/2/3 optimizer partitions; the
+    # policy restricts the torch.load it calls.
+    with _policy(state, trust), contextlib.redirect_stdout(sys.stderr):  # it prints progress to stdout
         module_state = get_fp32_state_dict_from_zero_checkpoint(str(state), tag=tag)
     return client, module_state
 

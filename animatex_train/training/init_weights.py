@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from animatex_train.models.official import load_official_state_dict
 from animatex_train.models.unet import AnimateXDenoiser
+from animatex_train.training.checkpoint_trust import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 OFFICIAL_MARKERS = ("temopral_conv", "pre_image_condition.", "dwpose_embedding.")
@@ -46,7 +47,7 @@ def read_state_dict(path: str | Path, config_key: str = "model.init.checkpoint")
     if path.suffix == ".safetensors":
         return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint_file(path, flag=None)  # the one policy (training/checkpoint_trust.py): weights-only
     except Exception as error:  # noqa: BLE001 - UnpicklingError and friends: refuse, with the reason
         message = f"{config_key}: {path} holds more than tensors and cannot be loaded safely ({error})"
         raise ValueError(message) from error

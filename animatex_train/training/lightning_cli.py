@@ -13,6 +13,14 @@ Besides Lightning's sections, a recipe has:
 * ``tracking:`` Weights & Biases (``training/tracking.py``); with a logger, the learning rate of every
   parameter group is logged too (``LearningRateMonitor``).
 * ``distributed:`` the process-group timeout applied to strategies given by name.
+* ``trust_checkpoint:`` (default false) every checkpoint is read weights-only (``training/checkpoint_trust.py``);
+  true allows full unpickling of a *local* ``--ckpt_path`` from your own runs. URLs are never fully unpickled.
+
+``--ckpt_path`` accepts a run's ``checkpoints/`` folder (its newest complete checkpoint), a ``step-<N>`` folder,
+its ``state.ckpt`` or a URL; a checkpoint of ours is verified (manifest, sizes, sha256) before it is read.
+The hyperparameters saved in it are deliberately *not* re-parsed as command-line options (LightningCLI's
+default): the recipe on the command line defines the model, exactly as for the run that wrote the
+checkpoint, and a checkpoint that does not fit it fails loudly on its tensor names and shapes.
 """
 
 from __future__ import annotations
@@ -28,8 +36,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from animatex_train.data.loading.datamodule import VideoDataModule
 from animatex_train.system import AnimateXSystem
-from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint
+from animatex_train.training.checkpoint import CrashSafeCheckpoint, find_resume_checkpoint, resolve_checkpoint
+from animatex_train.training.checkpoint_trust import guard_strategy_loading, is_remote
 from animatex_train.training.console import ParameterSummary, StepProgressBar, silence_known_harmless_messages
+from animatex_train.training.hang_watch import RankHeartbeat
 from animatex_train.training.performance import PerformanceLevers
 from animatex_train.training.preemption import (
     DistributedConfig,
@@ -66,6 +76,16 @@ class AnimateXCLI(LightningCLI):
         parser.add_lightning_class_args(PerformanceLevers, "performance")
         parser.add_class_arguments(TrackingConfig, "tracking")
         parser.add_class_arguments(DistributedConfig, "distributed")
+        parser.add_argument("--trust_checkpoint", type=bool, default=False,
+                            help="unpickle a local --ckpt_path without restrictions (your own runs only; "
+                                 "never a URL). Default: weights-only, which our checkpoints need")  # fmt: skip
+
+    def _parse_ckpt_path(self) -> None:
+        """Not LightningCLI's: the checkpoint's hyperparameters are not re-parsed as options (module docstring).
+
+        Our hyperparameters (``{"config": asdict(SystemConfig)}``) are not the module's ``__init__`` arguments,
+        and re-parsing them would let a checkpoint override the recipe the user gave.
+        """
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         config = self._get(self.config_init, "trainer", default={})
@@ -95,17 +115,36 @@ class AnimateXCLI(LightningCLI):
         kwargs["callbacks"] = callbacks
 
         multi = multi_process_run(config.get("devices"), config.get("num_nodes"))
+        if multi:  # a stalled rank is named, and does not outlive the others (training/hang_watch.py)
+            kwargs["callbacks"].append(RankHeartbeat())
         kwargs["strategy"] = strategy_with_timeout(config.get("strategy", "auto"), distributed.timeout_s, multi)
         kwargs["plugins"] = _without_lightning_requeue(config.get("plugins"))
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        guard_strategy_loading(trainer.strategy, bool(self._get(self.config_init, "trust_checkpoint", default=False)))
+        return trainer
+
+    def _resolve_ckpt_path(self) -> bool:
+        """Turn a folder ``--ckpt_path`` into its verified ``state.ckpt``; True iff one was given."""
+        config = self.config_init[self.subcommand]
+        path = config.get("ckpt_path")
+        if path is None or path in ("last", "best", "hpc", "registry") or is_remote(path):
+            return path is not None
+        config["ckpt_path"] = str(resolve_checkpoint(path, check_hashes=True))
+        return True
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
 
     def before_fit(self) -> None:
-        config = self.config_init[self.subcommand]
-        if config.get("weights_only") is None:
-            # our checkpoints hold tensors and plain containers only: load them without unpickling objects
-            config["weights_only"] = True
-        if config.get("ckpt_path") is not None:
+        if self._resolve_ckpt_path():
             return
+        config = self.config_init[self.subcommand]
         callback = next(c for c in self.trainer.callbacks if isinstance(c, CrashSafeCheckpoint))
         path = find_resume_checkpoint(callback.directory(self.trainer), callback.verify_hashes_on_resume)
         if path is not None:

@@ -195,11 +195,11 @@ class PreemptionHandler(pl.Callback):
         # before the step boundary after Slurm's SIGUSR1 lead. A stop signal alone (scancel) never requeues.
         requeue = any(sig in self.requeue_signals for sig in received)
         checkpoint = self._checkpoint_callback(trainer)
-        if checkpoint.last_saved_step != step:
-            checkpoint.save(trainer)
+        committed = checkpoint.last_saved_step == step or checkpoint.save(trainer) is not None
         code = 128 + signum if self.exit_code is None else self.exit_code
-        log.warning("rank %d: %s received; checkpoint at step %d committed, stopping with exit code %d",
-                    trainer.global_rank, signal.Signals(signum).name, step, code)  # fmt: skip
+        log.warning("rank %d: %s received; checkpoint at step %d %s, stopping with exit code %d",
+                    trainer.global_rank, signal.Signals(signum).name, step,
+                    "committed" if committed else "NOT saved (the save failed; see above)", code)  # fmt: skip
         self._armed = False
         raise Preempted(code, signum, requeue)
 
@@ -292,3 +292,28 @@ def multi_process_run(devices: Any, num_nodes: Any, environ: dict[str, str] | os
         devices = int(devices) if devices.isdigit() else [d for d in devices.split(",") if d.strip()]
     count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, (list, tuple)) else 1
     return count > 1 or (isinstance(num_nodes, int) and num_nodes > 1)
+
+
+class ElasticRestartError(RuntimeError):
+    """``torchrun --max-restarts`` > 0: refused at start-up (see ``refuse_elastic_restarts``)."""
+
+
+def refuse_elastic_restarts(environ: dict[str, str] | os._Environ | None = None) -> None:
+    """Refuse torchrun's elastic restarts before anything starts.
+
+    Measured (RELIABILITY_PROBE.md D7, torch 2.13 / lightning 2.6): workers relaunched by torchrun after a failure
+    hang in process-group initialisation or fail to reach the previous attempt's ports, so the run never resumes.
+    The supported restart path is the Slurm requeue, or simply rerunning the command: every run resumes from the
+    newest complete checkpoint of its run directory, at the exact data position.
+
+    Raises:
+        ElasticRestartError: torchrun set ``TORCHELASTIC_MAX_RESTARTS`` above 0.
+    """
+    environ = os.environ if environ is None else environ
+    restarts = environ.get("TORCHELASTIC_MAX_RESTARTS", "0")
+    if restarts.isdigit() and int(restarts) > 0:
+        raise ElasticRestartError(
+            f"torchrun --max-restarts={restarts} (TORCHELASTIC_MAX_RESTARTS) is not supported: restarted workers do "
+            "not rejoin. Launch with --max-restarts=0 and restart by requeueing (slurm/train.sbatch, `animatex-train "
+            "submit train`) or by rerunning the same command: it resumes from the newest complete checkpoint"
+        )

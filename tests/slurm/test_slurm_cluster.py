@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from animatex_train.launch.submit import submit_main
 from animatex_train.training.checkpoint import find_resume_checkpoint
 from animatex_train.training.tracking import RUN_ID_FILE
 from slurm.cluster import INSTALL, SlurmCluster, missing_binaries
-from slurm.harness import HERE, fit_overrides, offline_runs, probe_events, tiny_dataset, wait_for_step
+from slurm.harness import HERE, fit_overrides, offline_runs, probe_events, run_env, tiny_dataset, wait_for_step
 
 pytestmark = [
     pytest.mark.slurm,
@@ -105,3 +107,24 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, manifes
     assert (run_dir / RUN_ID_FILE).read_text().strip() == run_id
     runs = offline_runs(run_dir)
     assert len(runs) == 2 and all(p.name == f"run-{run_id}.wandb" for p in runs), runs
+
+
+def test_eval_sbatch_validates_a_tiny_fits_checkpoint(cluster, manifest, job_env, tmp_path, capsys):
+    """``slurm/eval.sbatch`` runs ``validate --ckpt_path <the run's newest state.ckpt>`` (issue 19): it must load a
+    checkpoint written by ``fit`` (the saved hyperparameters are not re-parsed, see training/lightning_cli.py)."""
+    run_dir = tmp_path / "run"
+    fit = subprocess.run([sys.executable, "-m", "animatex_train", "fit", "--config", str(TINY_RECIPE),
+                          *fit_overrides(manifest, run_dir, max_steps=2, extra=["--checkpoint.every_n_steps=2"])],
+                         cwd=HERE.parents[1], env=run_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    code = submit_main(["eval", "--recipe", str(TINY_RECIPE), "--nodes", "1", "--gpus-per-node", "0",
+                        "--ntasks-per-node", "1", "--cpus-per-task", "1", "--time", "10:00", "--run-dir", str(run_dir),
+                        "--log-dir", str(tmp_path / "logs"), "--",
+                        *fit_overrides(manifest, tmp_path / "eval", max_steps=2, validate=True)])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    job_id = re.fullmatch(r"submitted eval: (\d+)\n", out).group(1)
+    job = cluster.wait_for(job_id, lambda j: j["JobState"] in ("COMPLETED", "FAILED"), "completion", timeout=300)
+    log = (tmp_path / "logs" / f"animatex-eval-{job_id}.out").read_text()
+    assert job["ExitCode"] == "0:0" and "val/loss" in log, log[-4000:]
+    assert f"validate {run_dir}/checkpoints/step-000000002/state.ckpt" in log, log[-4000:]

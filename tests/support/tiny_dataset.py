@@ -104,9 +104,21 @@ def _stacks_of_group(pgid: int) -> str:
     return "\n".join(dumps)
 
 
+def time_budget(seconds: float) -> float:
+    """A subprocess timeout scaled to the machine: ``ANIMATEX_TEST_TIME_SCALE``, by default 8 / CPU cores (at least
+    1), so a budget measured on an idle 8-core machine still holds on a loaded 2-core CI runner (x4).
+
+    Budgets only bound hangs; no test asserts on elapsed time.
+    """
+    scale = os.environ.get("ANIMATEX_TEST_TIME_SCALE")
+    return seconds * (float(scale) if scale else max(1.0, 8 / (os.cpu_count() or 1)))
+
+
 def run_fit(args: list[str], env: dict[str, str], timeout_s: float = 300.0) -> str:
     """Run ``python -m animatex_train <args>`` in its own process group; its output, or an AssertionError with the
-    output's tail if it fails or outlives ``timeout_s`` (then the whole group, every rank, is killed)."""
+    output's tail if it fails or outlives ``timeout_s`` scaled by ``time_budget`` (then the whole group, every rank,
+    is killed)."""
+    timeout_s = time_budget(timeout_s)
     proc = subprocess.Popen([sys.executable, "-m", "animatex_train", *args], cwd=REPO_ROOT, env=env, text=True,
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
@@ -120,6 +132,24 @@ def run_fit(args: list[str], env: dict[str, str], timeout_s: float = 300.0) -> s
     if proc.returncode != 0:
         raise AssertionError(f"fit failed with exit code {proc.returncode}: {' '.join(args)}\n{output[-6000:]}")
     return output
+
+
+def build_deepspeed_cpu_ops() -> None:
+    """JIT-compile DeepSpeed's CPU ops (CPU Adam, shared-memory collectives) once, in this process.
+
+    Each DeepSpeed fit otherwise compiles them on first use (~30-55 s each, measured) when the extensions folder
+    (``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``) is empty, as on a fresh CI runner, with its
+    ranks racing for the build lock inside the fit's time budget. Built here, every later fit only loads them.
+    """
+    if "deepspeed_cpu_ops" in _RUNS:
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.ops.op_builder.cpu import CPUAdamBuilder, ShareMemCommBuilder
+
+    for builder in (CPUAdamBuilder(), ShareMemCommBuilder()):
+        if builder.is_compatible(verbose=False):
+            builder.load(verbose=False)
+    _RUNS["deepspeed_cpu_ops"] = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "~/.cache/torch_extensions"))
 
 
 PROBE_PATH = REPO_ROOT / "tests" / "training"  # strategy_probe.RunProbe lives there
@@ -143,6 +173,8 @@ def probed_run(tmp_path_factory, name: str, strategy_args: list[str], steps: int
     weights swapped in), so every strategy's run also checks that validation is collective-safe and that
     training goes on after it."""
     if name not in _RUNS:
+        if any("DeepSpeed" in arg for arg in strategy_args):
+            build_deepspeed_cpu_ops()  # once per session, before two ranks race to compile them
         data = shared_dataset(tmp_path_factory)
         run_dir = tmp_path_factory.mktemp(f"run_{name}")
         probe = (f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "

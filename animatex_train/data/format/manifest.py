@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -29,7 +30,8 @@ class ShardEntry:
     """One shard.
 
     Attributes:
-        path: POSIX path relative to the manifest's folder (no ``..``, not absolute).
+        path: POSIX path relative to the manifest's folder (no ``..``, not absolute), or a remote URL (``pipe:``,
+            ``s3://``, ``https://``) read only with ``data.allow_remote_urls: true``.
         split: ``train``, ``val`` or ``test``; a shard holds one split only.
         num_samples: clips in the shard.
         num_frames: frames over all its clips.
@@ -122,6 +124,14 @@ class DatasetManifest:
             raise ManifestError("this manifest was not loaded from a file; set manifest.root to its folder")
         return [self.root / s.path for s in self.select(split)]
 
+    def shard_url(self, entry: ShardEntry) -> str:
+        """Where the loader reads ``entry``: a remote URL as written (``pipe:``, ``s3:``, ...), else its local path."""
+        if is_remote_url(entry.path):
+            return entry.path
+        if self.root is None:
+            raise ManifestError("this manifest was not loaded from a file; set manifest.root to its folder")
+        return str(self.root / entry.path)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("root")
@@ -160,20 +170,34 @@ class DatasetManifest:
         manifest.root = path.parent
         return manifest
 
-    def verify_shards(self, check_hash: bool = True) -> None:
+    def verify_shards(self, check_hash: bool = True, allow_remote_urls: bool = False) -> None:
         """Check that every shard exists with its recorded size (and sha256); list every problem at once.
 
+        A remote shard (``pipe:``, ``s3:``, ``http(s):`` ...) cannot be checked before it is read: it is refused
+        unless ``allow_remote_urls`` (its commands run, trusted manifests only), then accepted as written.
+
         Raises:
-            ManifestError: one line per missing, resized or altered shard.
+            ManifestError: one line per missing, unreadable, resized or altered shard, or refused remote URL.
         """
         problems = []
         for shard, shard_path in zip(self.shards, self.shard_paths(), strict=True):
+            if is_remote_url(shard.path):
+                if not allow_remote_urls:
+                    problems.append(f"{shard.path}: a remote URL (it runs a command or reaches the network); set "
+                                    "data.allow_remote_urls: true if this manifest is trusted")  # fmt: skip
+                continue
             if not shard_path.is_file():
                 problems.append(f"{shard.path}: missing")
                 continue
             size = shard_path.stat().st_size
             if size != shard.size_bytes:
                 problems.append(f"{shard.path}: {size} bytes, the manifest says {shard.size_bytes}")
+                continue
+            try:  # as the loader will: a shard it cannot open would silently become placeholders every epoch
+                with shard_path.open("rb") as handle:
+                    handle.read(1)
+            except OSError as error:
+                problems.append(f"{shard.path}: unreadable ({error.strerror or error})")
                 continue
             if check_hash and _sha256(shard_path) != shard.sha256:
                 problems.append(f"{shard.path}: sha256 differs from the manifest (the file was altered or corrupted)")
@@ -210,7 +234,14 @@ def _names(kinds: type | tuple[type, ...]) -> str:
     return " or ".join(k.__name__ for k in _as_tuple(kinds))
 
 
+def is_remote_url(path: str) -> bool:
+    """``pipe:cmd``, ``s3://...``, ``http(s)://...``: a scheme, not a Windows drive letter or a plain file name."""
+    return bool(re.match(r"^[a-z][a-z0-9+.-]+:", path)) and not re.match(r"^[A-Za-z]:[\\/]", path)
+
+
 def _safe_relative(path: str, where: str) -> str:
+    if is_remote_url(path):  # not a file under the dataset folder: read only with data.allow_remote_urls
+        return path
     pure = PurePosixPath(path)
     if not path or pure.is_absolute() or ".." in pure.parts or "\\" in path:
         raise ManifestError(f"{where}: shard path {path!r} must be relative, inside the dataset folder, without '..'")

@@ -34,9 +34,18 @@ def open_shard(url: str, allow_remote_urls: bool = False) -> IO[bytes]:
                 f"shard URL {url!r} needs a shell command or network client; set data.allow_remote_urls: true "
                 "if the manifest is trusted (pipe: URLs run shell commands)"
             )
-        import webdataset.gopen  # local import: only remote datasets need it
+        # local import: only remote datasets need it. `webdataset.gopen` the attribute is the function (the package
+        # re-exports it over its submodule's name), so import it from the submodule.
+        from webdataset import utils as wds_utils
+        from webdataset.gopen import gopen
 
-        return webdataset.gopen.gopen(url, "rb")
+        # data.allow_remote_urls is the explicit opt-in for this URL; WDS_SECURE=1 (set by our scripts and tests)
+        # keeps guarding every other webdataset entry point, so lift it for this one open only.
+        secure, wds_utils.enforce_security = wds_utils.enforce_security, False
+        try:
+            return gopen(url, "rb")
+        finally:
+            wds_utils.enforce_security = secure
     try:
         return Path(url).open("rb")
     except OSError as error:
@@ -59,7 +68,7 @@ def iter_samples(url: str, allow_remote_urls: bool = False,
             # A local file is read in tarfile's seekable mode, still front to back: each member is then one
             # read() of its bytes, where stream mode ("r|", kept for pipes and sockets) re-joins and re-slices
             # its read buffer per member, about 8x the CPU time for our ~3 MiB samples.
-            mode = "r:*" if stream.seekable() else "r|*"
+            mode = "r:*" if getattr(stream, "seekable", lambda: False)() else "r|*"  # webdataset's Pipe: no seekable()
             with tarfile.open(fileobj=stream, mode=mode) as tar:
                 for info in tar:
                     if not info.isfile():

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 from animatex_train.data.epi.anchor_pool import AnchorPool
 from animatex_train.data.epi.transform import EPIConfig, EPITransform
 from animatex_train.data.format.manifest import DatasetManifest
-from animatex_train.data.format.schema import decode_clip
+from animatex_train.data.format.schema import SampleError, decode_clip
 from animatex_train.data.format.shard_reader import iter_samples
 from animatex_train.data.loading.epoch_plan import DataIndex, Layout, ShardInfo, batches_per_rank
 from animatex_train.data.loading.loader import ShardStreamLoader
@@ -46,12 +46,12 @@ class DataConfigError(ValueError):
     """The data configuration cannot work; raised before training starts, naming the key and the fix."""
 
 
-def load_index(sources: list[DatasetSource], verify_hashes: bool = False) -> DataIndex:
-    """The weighted mixture of the sources' shards, after checking the shards exist."""
+def load_index(sources: list[DatasetSource], verify_hashes: bool = False, allow_remote_urls: bool = False) -> DataIndex:
+    """The weighted mixture of the sources' shards, after checking the shards exist (remote ones: are allowed)."""
     datasets, weights = [], []
     for source in sources:
         manifest = DatasetManifest.load(source.manifest)
-        manifest.verify_shards(check_hash=verify_hashes)
+        manifest.verify_shards(check_hash=verify_hashes, allow_remote_urls=allow_remote_urls)
         shards = []
         for entry in manifest.select(source.split):
             if len(entry.resolutions) != 1:
@@ -61,7 +61,7 @@ def load_index(sources: list[DatasetSource], verify_hashes: bool = False) -> Dat
                 )
             height, width = (int(v) for v in next(iter(entry.resolutions)).split("x"))
             frames = (manifest.num_frames_per_clip,) * entry.num_samples
-            shards.append(ShardInfo(str(manifest.root / entry.path), tuple(entry.keys), frames, height, width))
+            shards.append(ShardInfo(manifest.shard_url(entry), tuple(entry.keys), frames, height, width))
         if not shards:
             raise DataConfigError(f"data: {source.manifest} has no shards of split {source.split!r}")
         if source.weight <= 0:
@@ -133,19 +133,27 @@ class VideoDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         if self.train_index is None:
-            self.train_index = load_index(self.train_sources, self.verify_shard_hashes)
+            self.train_index = load_index(self.train_sources, self.verify_shard_hashes, self.allow_remote_urls)
             self.clip_dim = self._preflight(self.train_index)
             if self.epi.does_anything:  # an empty or missing anchor pool fails here, not in a worker mid-epoch
                 EPITransform(self.epi, AnchorPool.load(self.anchor_pool) if self.anchor_pool else None, self.seed)
         if self.val_sources and self.val_index is None:
-            self.val_index = load_index(self.val_sources, self.verify_shard_hashes)
+            self.val_index = load_index(self.val_sources, self.verify_shard_hashes, self.allow_remote_urls)
             self._preflight(self.val_index)
 
     def _preflight(self, index: DataIndex) -> int:
         """Decode the first sample of the first shard: schema version, CLIP width and window length."""
         first = index.datasets[0][0]
-        key, members = next(iter_samples(first.url, self.allow_remote_urls))
-        record = decode_clip({"__key__": key, "__url__": first.url, **members})
+        wanted = first.keys[0]  # the first planned sample: a foreign group ahead of it in the tar is not read as it
+        found = next(((key, members) for key, members in iter_samples(first.url, self.allow_remote_urls)
+                      if key == wanted), None)  # fmt: skip
+        if found is None:
+            raise SampleError(f"shard {first.url!r}: its first manifest sample {wanted!r} is not in the tar; re-run "
+                              "`animatex-train prepare` or refresh the manifest")  # fmt: skip
+        try:
+            record = decode_clip({"__key__": wanted, "__url__": first.url, **found[1]})
+        except SampleError as error:
+            raise SampleError(f"shard {first.url!r}: {error}") from error
         longest = max(n for shards in index.datasets for s in shards for n in s.num_frames)
         if longest < self.window.span:
             raise DataConfigError(

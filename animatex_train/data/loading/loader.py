@@ -13,6 +13,10 @@ worker would keep a stale copy of it).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -23,10 +27,44 @@ from animatex_train.data.loading.epoch_plan import Layout, PlanSegment, batches_
 from animatex_train.data.loading.stream import ShardStream, StreamPosition
 
 STATE_VERSION = 1
+WATCHDOG_GRACE_S = 15.0  # after data.loader_timeout_s: the loader's own timeout gets the first word
 
 
 class ResumeError(RuntimeError):
     """A saved loader position that cannot be continued with this data; the message says why and what to do."""
+
+
+class LoaderStallError(RuntimeError):
+    """A loader worker produced nothing for ``data.loader_timeout_s``; it was killed (the message names it)."""
+
+
+def _kill_workers(iterator: object) -> tuple[str, list[int]]:
+    """SIGKILL a DataLoader iterator's workers; (the worker whose batch was awaited, the pids killed).
+
+    SIGKILL, because a worker that cannot act on SIGTERM (stopped, or in uninterruptible sleep on a hung
+    filesystem) kept the process alive for ever at shutdown (RELIABILITY_PROBE.md D3).
+    """
+    workers = list(getattr(iterator, "_workers", []))
+    info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", -1), ())
+    waited = f"worker {info[0]} (pid {workers[info[0]].pid})" if info and info[0] < len(workers) else "a worker"
+    pids = [w.pid for w in workers if w.is_alive()]
+    if getattr(iterator, "_worker_pids_set", False):
+        # torch's SIGCHLD handler would otherwise raise "worker killed by signal" in the main thread at a random
+        # point, racing our error; the iterator's own shutdown deregisters its workers the same way
+        from torch.utils.data._utils.signal_handling import _remove_worker_pids
+
+        _remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return waited, pids
+
+
+def _stall_message(waited: str, timeout: object, pids: list[int]) -> str:
+    return (f"data loader: {waited} produced no batch for {timeout} s (data.loader_timeout_s); its workers (pids "
+            f"{pids}) were killed. A worker hangs on its storage or on a sample: check the shards' filesystem, or "
+            "raise data.loader_timeout_s for slow storage")  # fmt: skip
 
 
 class _Counting:
@@ -40,7 +78,31 @@ class _Counting:
         return self
 
     def __next__(self) -> Batch:
-        batch = next(self.iterator)
+        timeout = getattr(self.iterator, "_timeout", 0)
+        # DataLoader's own timeout covers waiting for a batch's message only; receiving its tensors (their file
+        # descriptors come from the worker) blocks with no limit when the worker is frozen. The watchdog kills the
+        # workers a little after the timeout, which ends that wait too.
+        stalled: list[tuple[str, list[int]]] = []
+        watchdog = None
+        if timeout and getattr(self.iterator, "_workers", None):
+            def fire() -> None:
+                stalled.append(("a worker", []))  # flagged before the kill wakes the main thread
+                stalled[0] = _kill_workers(self.iterator)
+
+            watchdog = threading.Timer(timeout + WATCHDOG_GRACE_S, fire)
+            watchdog.daemon = True
+            watchdog.start()
+        try:
+            batch = next(self.iterator)
+        except BaseException as error:
+            if not stalled and isinstance(error, RuntimeError) and "DataLoader timed out" in str(error):
+                stalled.append(_kill_workers(self.iterator))
+            if stalled:
+                raise LoaderStallError(_stall_message(stalled[0][0], timeout, stalled[0][1])) from error
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
         self.position.batches_yielded += 1
         return batch
 

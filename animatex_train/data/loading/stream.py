@@ -77,6 +77,7 @@ class ShardStream(IterableDataset):
         self.settings = settings
         self.position = StreamPosition()
         self._epi: EPITransform | None = None
+        self._shard_keys: dict[tuple[int, int], frozenset[str]] = {}  # manifest keys per shard, built when needed
 
     def _transform(self) -> EPITransform | None:
         s = self.settings
@@ -137,29 +138,49 @@ class ShardStream(IterableDataset):
             yield from self._read_run(url, remaining)
 
     def _read_run(self, url: str, refs: list[SampleRef]):
-        it = iter(refs)
-        ref = next(it)
-        position = -1
+        """Yield ``(ref, members | error)`` for ``refs`` (samples of one shard, in tar order), matched by key.
+
+        Matching by key, not by position in the tar, keeps one foreign or duplicate sample group (an unknown key,
+        a key seen before, a traversal member) from shifting every later sample of the shard onto the wrong plan
+        entry: such groups are skipped with a warning naming shard and key, and nothing else is lost.
+        """
+        wanted: dict[str, list[SampleRef]] = {}
+        for ref in refs:
+            wanted.setdefault(ref.key, []).append(ref)
+        served: set[str] = set()
+        error = None
         try:
             for key, members in iter_samples(url, self.settings.allow_remote_urls):
-                position += 1
-                if position < ref.index:
+                if key in served or key not in wanted:
+                    # named at once: the consumer stops pulling after its last needed sample
+                    if key in served:
+                        log.warning("shard %r: skipped a second sample group with key %r (duplicate)", url, key)
+                    elif not self._planned(refs[0], key):
+                        log.warning("shard %r: skipped sample group %r, not in the shard's manifest entry "
+                                    "(foreign)", url, key)  # fmt: skip
                     continue
-                if key != ref.key:
-                    message = f"shard {url!r}: expected sample {ref.key!r} at position {ref.index}, found {key!r}"
-                    yield ref, message
-                else:
+                served.add(key)
+                for ref in wanted.pop(key):
                     yield ref, {"__key__": key, "__url__": url, **members}
-                ref = next(it, None)
-                if ref is None:
-                    return
-            error = f"shard {url!r} ended before sample {ref.key!r} (position {ref.index})"
+                if not wanted:
+                    break
         except ShardReadError as failure:
             error = str(failure)
-        rest = list(it)
-        log.warning("%s; %d planned sample(s) of it become placeholders", error, 1 + len(rest))
-        for missing in [ref, *rest]:
+        if not wanted:
+            return
+        rest = [ref for ref in refs if ref.key in wanted]
+        error = error or f"shard {url!r} has no sample(s) {[r.key for r in rest][:3]} (it ended before them)"
+        log.warning("%s; %d planned sample(s) of it become placeholders", error, len(rest))
+        for missing in rest:
             yield missing, error
+
+    def _planned(self, ref: SampleRef, key: str) -> bool:
+        """Whether ``key`` is one of the manifest keys of ``ref``'s shard (a planned sample, just not needed now)."""
+        shard = self.settings.index.datasets[ref.dataset][ref.shard]
+        keys = self._shard_keys.get((ref.dataset, ref.shard))
+        if keys is None:
+            keys = self._shard_keys[(ref.dataset, ref.shard)] = frozenset(shard.keys)
+        return key in keys
 
     def _prepare(self, ref: SampleRef, raw: dict | str, epoch: int, epi: EPITransform | None) -> PreparedSample | str:
         """The sample's choices and pose boxes, or the reason it becomes a placeholder."""
