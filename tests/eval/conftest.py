@@ -1,0 +1,8 @@
+"""Evaluation tests: the reference-fixture helpers (``metrics_reference``) import by name from this folder."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
