@@ -36,9 +36,9 @@ class FeatureStats:
         """Add rows ``(n, d)``."""
         if isinstance(features, torch.Tensor):
             features = features.detach().cpu().numpy()
-        rows = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
-        if len(rows) == 0:
+        if len(features) == 0:
             return
+        rows = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
         batch_mean = rows.mean(axis=0)
         centred = rows - batch_mean
         self.merge(FeatureStats(len(rows), batch_mean, centred.T @ centred))
