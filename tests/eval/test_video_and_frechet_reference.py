@@ -59,22 +59,23 @@ def test_windows_and_preprocessed_clips_match_disco(fixture):
         for side in ("gen", "gt") for m in s[side])
 
 
+@pytest.mark.parametrize("method", ["sqrtm", "eigh"])
 @pytest.mark.parametrize("fixture", FIXTURES, ids=IDS)
-def test_frechet_matches_disco_from_matrices_and_from_streamed_statistics(fixture):
+def test_frechet_matches_disco_from_matrices_and_from_streamed_statistics(fixture, method):
     data, stored = load_json(fixture), tensors(fixture)
     for name, case in data["frechet"]["cases"].items():
         first, second = stored[case["feats1"]], stored[case["feats2"]]
         want = case["disco_fid_from_feats"]
         tolerance = 1e-5 if case["case"].get("identical") else 1e-6 * abs(want)
-        assert frechet_from_features(first, second) == pytest.approx(want, abs=tolerance), name
+        assert frechet_from_features(first, second, method) == pytest.approx(want, abs=tolerance), name
         # the same through FeatureStats fed in uneven batches, as the evaluation streams them
         stats = [FeatureStats(), FeatureStats()]
-        for stat, rows in zip(stats, (first, second)):
+        for stat, rows in zip(stats, (first, second), strict=True):
             for chunk in np.array_split(rows, [1, 4, 11, 30]):
                 stat.update(chunk)
             assert stat.count == len(rows)
             np.testing.assert_allclose(stat.covariance(), np.cov(rows, rowvar=False), rtol=1e-9, atol=1e-12)
-        assert frechet_from_stats(*stats) == pytest.approx(want, abs=tolerance), name
+        assert frechet_from_stats(*stats, method=method) == pytest.approx(want, abs=tolerance), name
 
 
 def test_feature_stats_merge_equals_one_pass():
