@@ -128,7 +128,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     if rank_and_world()[0] == 0:
         print((Path(args.output) / "metrics.md").read_text())
-        print(f"evaluate: {report['counts']['videos']} videos in {report['seconds']:.0f} s -> {args.output}/metrics.json")
+        print(f"evaluate: {report['counts']['videos']} videos in {report['seconds']:.0f} s -> "
+              f"{args.output}/metrics.json")
     return 0
 
 

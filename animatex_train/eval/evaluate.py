@@ -128,8 +128,8 @@ def run_evaluation(recipe: EvalRecipe, settings: Any, weights: WeightPaths, out:
         task = bar.add_task(f"generate + score ({recipe.protocol}, rank {rank}/{world})", total=len(mine))
         for index in mine:
             job = make_job(recipe, videos, index, work)
-            job_settings = dataclasses.replace(settings, inputs=dataclasses.replace(settings.inputs,
-                                                                                    pkl=str(job.pkl) if job.pkl else None))
+            pkl = str(job.pkl) if job.pkl else None
+            job_settings = dataclasses.replace(settings, inputs=dataclasses.replace(settings.inputs, pkl=pkl))
             mark = time.perf_counter()
             result = animate(job.ref, job.driving, job_settings, models=models)
             seconds_generate = time.perf_counter() - mark
