@@ -10,7 +10,8 @@ from unittest import mock
 import torch
 
 
-def write_random_metric_weights(folder: Path, seed: int = 0) -> dict[str, Path]:
+def write_random_metric_weights(folder: Path, seed: int = 0,
+                                only: tuple[str, ...] = ("fid_inception", "vgg16", "i3d", "r3d50")) -> dict[str, Path]:
     """``{fid_inception, vgg16, i3d, r3d50} -> path`` of seeded random weights (conv weights of the Inception
     scaled by sqrt(6) so pool3 features are not ~0, as the reference fixtures do)."""
     import pytorch_fid.inception as fid_inception
@@ -32,6 +33,8 @@ def write_random_metric_weights(folder: Path, seed: int = 0) -> dict[str, Path]:
     }
     paths = {}
     for name, state in states.items():
+        if name not in only:
+            continue
         paths[name] = folder / f"{name}.pth"
         torch.save(state, paths[name])
     return paths

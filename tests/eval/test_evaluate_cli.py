@@ -75,9 +75,9 @@ def test_self_driven_writes_metrics_json_table_and_wandb(setup, tmp_path, monkey
 @pytest.mark.parametrize("recipe", ["cross_driven.yaml", "cross_identity.yaml"])
 def test_cross_protocols_run(setup, tmp_path, recipe):
     root, checkpoint, weights = setup
-    args = _args(root, checkpoint, weights, recipe, tmp_path) + ["--metrics", "fid,fid_vid"]
+    args = _args(root, checkpoint, weights, recipe, tmp_path) + ["--metrics", "fid_vid"]
     if recipe == "cross_driven.yaml":
-        args[-1] = "psnr_star,l1,fid"
+        args[-1] = "psnr_star,l1"  # the ground-truth path; cheap
     assert main([*args, "--set", "save_videos=false"]) == 0
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert all(v is not None for v in report["metrics"].values()), report["metrics"]
