@@ -1,5 +1,6 @@
-"""``animatex-train evaluate``: generate a test set with a checkpoint through the ``animate`` pipeline and score
-it with the paper's metrics, as DisCo computes them (docs/evaluation.md).
+"""``animatex-train evaluate``: generate a test set through ``animate`` and score it with the paper's seven metrics.
+
+The metrics are computed as DisCo computes them (docs/evaluation.md).
 
     animatex-train evaluate --recipe recipes/eval/self_driven.yaml --checkpoint run/checkpoints \\
         --vae ... --clip ... --test-set tests.jsonl -o eval_out \\
