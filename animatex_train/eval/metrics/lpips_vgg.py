@@ -4,6 +4,7 @@ package, version 0.1, its bundled linear heads, one frame pair at a time, and by
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -44,7 +45,10 @@ class DiscoLPIPS(nn.Module):
             raise ValueError(f"lpips input_range: expected 'unit' (DisCo) or 'signed', got {input_range!r}")
         self.input_range = input_range
         # pnet_rand: build the trunk without torchvision's download; the weights come from our file just below.
-        self.net = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
+        # lpips 0.1.4 still passes torchvision's deprecated `pretrained=` argument: silence that warning only.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
+            self.net = lpips.LPIPS(net="vgg", version="0.1", pnet_rand=True, verbose=False)
         self.net.net.load_state_dict(_trunk_state(self.net, load_state_dict(vgg16_path)), strict=True)
         self.eval().requires_grad_(False)
 
