@@ -10,10 +10,16 @@ from unittest import mock
 import torch
 
 
+def _he_scaled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v * math.sqrt(6.0) if v.ndim == 5 else v for k, v in state.items()}
+
+
 def write_random_metric_weights(folder: Path, seed: int = 0,
                                 only: tuple[str, ...] = ("fid_inception", "vgg16", "i3d", "r3d50")) -> dict[str, Path]:
-    """``{fid_inception, vgg16, i3d, r3d50} -> path`` of seeded random weights (conv weights of the Inception
-    scaled by sqrt(6) so pool3 features are not ~0, as the reference fixtures do)."""
+    """``{fid_inception, vgg16, i3d, r3d50} -> path`` of seeded random weights. Convolution weights of the Inception
+    and of the two 3D networks are scaled by sqrt(6) (He variance), as the reference fixtures do: with PyTorch's
+    default init and eval-mode BatchNorm their features are input-independent (I3D logits differ by ~5e-8 between
+    inputs, so FVD would be ~0 whatever the videos)."""
     import pytorch_fid.inception as fid_inception
     import torchvision
 
@@ -28,8 +34,8 @@ def write_random_metric_weights(folder: Path, seed: int = 0,
     states = {
         "fid_inception": {k: v * math.sqrt(6.0) if k.endswith("conv.weight") else v for k, v in inception.items()},
         "vgg16": torchvision.models.vgg16(weights=None).features.state_dict(prefix="features."),
-        "i3d": InceptionI3d().state_dict(),
-        "r3d50": {"state_dict": {f"module.{k}": v for k, v in ResNet3D50().state_dict().items()}},
+        "i3d": _he_scaled(InceptionI3d().state_dict()),
+        "r3d50": {"state_dict": {f"module.{k}": v for k, v in _he_scaled(ResNet3D50().state_dict()).items()}},
     }
     paths = {}
     for name, state in states.items():

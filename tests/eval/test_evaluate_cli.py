@@ -60,6 +60,7 @@ def test_self_driven_writes_metrics_json_table_and_wandb(setup, tmp_path, monkey
     assert set(metrics) == {"psnr_star", "ssim", "l1", "lpips", "fid", "fid_vid", "fvd"}
     assert all(isinstance(v, float) for v in metrics.values()), metrics
     assert 0 < metrics["psnr_star"] < 100 and -1 <= metrics["ssim"] <= 1 and metrics["l1"] > 0
+    assert min(metrics["fid"], metrics["fid_vid"], metrics["fvd"]) > 1e-3, metrics  # features depend on the videos
     assert report["counts"]["frame_pairs"] == 32 and report["counts"]["fid_vid_clips"] == {"gen": 2, "real": 2}
     assert [row["id"] for row in report["per_video"]] == ["synth_0001", "synth_0002"]
     assert all(row["n"] == 16 and "psnr_star" in row for row in report["per_video"])
