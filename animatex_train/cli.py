@@ -26,6 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "epi-preview": ("animatex_train.data.epi.preview:epi_preview_main", "PNG grid: original | realigned | rescaled"),
     "export": ("animatex_train.training.export:export_main", "checkpoint (DDP/ZeRO/FSDP) -> safetensors/.pth"),
     "animate": ("animatex_train.inference.cli:animate_main", "reference image + driving video -> animation mp4"),
+    "evaluate": ("animatex_train.eval.cli:evaluate_main",
+                 "generate a test set and score it: PSNR*, SSIM, L1, LPIPS, FID, FID-VID, FVD (as DisCo)"),
     "ablate": ("animatex_train.launch.ablate:ablate_main", "the paper's IPI/EPI ablations: list, run, submit, collate"),
     "submit": ("animatex_train.launch.submit:submit_main", "submit a recipe to Slurm (sbatch, requeue on preemption)"),
 }

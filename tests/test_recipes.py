@@ -9,7 +9,9 @@ import yaml
 
 from animatex_train.training.lightning_cli import AnimateXCLI
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+# recipes/eval/ are evaluation protocols, not LightningCLI configs (tests/eval/test_evaluate_cli.py parses them)
+_ROOT = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = sorted(p for p in _ROOT.rglob("*.yaml") if p.relative_to(_ROOT).parts[0] != "eval")
 
 
 def test_there_are_recipes():

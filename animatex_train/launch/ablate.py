@@ -91,6 +91,11 @@ def ablate_main(argv: list[str] | None = None) -> int:
             rows = collate(out, ablations, args.last_k)
             write_tables(out, rows, args.last_k)
             print(markdown_table(rows, args.last_k), end="")
+            from animatex_train.eval.ablation_table import metrics_table  # runs evaluated with `evaluate -o <run>/eval`
+
+            table = metrics_table(out, ablations)
+            (out / "ablation_metrics.md").write_text(table)
+            print("\n" + table, end="")
             return 0
         configs = _configs(args, ablations)
     except CampaignError as error:
