@@ -78,7 +78,7 @@ def make_job(recipe: EvalRecipe, videos: list[TestVideo], index: int, work: Path
     if recipe.protocol == "cross_driven":
         # A2Bench's rescaled pose: the character's own motion with the partner's body proportions (EPI
         # realignment), generated over the character's own frames, which stay the ground truth.
-        from animatex_train.data.pose_realign import realign_to_anchor
+        from animatex_train.data.epi.realign import realign_to_anchor
 
         realigned = realign_to_anchor(load_pose(video), load_pose(partner), name=f"test video {video.id}")
         _, _, fps = video_info(video.video)
@@ -146,7 +146,7 @@ def run_evaluation(recipe: EvalRecipe, settings: Any, weights: WeightPaths, out:
                    "seconds_score": time.perf_counter() - mark, "warnings": result.meta["warnings"],
                    "checkpoint_sha256": result.meta["checkpoint"]["sha256"]}
             if recipe.save_videos:
-                from animatex_train.eval.video_io import side_by_side, write_mp4
+                from animatex_train.data.format.video import side_by_side, write_mp4
 
                 columns_ = (gen, real) if job.has_ground_truth else (gen,)
                 row["mp4"] = str(write_mp4(out / "videos" / f"{job.video.id}.mp4", side_by_side(*columns_),

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from animatex_train.data.keypoints import POINT_SLICES, PoseSequence
+from animatex_train.data.format.keypoints import POINT_SLICES, PoseSequence
 
 MANIFEST_KEYS = ("id", "video", "keypoints", "pkl", "ref", "split")
 

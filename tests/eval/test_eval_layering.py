@@ -8,9 +8,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "animatex_train"
 FORBIDDEN = {"lightning", "pytorch_lightning", "deepspeed", "wandb", "webdataset"}
-# Sampling/decoding and mp4 helpers that predate the evaluation and live in eval/ (used by validation, the demo and
-# animate); everything else in eval/ is the evaluation, which training must not import.
-SHARED_HELPERS = {"animatex_train.eval.generate", "animatex_train.eval.video_io"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -32,6 +29,6 @@ def test_metrics_are_pure():
 def test_training_side_does_not_import_the_evaluation():
     files = [PACKAGE / "system.py", *(PACKAGE / "training").rglob("*.py")]
     offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p)
-                                                     if m.startswith("animatex_train.eval") and m not in SHARED_HELPERS)
+                                                     if m.startswith("animatex_train.eval"))
                  for p in files}
     assert not {k: v for k, v in offenders.items() if v}

@@ -11,7 +11,7 @@ import torch
 from networks import write_random_metric_weights
 
 from animatex_train.cli import main
-from animatex_train.data.synthetic import SyntheticDatasetConfig, write_synthetic_dataset
+from animatex_train.data.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 from animatex_train.eval.recipe import load_recipe
 from animatex_train.models.config import tiny_denoiser_config
 from animatex_train.models.unet import AnimateXDenoiser

@@ -22,7 +22,7 @@ import torch
 import yaml
 from support.tiny_dataset import fit_args, fit_env, run_fit
 
-from animatex_train.data.synthetic import SyntheticDatasetConfig, write_synthetic_dataset
+from animatex_train.data.synthetic.dataset import SyntheticDatasetConfig, write_synthetic_dataset
 from animatex_train.eval.evaluate import generation_settings, make_job
 from animatex_train.eval.metrics.paired import psnr_star
 from animatex_train.eval.recipe import EvalRecipe
