@@ -81,10 +81,15 @@ def test_preprocess_imports_only_the_format_and_pose_drawing_from_data():
 
 
 def test_training_side_imports_neither_eval_nor_demo():
-    sources = [PACKAGE / "system.py", *(PACKAGE / "training").rglob("*.py"), *(PACKAGE / "launch").rglob("*.py")]
+    """The system and training code never reach for the evaluation or the demo. ``launch/`` orchestrates whole
+    commands (an ablation campaign collates the metrics ``evaluate`` wrote), so it may read ``eval``, never the demo."""
     offenders = {}
-    for path in sources:
+    for path in [PACKAGE / "system.py", *(PACKAGE / "training").rglob("*.py")]:
         bad = {m for m in package_imports(path) if _allowed(m, ("eval", "demo"))}
+        if bad:
+            offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    for path in (PACKAGE / "launch").rglob("*.py"):
+        bad = {m for m in package_imports(path) if _allowed(m, ("demo",))}
         if bad:
             offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
     assert not offenders, offenders

@@ -7,13 +7,16 @@ Examples::
     animatex-train ablate --recipe recipes/train/animatex_paper.yaml --cluster-overlay recipes/cluster/x.yaml \\
         --nodes 4 --gpus-per-node 8 --time 24:00:00 --out runs/ablate --only wo_ipi,full [--dry-run]
     animatex-train ablate collate --out runs/ablate               # ablations.md + ablations.csv from the run dirs
+    animatex-train ablate --local ... --eval-recipe recipes/eval/cross_driven.yaml --eval-arg=--test-set=a2.jsonl
 
 Every ablation trains ``<recipe> [+ cluster overlay] [+ overlays] + recipes/ablations/<name>.yaml`` into its own
 run directory ``<out>/<name>``, in one W&B group. ``--local`` runs them one after another, each in its own
 process (a crash of one run is recorded and the campaign goes on; W&B runs, signal handlers and global state
 never leak between runs); rerunning the command skips finished runs and resumes the others from their
 checkpoints. Without ``--local`` each ablation is submitted as a Slurm job through ``animatex-train submit``.
-Arguments after ``--`` go to every run's ``animatex-train fit``.
+Arguments after ``--`` go to every run's ``animatex-train fit``. With ``--eval-recipe`` (local campaigns) each
+finished run is scored by ``animatex-train evaluate`` into ``<run>/eval`` and the seven-metric table
+(``ablation_metrics.md``, the paper's numbers beside ours) is printed with the training table.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from animatex_train.launch.campaign import (
     write_json,
 )  # fmt: skip
 from animatex_train.launch.collate import STATE_FILE, collate, markdown_table, read_state, write_tables
-from animatex_train.launch.local_campaign import run_local
+from animatex_train.launch.local_campaign import run_local, write_metrics_table
 
 CAMPAIGN_FILE = "campaign.json"
 _SUBMITTED = re.compile(r"^submitted train: (\d+)$")
@@ -64,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--wandb", choices=("auto", "online", "offline", "disabled"), help="tracking.mode of the runs")
     run.add_argument("--local", action="store_true", help="run here, one after another (default: submit to Slurm)")
     run.add_argument("--verbose", action="store_true", help="--local: show the runs' output (always in ablate.log)")
+    run.add_argument("--eval-recipe", help="--local: after each run finishes, `animatex-train evaluate` it with this "
+                                           "recipe (recipes/eval/*.yaml) into <run>/eval; collate tabulates the "
+                                           "seven metrics")  # fmt: skip
+    run.add_argument("--eval-arg", action="append", default=[], metavar="ARG",
+                     help="an argument for every evaluation, e.g. --eval-arg=--tiny --eval-arg=--test-set=t.jsonl "
+                          "(repeatable)")  # fmt: skip
     slurm = parser.add_argument_group("Slurm (without --local; see animatex-train submit)")
     for flag in ("--nodes", "--gpus-per-node", "--ntasks-per-node", "--cpus-per-task"):
         slurm.add_argument(flag, type=int)
@@ -91,13 +100,17 @@ def ablate_main(argv: list[str] | None = None) -> int:
             rows = collate(out, ablations, args.last_k)
             write_tables(out, rows, args.last_k)
             print(markdown_table(rows, args.last_k), end="")
-            from animatex_train.eval.ablation_table import metrics_table  # runs evaluated with `evaluate -o <run>/eval`
-
-            table = metrics_table(out, ablations)
-            (out / "ablation_metrics.md").write_text(table)
-            print("\n" + table, end="")
+            print("\n" + write_metrics_table(out, ablations), end="")
             return 0
         configs = _configs(args, ablations)
+        if args.eval_recipe and not args.local:
+            raise CampaignError("--eval-recipe evaluates runs on this machine, with --local only; on Slurm, when "
+                                "the jobs are done, run `animatex-train evaluate --recipe R --checkpoint "
+                                "<out>/<ablation>/checkpoints -o <out>/<ablation>/eval` per run (or a job array "
+                                "of it), then `animatex-train ablate collate`")  # fmt: skip
+        if args.eval_recipe and not Path(args.eval_recipe).is_file():
+            raise CampaignError(f"--eval-recipe: no such file {args.eval_recipe}; expected an evaluation recipe, "
+                                "e.g. recipes/eval/cross_driven.yaml")  # fmt: skip
     except CampaignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

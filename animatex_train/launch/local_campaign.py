@@ -3,6 +3,8 @@
 Each run is its own ``python -m animatex_train fit`` process: a crash of one run is recorded in its
 ``ablation.json`` and the campaign goes on, and W&B runs, signal handlers and global state never leak from
 one run into the next. Rerunning the command skips finished runs; the others resume from their checkpoints.
+With ``--eval-recipe`` every finished run without ``eval/metrics.json`` is then scored by its own ``evaluate``
+process.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ def _current_step(run_dir: Path) -> int | None:
 
 
 def run_fit(command: list[str], log: Path, echo: Console | None, on_poll) -> int:
-    """Run one ``fit`` process, its output appended to ``log`` (and echoed); ``on_poll()`` about once a second."""
+    """Run one ``fit`` (or ``evaluate``) process, its output appended to ``log`` (and echoed); ``on_poll()`` about
+    once a second."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as sink:
         sink.write(f"\n$ {' '.join(command)}\n")
@@ -178,12 +181,70 @@ def run_local(args: argparse.Namespace, ablations: list[Ablation], configs: list
                 progress.advance(task)
                 if interrupted:
                     break
+    evaluations_failed = False
+    if args.eval_recipe and not interrupted:
+        evaluations_failed, interrupted = _evaluate_finished(ablations, out, args, console)
     rows = collate(out, ablations, args.last_k)
     md, csv_path = write_tables(out, rows, args.last_k)
     _print_summary(console, rows, group, md, csv_path, args.last_k, time.perf_counter() - campaign_started)
+    if args.eval_recipe:
+        print("\n" + write_metrics_table(out, ablations), end="", flush=True)
     if interrupted:
         return 130
-    return 0 if all(r.status == "finished" for r in rows) else 1
+    return 0 if all(r.status == "finished" for r in rows) and not evaluations_failed else 1
+
+
+def write_metrics_table(out: Path, ablations: list[Ablation]) -> str:
+    """``<out>/ablation_metrics.md``: the seven metrics of every run evaluated into ``<run>/eval``; returns it."""
+    from animatex_train.eval.ablation_table import metrics_table
+
+    table = metrics_table(out, ablations)
+    (out / "ablation_metrics.md").write_text(table)
+    return table
+
+
+def evaluate_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
+    """The ``evaluate`` process of one finished run: its newest complete checkpoint, the report in ``<run>/eval``."""
+    from animatex_train.eval.ablation_table import EVAL_DIR
+
+    return [sys.executable, "-m", "animatex_train", "evaluate", "--recipe", args.eval_recipe, "--checkpoint",
+            str(run_dir / "checkpoints"), "-o", str(run_dir / EVAL_DIR), "--no-progress", *args.eval_arg]  # fmt: skip
+
+
+def _evaluate_finished(ablations: list[Ablation], out: Path, args: argparse.Namespace,
+                       console: Console) -> tuple[bool, bool]:  # fmt: skip
+    """Evaluate every finished run that has no ``eval/metrics.json`` yet (a rerun scores only what is missing);
+    each run's ``ablation.json`` records ``eval_status``. Returns (one failed, Ctrl-C)."""
+    from animatex_train.eval.ablation_table import EVAL_DIR
+
+    todo = [a for a in ablations if read_state(out / a.name).get("status") == "finished"
+            and not (out / a.name / EVAL_DIR / "metrics.json").is_file()]  # fmt: skip
+    failed = False
+    if not todo:
+        return failed, False
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("evaluations", total=len(todo))
+        for ablation in todo:
+            run_dir = out / ablation.name
+            progress.update(task, description=f"evaluate {ablation.name}")
+            started = time.perf_counter()
+            try:
+                code = run_fit(evaluate_command(args, run_dir), run_dir / LOG_FILE,
+                               progress.console if args.verbose else None, lambda: None)  # fmt: skip
+            except KeyboardInterrupt:
+                return failed, True
+            state = read_state(run_dir)
+            state["eval_status"] = "finished" if code == 0 else "failed"
+            state["eval_error"] = None if code == 0 else _last_error(run_dir / LOG_FILE)
+            write_json(run_dir / STATE_FILE, state)
+            failed = failed or code != 0
+            mark = "[green]evaluated[/]" if code == 0 else f"[red]evaluation failed (exit {code})[/]"
+            progress.console.print(f"{ablation.name}: {mark} in {time.perf_counter() - started:.1f} s"
+                                   + (f": {state['eval_error']}" if state["eval_error"] else ""))  # fmt: skip
+            progress.advance(task)
+    return failed, False
 
 
 def _run_one(ablation: Ablation, command: list[str], run_dir: Path, args: argparse.Namespace, progress: Progress,

@@ -58,7 +58,7 @@ def _generate(checkpoint: Path, videos: Path, work: Path) -> dict[str, float]:
     result = animate(job.ref, job.driving, settings, models=models)
     truth = result.clip.source_frames
     mean, _ = models.vae.encode_pixels(torch.from_numpy(truth).permute(0, 3, 1, 2).float() / 127.5 - 1)
-    target = models.vae.to_model_latents(mean)  # (f, 4, h, w)
+    target = models.vae.config.to_model_latents(mean)  # (f, 4, h, w)
     generated = result.latents[0].transpose(0, 1)
     decoded = ((models.vae.decode(target) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return {"latent_mse": float(((generated - target) ** 2).mean()), "target_latent_var": float(target.var()),

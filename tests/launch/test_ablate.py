@@ -131,6 +131,63 @@ def test_a_failed_run_is_reported_and_the_others_continue(tmp_path, monkeypatch,
     assert runs == ["wo_ipi", "wo_lq", "wo_dq"]
 
 
+def test_eval_recipe_evaluates_each_finished_run_once(tmp_path, monkeypatch, capsys):
+    """``--eval-recipe``: every finished run is evaluated into ``<run>/eval`` (a failed run is not), the metrics table
+    is printed, a failed evaluation is recorded and retried on the next invocation, and Slurm campaigns refuse."""
+    calls = []
+    broken_eval = {"wo_lq"}
+
+    def fake_run_fit(command, log, echo, on_poll):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if "evaluate" in command:
+            out_dir = Path(command[command.index("-o") + 1])
+            calls.append(("evaluate", out_dir.parent.name, command[command.index("--checkpoint") + 1],
+                          command[command.index("--recipe") + 1], command[-1]))  # fmt: skip
+            if out_dir.parent.name in broken_eval:
+                log.write_text("error: --test-set: no such file t.jsonl\n")
+                return 2
+            out_dir.mkdir(parents=True)
+            values = {"psnr_star": 14.0, "ssim": 0.5, "l1": 1e-4, "lpips": 0.4, "fid": 30.0, "fid_vid": 40.0,
+                      "fvd": 500.0}  # fmt: skip
+            (out_dir / "metrics.json").write_text(json.dumps({"metrics": values,
+                                                              "protocol": {"protocol": "cross_driven"}}))  # fmt: skip
+            return 0
+        run_dir = Path(next(a for a in command if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
+        calls.append(("fit", run_dir.name))
+        if run_dir.name == "wo_dq":
+            return 1
+        ledger(run_dir, {1: 0.5, 2: 0.25})
+        return 0
+
+    monkeypatch.setattr(local_campaign, "run_fit", fake_run_fit)
+    monkeypatch.setattr(local_campaign, "data_overrides", lambda *a: [])
+    recipe = REPO / "recipes" / "eval" / "cross_driven.yaml"
+    argv = ["--local", "--recipe", str(TINY_RECIPE), "--only", "wo_ipi,wo_lq,wo_dq", "--max-steps", "2",
+            "--out", str(tmp_path), "--eval-recipe", str(recipe), "--eval-arg=--tiny"]  # fmt: skip
+    assert ablate_main(argv) == 1  # wo_dq's training and wo_lq's evaluation failed
+    assert calls == [("fit", "wo_ipi"), ("fit", "wo_lq"), ("fit", "wo_dq"),
+                     ("evaluate", "wo_ipi", str(tmp_path / "wo_ipi" / "checkpoints"), str(recipe), "--tiny"),
+                     ("evaluate", "wo_lq", str(tmp_path / "wo_lq" / "checkpoints"), str(recipe), "--tiny")]  # fmt: skip
+    printed = capsys.readouterr().out
+    table = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| wo_")}
+    assert "14.00 (13.30)" in table["wo_ipi"] and "not evaluated" in table["wo_lq"]
+    assert "wo_lq: evaluation failed (exit 2)" in printed and "error: --test-set: no such file" in printed
+    assert (tmp_path / "ablation_metrics.md").read_text() in printed
+    states = {n: json.loads((tmp_path / n / "ablation.json").read_text()) for n in ("wo_ipi", "wo_lq", "wo_dq")}
+    assert states["wo_ipi"]["eval_status"] == "finished" and states["wo_lq"]["eval_status"] == "failed"
+    assert "eval_status" not in states["wo_dq"]
+    # The rerun retrains only wo_dq, then evaluates what is missing: wo_lq (fixed now) and wo_dq, not wo_ipi again.
+    calls.clear()
+    broken_eval.clear()
+    assert ablate_main(argv) == 1  # wo_dq still fails to train
+    assert [c[:2] for c in calls] == [("fit", "wo_dq"), ("evaluate", "wo_lq")]
+    calls.clear()
+    assert ablate_main(argv) == 1 and [c[:2] for c in calls] == [("fit", "wo_dq")]
+    # Slurm campaigns do not evaluate: the error says what to run instead, before anything is submitted.
+    assert ablate_main(argv[1:]) == 2
+    assert "--local only" in capsys.readouterr().err
+
+
 def test_missing_data_builds_the_embedded_dataset_once(tmp_path, monkeypatch):
     built = []
 
