@@ -67,7 +67,7 @@ class SampleVideoLogger(pl.Callback):
         n = min(self.config.num_samples, batch.batch_size)
         ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
         with ema.swapped_in(pl_module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
-            generated, truth = _through_strategy(trainer, pl_module, batch, n)
+            generated, truth = render_through_strategy(trainer, pl_module, batch, n)
         if trainer.global_rank == 0:
             self._write(trainer, pl_module, batch, generated.numpy(), truth.numpy())
 
@@ -91,7 +91,7 @@ class SampleVideoLogger(pl.Callback):
         log.info("validation samples written to %s", out_dir)
 
 
-def _through_strategy(trainer: pl.Trainer, pl_module: pl.LightningModule, batch, n: int):
+def render_through_strategy(trainer: pl.Trainer, pl_module: pl.LightningModule, batch, n: int):
     """``pl_module.render_validation_clips(batch, n)`` run inside the strategy's wrapper (DDP, DeepSpeed engine,
     FSDP root unit) when there is one, as Lightning runs ``validation_step``."""
     strategy = trainer.strategy

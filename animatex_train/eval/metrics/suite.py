@@ -123,13 +123,25 @@ class MetricSuite:
                 path = resolve_weight(key, getattr(self.weights, key))
                 self.weight_files[key] = {"path": str(path), "sha256": file_sha256(path)}
                 networks[metric] = _build(metric, str(path), config).to(config.device)
-        self.paired = PairedScores()
+        self.networks = networks
         self.lpips = networks.get("lpips")
+        self.paired_requested = any(m in PAIRED for m in config.metrics)
+        self.reset()
+
+    def networks_to(self, device: torch.device | str) -> None:
+        """Move the metric networks (each forward follows its network's device)."""
+        for network in self.networks.values():
+            network.to(device)
+
+    def reset(self) -> None:
+        """Forget every score and statistic, keeping the networks (an in-training evaluation scores again at each
+        validation without reloading weights)."""
+        config, networks = self.config, self.networks
+        self.paired = PairedScores()
         self.frames = FrameFeatureStream(networks["fid"], config.fid_batch_size) if "fid" in networks else None
         self.clips = {m: ClipFeatureStream(networks[m], m, config.clip_mode, config.clip_batch_size)
-                      for m in ("fid_vid", "fvd") if m in networks}
+                      for m in ("fid_vid", "fvd") if m in networks}  # fmt: skip
         self.num_videos = {"gen": 0, "real": 0}
-        self.paired_requested = any(m in PAIRED for m in config.metrics)
 
     def add_pair(self, video: str, gen: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         """Paired metrics of one ``(H, W, 3)`` uint8 frame pair (recorded under ``video``)."""
