@@ -59,7 +59,7 @@ def demo_main(argv: list[str] | None = None) -> int:
         *embedded_dataset_overrides(data_dir),
         "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger", f"--tracking.mode={args.wandb}",
     ]  # fmt: skip
-    from animatex_train.training.lightning_cli import AnimateXCLI
+    from animatex_train.cli.lightning import AnimateXCLI
 
     # The fit's arguments are given here, not on the command line (which says `demo`): Lightning warns when it sees
     # both, so it sees only the program name while the CLI parses.

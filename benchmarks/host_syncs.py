@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the ti
 
 from support.tiny_dataset import build_tiny_dataset, fit_args  # noqa: E402
 
+from animatex_train.cli.lightning import AnimateXCLI  # noqa: E402
 from animatex_train.training.host_sync import StepSyncProbe  # noqa: E402
-from animatex_train.training.lightning_cli import AnimateXCLI  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""One error style on the command line (``animatex_train/cli_errors.py``).
+"""One error style on the command line (``animatex_train/cli/errors.py``).
 
 Each expected error class a user meets ends a real ``animatex-train`` process with a non-zero exit code and
 exactly one ``error:`` line naming the file or key, and no traceback; ``--debug`` brings the traceback back.
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from support.tiny_dataset import REPO_ROOT, TINY_RECIPE, build_tiny_dataset, fit_args, fit_env
 
-from animatex_train.cli_errors import RUNTIME_ERROR_NAMES, user_error
+from animatex_train.cli.errors import RUNTIME_ERROR_NAMES, user_error
 
 
 def _run(args: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:

@@ -2,7 +2,8 @@
 
 ``data/``: ``format`` <- ``pose`` <- ``epi`` <- ``loading`` (each imports only the ones left of it, and itself);
 ``synthetic`` and ``preprocess`` import only ``format`` (and ``pose``, to draw); nothing in ``data/`` imports the
-model, and neither the Lightning system nor ``training/`` nor ``launch/`` imports ``eval`` or the demo.
+model; neither the Lightning system nor ``training/`` imports ``eval`` or the demo (``launch/`` may read ``eval``);
+only the entry points import ``cli/``.
 """
 
 from __future__ import annotations
@@ -92,6 +93,21 @@ def test_training_side_imports_neither_eval_nor_demo():
         bad = {m for m in package_imports(path) if _allowed(m, ("demo",))}
         if bad:
             offenders[str(path.relative_to(PACKAGE))] = sorted(bad)
+    assert not offenders, offenders
+
+
+def test_only_the_entry_points_import_the_command_line():
+    """``cli/`` sits on top: it imports the rest, nothing imports it back (no cycle through ``system.py``) except
+    ``__main__`` and the demo, which runs ``fit`` in its own process through the same LightningCLI."""
+    allowed = {"__main__.py", "demo.py"}
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = str(path.relative_to(PACKAGE))
+        if relative.startswith("cli/") or relative in allowed:
+            continue
+        bad = {m for m in package_imports(path) if m == "cli" or m.startswith("cli.")}
+        if bad:
+            offenders[relative] = sorted(bad)
     assert not offenders, offenders
 
 

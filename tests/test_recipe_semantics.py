@@ -22,8 +22,8 @@ import pytest
 import torch
 
 import animatex_train.system as system_module
+from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.models.unet import AnimateXDenoiser
-from animatex_train.training.lightning_cli import AnimateXCLI
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 BASES = sorted((RECIPES / "train").glob("*.yaml")) + [RECIPES / "debug" / "tiny_cpu.yaml"]

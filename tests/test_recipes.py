@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from animatex_train.training.lightning_cli import AnimateXCLI
+from animatex_train.cli.lightning import AnimateXCLI
 
 # recipes/eval/ are evaluation protocols, not LightningCLI configs (tests/eval/test_evaluate_cli.py parses them)
 _ROOT = Path(__file__).resolve().parents[1] / "recipes"

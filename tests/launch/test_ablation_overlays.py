@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.data.epi.anchor_pool import AnchorPool
 from animatex_train.data.epi.preview import demo_pose_sequence
 from animatex_train.data.epi.transform import EPIConfig, EPITransform
@@ -24,7 +25,6 @@ from animatex_train.launch.campaign import ABLATIONS_DIR, BY_NAME, CAMPAIGN, fla
 from animatex_train.models.flops import count_forward_flops
 from animatex_train.models.pose_indicator.implicit import KeypointEncoder
 from animatex_train.models.transformers import SpatialTransformer
-from animatex_train.training.lightning_cli import AnimateXCLI
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "debug" / "tiny_cpu.yaml"
 IPI_ABLATIONS = ("wo_ipi", "wo_lq", "wo_dq", "pa", "kv_q")

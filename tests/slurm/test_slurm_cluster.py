@@ -111,7 +111,7 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, manifes
 
 def test_eval_sbatch_validates_a_tiny_fits_checkpoint(cluster, manifest, job_env, tmp_path, capsys):
     """``slurm/eval.sbatch`` runs ``validate --ckpt_path <the run's newest state.ckpt>`` (issue 19): it must load a
-    checkpoint written by ``fit`` (the saved hyperparameters are not re-parsed, see training/lightning_cli.py)."""
+    checkpoint written by ``fit`` (the saved hyperparameters are not re-parsed, see cli/lightning.py)."""
     run_dir = tmp_path / "run"
     fit = subprocess.run([sys.executable, "-m", "animatex_train", "fit", "--config", str(TINY_RECIPE),
                           *fit_overrides(manifest, run_dir, max_steps=2, extra=["--checkpoint.every_n_steps=2"])],

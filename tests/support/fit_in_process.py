@@ -18,7 +18,7 @@ def fit_tiny(root: Path, max_steps: int, args: Sequence[str] = (), callbacks: Se
     ``args`` are further CLI arguments; ``callbacks`` run after the recipe's own, ``first`` before them. Returns the
     ``AnimateXCLI`` (its ``trainer`` and ``model`` after the fit).
     """
-    from animatex_train.training.lightning_cli import AnimateXCLI
+    from animatex_train.cli.lightning import AnimateXCLI
 
     build_tiny_dataset(root / "data")
     fit = fit_args(root / "data", root / "run", max_steps=max_steps)[1:]  # [1:]: no "fit" subcommand with run=False

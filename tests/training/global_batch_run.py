@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from animatex_train.data.loading.batch import Batch
 from animatex_train.data.loading.datamodule import DatasetSource, VideoDataModule
-from animatex_train.training.lightning_cli import AnimateXCLI
+from animatex_train.cli.lightning import AnimateXCLI
 
 TINY = Path(__file__).resolve().parents[2] / "recipes" / "debug" / "tiny_cpu.yaml"
 # nn.Dropout masks and the official batch-coupled condition dropout depend on the batch's shape and

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.strategies import DDPStrategy
 
-from animatex_train.training.lightning_cli import AnimateXCLI
+from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.training.strategy import AnimateXDDPStrategy, AnimateXDeepSpeedStrategy
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -3,7 +3,7 @@
 One 2-step ``fit`` of the tiny recipe writes ``step-000000002``; then ``fit --ckpt_path`` (explicit, into a new
 run directory), ``validate --ckpt_path`` (a run's ``checkpoints/`` folder, as ``slurm/eval.sbatch`` passes a
 ``state.ckpt``), ``export`` and ``animate``'s weight loader (the checkpoint and the export) all load it. The
-hyperparameters saved in the checkpoint are deliberately not re-parsed (``training/lightning_cli.py``).
+hyperparameters saved in the checkpoint are deliberately not re-parsed (``cli/lightning.py``).
 
 Canaries (RELIABILITY.md F20): a checkpoint whose pickle would create a file, given to ``validate`` over HTTP,
 to ``fit --ckpt_path`` as a local file, and planted (with a forged manifest) for the automatic resume: each

@@ -15,13 +15,13 @@ from support.denoiser import tiny_inputs
 from support.numerics_runs import PROBED_DDP_ARGS
 from support.tiny_dataset import TINY_RECIPE, probed_run, shared_dataset
 
+from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.models.config import DenoiserConfig
 from animatex_train.models.official import load_official_state_dict
 from animatex_train.models.unet import AnimateXDenoiser
 from animatex_train.training.checkpoint import STATE, commit_checkpoint, step_dir_name
 from animatex_train.training.export import ExportError, export_main, export_weights, official_layout
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
-from animatex_train.training.lightning_cli import AnimateXCLI
 
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE.parent / "fixtures" / "reference"

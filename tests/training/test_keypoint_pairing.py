@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from support.tiny_dataset import fit_args, shared_dataset
 
+from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.models.config import ImplicitPoseIndicatorConfig, tiny_denoiser_config
 from animatex_train.system import check_keypoint_pairing
-from animatex_train.training.lightning_cli import AnimateXCLI
 
 
 def test_official_order_with_a_micro_batch_of_two_fails_at_setup(tmp_path_factory, tmp_path):

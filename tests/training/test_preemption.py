@@ -28,8 +28,8 @@ from slurm.harness import (
     write_fake_scontrol,
 )
 
+from animatex_train.cli.lightning import _without_lightning_requeue
 from animatex_train.training.checkpoint import find_resume_checkpoint
-from animatex_train.training.lightning_cli import _without_lightning_requeue
 from animatex_train.training.preemption import (
     PreemptionHandler,
     requeue_slurm_job,

@@ -1,12 +1,12 @@
 """``animatex-train``: the command line.
 
-``fit`` / ``validate`` / ``test`` / ``predict`` are LightningCLI (recipes are ``--config`` files overlaid
+``fit`` / ``validate`` are LightningCLI (recipes are ``--config`` files overlaid
 in order, e.g. an experiment recipe then a cluster overlay; ``--print_config`` shows the resolved run).
 The project's own subcommands (data preparation, previews, the demo, export, ablations, ...) dispatch to
 their modules' ``*_main(argv)`` functions. ``python -m animatex_train`` is the same program.
 
 Errors a user can fix print one line, ``error: <what>, <where>, <how to fix>``, and exit non-zero; the
-traceback only with ``--debug`` as the first argument or ``ANIMATEX_DEBUG=1`` (``cli_errors.py``).
+traceback only with ``--debug`` as the first argument or ``ANIMATEX_DEBUG=1`` (``cli/errors.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from animatex_train.cli_errors import DEBUG_ENV, debug_requested, user_error
+from animatex_train.cli.errors import DEBUG_ENV, debug_requested, user_error
 
 # subcommand -> "module:function" taking argv (list[str]) and returning an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -31,7 +31,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("animatex_train.launch.ablate:ablate_main", "the paper's IPI/EPI ablations: list, run, submit, collate"),
     "submit": ("animatex_train.launch.submit:submit_main", "submit a recipe to Slurm (sbatch, requeue on preemption)"),
 }
-LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# The system has no test/predict step: generation is `animate`, scoring `evaluate` (cli/lightning.py).
+LIGHTNING_SUBCOMMANDS = ("fit", "validate")
+REMOVED = {"test": "score checkpoints with `animatex-train evaluate`",
+           "predict": "generate with `animatex-train animate`"}
+
+
+class UnknownSubcommandError(ValueError):
+    """A first argument that is no subcommand: one ``error:`` line (exit 2), not argparse's usage screen."""
 
 
 def _offline_defaults() -> None:
@@ -45,8 +52,8 @@ def lightning_main(argv: list[str] | None) -> int:
     """LightningCLI on ``argv`` (None: the process's own command line)."""
     import yaml
 
-    from animatex_train.cli_errors import config_files
-    from animatex_train.training.lightning_cli import AnimateXCLI
+    from animatex_train.cli.errors import config_files
+    from animatex_train.cli.lightning import AnimateXCLI
     from animatex_train.training.preemption import refuse_elastic_restarts
 
     refuse_elastic_restarts()
@@ -58,7 +65,7 @@ def lightning_main(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch; expected errors end as one ``error:`` line and a non-zero code (``cli_errors.py``)."""
+    """Dispatch; expected errors end as one ``error:`` line and a non-zero code (``cli/errors.py``)."""
     from_command_line = argv is None
     debug, argv = debug_requested(list(sys.argv[1:] if argv is None else argv))
     if from_command_line:
@@ -79,14 +86,27 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(argv: list[str], from_command_line: bool) -> int:
     _offline_defaults()
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: animatex-train [--debug] {" + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS)) + "} ...\n")
-        print("  fit | validate | test | predict   LightningCLI: --config recipe.yaml [--config overlay.yaml] ...")
+        print("usage: animatex-train [--debug] [--version] {" + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS))
+              + "} ...\n")  # fmt: skip
+        print(f"  {'fit | validate':<16} LightningCLI: --config recipe.yaml [--config overlay.yaml] ... "
+              "(fit --help lists every key)")  # fmt: skip
         for name, (_, help_text) in SUBCOMMANDS.items():
-            print(f"  {name:<32} {help_text}")
+            print(f"  {name:<16} {help_text}")
+        return 0
+    if argv[0] == "--version":
+        from animatex_train import __version__
+
+        print(f"animatex-train {__version__}")
         return 0
     if argv[0] in SUBCOMMANDS:
         module, function = SUBCOMMANDS[argv[0]][0].split(":")
         return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
+    if argv[0] in REMOVED:
+        raise UnknownSubcommandError(f"`animatex-train {argv[0]}` does not exist: the model has no {argv[0]} step; "
+                                     f"{REMOVED[argv[0]]}")  # fmt: skip
+    if argv[0] not in LIGHTNING_SUBCOMMANDS and not argv[0].startswith("-"):
+        known = ", ".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS))
+        raise UnknownSubcommandError(f"unknown subcommand {argv[0]!r}; expected one of {known} (animatex-train --help)")
     return lightning_main(None if from_command_line else argv)
 
 

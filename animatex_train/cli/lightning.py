@@ -132,13 +132,13 @@ class AnimateXCLI(LightningCLI):
         config["ckpt_path"] = str(resolve_checkpoint(path, check_hashes=True))
         return True
 
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: the system has no test or predict step (``animate`` generates and
+        ``evaluate`` scores), so those subcommands would only crash."""
+        return {name: keys for name, keys in LightningCLI.subcommands().items() if name in ("fit", "validate")}
+
     def before_validate(self) -> None:
-        self._resolve_ckpt_path()
-
-    def before_test(self) -> None:
-        self._resolve_ckpt_path()
-
-    def before_predict(self) -> None:
         self._resolve_ckpt_path()
 
     def before_fit(self) -> None:
