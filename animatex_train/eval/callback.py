@@ -25,7 +25,6 @@ statistics are gathered before the Fréchet distance, so the numbers are those o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import asdict
 
@@ -33,8 +32,7 @@ import lightning.pytorch as pl
 import torch
 
 from animatex_train.eval.metrics.suite import PAIRED, MetricsConfig, MetricSuite, WeightPaths
-from animatex_train.training.ema import EMA
-from animatex_train.training.sample_videos import render_through_strategy
+from animatex_train.training.sample_videos import render_with_ema
 
 log = logging.getLogger(__name__)
 
@@ -108,9 +106,7 @@ class TrainingEvaluation(pl.Callback):
         if not self._active or dataloader_idx != 0 or batch_idx >= self.num_batches:
             return
         n = min(self.samples_per_batch or batch.batch_size, batch.batch_size)
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
-        with ema.swapped_in(pl_module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
-            generated, truth = render_through_strategy(trainer, pl_module, batch, n)  # (n, f, H, W, 3) uint8
+        generated, truth = render_with_ema(trainer, pl_module, batch, n)  # (n, f, H, W, 3) uint8
         valid = batch.valid[:n].tolist()
         for i in range(n):
             if valid[i]:  # a placeholder row (an unreadable sample) is rendered for the collectives, never scored

@@ -169,9 +169,7 @@ def run_local(args: argparse.Namespace, ablations: list[Ablation], configs: list
         base = [sys.executable, "-m", "animatex_train", "fit", *(a for c in configs for a in ("--config", c))]
         # Output goes to a log file, where progress bars are noise; a later --trainer.enable_progress_bar wins.
         quiet = ["--trainer.enable_progress_bar=false"]
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())  # fmt: skip
-        with Progress(*columns, console=console) as progress:
+        with _progress(console) as progress:
             task = progress.add_task("ablations", total=len(todo))
             for ablation in todo:
                 run_dir = out / ablation.name
@@ -192,6 +190,12 @@ def run_local(args: argparse.Namespace, ablations: list[Ablation], configs: list
     if interrupted:
         return 130
     return 0 if all(r.status == "finished" for r in rows) and not evaluations_failed else 1
+
+
+def _progress(console: Console) -> Progress:
+    """The campaign's progress display (one bar for the runs, one for the evaluations)."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)  # fmt: skip
 
 
 def write_metrics_table(out: Path, ablations: list[Ablation]) -> str:
@@ -215,16 +219,14 @@ def _evaluate_finished(ablations: list[Ablation], out: Path, args: argparse.Name
                        console: Console) -> tuple[bool, bool]:  # fmt: skip
     """Evaluate every finished run that has no ``eval/metrics.json`` yet (a rerun scores only what is missing);
     each run's ``ablation.json`` records ``eval_status``. Returns (one failed, Ctrl-C)."""
-    from animatex_train.eval.ablation_table import EVAL_DIR
+    from animatex_train.eval.ablation_table import read_eval
 
     todo = [a for a in ablations if read_state(out / a.name).get("status") == "finished"
-            and not (out / a.name / EVAL_DIR / "metrics.json").is_file()]  # fmt: skip
+            and read_eval(out / a.name) is None]  # fmt: skip
     failed = False
     if not todo:
         return failed, False
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=console) as progress:
+    with _progress(console) as progress:
         task = progress.add_task("evaluations", total=len(todo))
         for ablation in todo:
             run_dir = out / ablation.name

@@ -65,9 +65,7 @@ class SampleVideoLogger(pl.Callback):
         if not self.config.sample_clips or batch_idx != 0 or dataloader_idx != 0:
             return
         n = min(self.config.num_samples, batch.batch_size)
-        ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
-        with ema.swapped_in(pl_module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
-            generated, truth = render_through_strategy(trainer, pl_module, batch, n)
+        generated, truth = render_with_ema(trainer, pl_module, batch, n)
         if trainer.global_rank == 0:
             self._write(trainer, pl_module, batch, generated.numpy(), truth.numpy())
 
@@ -89,6 +87,13 @@ class SampleVideoLogger(pl.Callback):
                     logger.log_video("val/sample", [str(stem.with_suffix(".mp4"))], step=trainer.global_step,
                                      caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"])  # fmt: skip
         log.info("validation samples written to %s", out_dir)
+
+
+def render_with_ema(trainer: pl.Trainer, pl_module: pl.LightningModule, batch, n: int):
+    """``render_through_strategy`` with the EMA weights swapped in (when the run has an EMA), without gradients."""
+    ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
+    with ema.swapped_in(pl_module) if ema is not None else contextlib.nullcontext(), torch.no_grad():
+        return render_through_strategy(trainer, pl_module, batch, n)
 
 
 def render_through_strategy(trainer: pl.Trainer, pl_module: pl.LightningModule, batch, n: int):
