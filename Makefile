@@ -38,6 +38,7 @@ test-faults: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check animatex_train tests benchmarks
+	$(BIN)/ruff format --check animatex_train tests benchmarks
 
 clean:
 	rm -rf $(VENV) demo_run .pytest_cache

@@ -47,9 +47,15 @@ class ConditioningConfig:
             )
 
 
-def batch_conditions(batch: Batch, config: ConditioningConfig, vae: VAEConfig, training: bool,
-                     generator: torch.Generator | None = None, *,
-                     ref_latents: torch.Tensor) -> DenoiserConditions:  # fmt: skip
+def batch_conditions(
+    batch: Batch,
+    config: ConditioningConfig,
+    vae: VAEConfig,
+    training: bool,
+    generator: torch.Generator | None = None,
+    *,
+    ref_latents: torch.Tensor,
+) -> DenoiserConditions:
     """The conditional-branch inputs for ``batch`` (pixels to [0, 1], reference latent to model space).
 
     ``ref_latents`` is the raw ``(b, 4, 1, h, w)`` reference latent drawn with ``Batch.sample_posterior``.
@@ -83,4 +89,3 @@ def batch_conditions(batch: Batch, config: ConditioningConfig, vae: VAEConfig, t
         pose_keypoints=batch.ipi_keypoints,
         driving_clip=batch.driving_clip,
     )
-

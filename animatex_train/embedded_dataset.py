@@ -24,9 +24,15 @@ def repo_file(relative: str) -> Path:
     return path
 
 
-def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, console: Console | None = None,
-                           timings: dict[str, float] | None = None, num_stages: int = 3) -> int:  # fmt: skip
-    """Synthetic videos -> prepared shards -> EPI anchor pool; returns an exit code.
+def build_embedded_dataset(
+    videos_dir: Path,
+    data_dir: Path,
+    seed: int = 0,
+    console: Console | None = None,
+    timings: dict[str, float] | None = None,
+    num_stages: int = 3,
+) -> None:
+    """Synthetic videos -> prepared shards -> EPI anchor pool.
 
     Each step is skipped when its output exists, so a rerun (or a second user, e.g. ``ablate --local``) reuses
     the dataset. Stage titles are numbered ``i/num_stages`` to fit the caller's own progress.
@@ -38,6 +44,10 @@ def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, cons
         console: where the stage titles are printed.
         timings: filled with the seconds each stage took.
         num_stages: the total number of stages the caller shows.
+
+    Raises:
+        InputError, JournalError, MergeError: preparation failed (``preprocess/``).
+        AnchorPoolError: the shards hold no full-body frame.
     """
     console = console or Console()
     timings = {} if timings is None else timings
@@ -53,27 +63,31 @@ def build_embedded_dataset(videos_dir: Path, data_dir: Path, seed: int = 0, cons
     start = time.perf_counter()
     console.rule(f"[bold]2/{num_stages} prepare shards")
     if not (data_dir / "manifest.json").exists():
-        from animatex_train.preprocess.cli import prepare_main
+        from animatex_train.preprocess.prepare import parse_prepare_config, prepare_dataset
 
-        prepare_args = ["--config", str(repo_file("data/embedded_prepare.yaml")), "--videos", str(videos_dir),
-                        "--metadata", str(videos_dir / "metadata.jsonl"), "--output_dir", str(data_dir)]  # fmt: skip
-        code = prepare_main(prepare_args)
-        if code:
-            return code
+        config = parse_prepare_config(
+            [
+                "--config",
+                str(repo_file("data/embedded_prepare.yaml")),
+                "--videos",
+                str(videos_dir),
+                "--metadata",
+                str(videos_dir / "metadata.jsonl"),
+                "--output_dir",
+                str(data_dir),
+            ]
+        )
+        prepare_dataset(config)
     timings["prepare"] = time.perf_counter() - start
 
     start = time.perf_counter()
     console.rule(f"[bold]3/{num_stages} anchor pool")
     anchors = data_dir / "anchors.npy"
     if not anchors.exists():
-        from animatex_train.data.epi.anchor_pool import anchor_pool_main
+        from animatex_train.data.epi.anchor_pool import anchor_pool_from_sources
 
-        code = anchor_pool_main(["--shards", str(data_dir), "--output", str(anchors), "--num-anchors",
-                                 "32", "--seed", str(seed)])  # fmt: skip
-        if code:
-            return code
+        anchor_pool_from_sources([str(data_dir)], num_anchors=32, seed=seed).save(anchors)
     timings["anchor pool"] = time.perf_counter() - start
-    return 0
 
 
 def embedded_dataset_overrides(data_dir: Path) -> list[str]:
@@ -83,4 +97,4 @@ def embedded_dataset_overrides(data_dir: Path) -> list[str]:
         f"--data.val=[{{manifest: {data_dir / 'manifest.json'}, split: val}}]",
         f"--data.anchor_pool={data_dir / 'anchors.npy'}",
         f"--model.empty_prompt_cache={data_dir / 'zero_y.safetensors'}",
-    ]  # fmt: skip
+    ]

@@ -30,6 +30,7 @@ from animatex_train.models.unet import AnimateXDenoiser, DenoiserConditions
 from animatex_train.training.ema import EMA, EMAConfig
 from animatex_train.training.grad_norm import clip_and_measure, deepspeed_engine, deepspeed_step_norm
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
+from animatex_train.training.keypoint_pairing import check_keypoint_pairing
 from animatex_train.training.numerics import NumericsConfig, NumericsGuard, SkipStep
 from animatex_train.training.optim import OptimConfig, build_optimizer, build_scheduler
 from animatex_train.training.sample_videos import SampleVideoLogger, ValidationConfig
@@ -53,26 +54,6 @@ class SystemConfig:
     init: InitConfig
     validation: ValidationConfig
     numerics: NumericsConfig
-
-
-def check_keypoint_pairing(denoiser: DenoiserConfig, micro_batch: int | None) -> None:
-    """Refuse to train the official keypoint row order on batches of several samples.
-
-    ``official`` builds sample i's motion tokens from another sample's keypoints once a batch holds more than
-    one sample (``models/config.py``, ``KeypointRowOrder``): a model trained so learns that mispairing.
-
-    Raises:
-        ValueError: naming the key, what it must be and how to fix it.
-    """
-    ipi = denoiser.ipi
-    reads_keypoints = ipi.enabled and ipi.query != "learned"  # "learned" (w/o DQ) has no keypoint encoder
-    if reads_keypoints and ipi.keypoint_row_order == "official" and micro_batch is not None and micro_batch > 1:
-        raise ValueError(
-            "model.denoiser.ipi.keypoint_row_order: official pairs each sample's motion tokens with another "
-            "sample's keypoints at data.batch_size > 1 (the official encoder's frame-major rows); expected "
-            f"per_sample for training, got official with data.batch_size={micro_batch}. Remove the key (per_sample "
-            "is the default) or set it to per_sample; keep official only for parity checks at data.batch_size: 1"
-        )
 
 
 class AnimateXSystem(pl.LightningModule):
@@ -119,13 +100,21 @@ class AnimateXSystem(pl.LightningModule):
         empty_prompt_cache: str | None = None,
     ):
         super().__init__()
-        self.config = copy.deepcopy(SystemConfig(
-            denoiser=denoiser or DenoiserConfig(), diffusion=diffusion or DiffusionConfig(),
-            sampler=sampler or SamplerConfig(), vae=vae or VAEConfig(), clip=clip or CLIPConfig(),
-            optim=optim or OptimConfig(), ema=ema or EMAConfig(), conditioning=conditioning or ConditioningConfig(),
-            init=init or InitConfig(), validation=validation or ValidationConfig(),
-            numerics=numerics or NumericsConfig(),
-        ))  # fmt: skip
+        self.config = copy.deepcopy(
+            SystemConfig(
+                denoiser=denoiser or DenoiserConfig(),
+                diffusion=diffusion or DiffusionConfig(),
+                sampler=sampler or SamplerConfig(),
+                vae=vae or VAEConfig(),
+                clip=clip or CLIPConfig(),
+                optim=optim or OptimConfig(),
+                ema=ema or EMAConfig(),
+                conditioning=conditioning or ConditioningConfig(),
+                init=init or InitConfig(),
+                validation=validation or ValidationConfig(),
+                numerics=numerics or NumericsConfig(),
+            )
+        )
         self.config.vae.require_weights("model.vae")  # fail at start-up, not when the encoders are first built
         self.config.clip.require_weights("model.clip")
         self.seed = seed
@@ -182,8 +171,9 @@ class AnimateXSystem(pl.LightningModule):
         n = num_samples or batch.batch_size
         batch = batch.head(n)
         latents, ref_latents = self._posterior(batch, "sample")
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae, training=False,
-                                      ref_latents=ref_latents)  # fmt: skip
+        conditions = batch_conditions(
+            batch, self.config.conditioning, self.config.vae, training=False, ref_latents=ref_latents
+        )
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "sample", *batch.keys))
         sampler = DDIMSampler(self.diffusion, self.config.sampler)
         unconditional = DenoiserConditions()  # classifier-free guidance: every condition dropped
@@ -192,9 +182,15 @@ class AnimateXSystem(pl.LightningModule):
         shape, device = tuple(latents.shape), latents.device
         noise = sampler.diffusion.sample_noise(shape, generator).to(device)
         step_generator = generator if generator.device == device else None
-        latents = sampler.sample(lambda xt, t: self.denoiser(xt, t, conditions),
-                                 lambda xt, t: self.denoiser(xt, t, unconditional), shape, step_generator,
-                                 progress, noise=noise, device=device)  # fmt: skip
+        latents = sampler.sample(
+            lambda xt, t: self.denoiser(xt, t, conditions),
+            lambda xt, t: self.denoiser(xt, t, unconditional),
+            shape,
+            step_generator,
+            progress,
+            noise=noise,
+            device=device,
+        )
         return decode_frames(self.vae(), latents)
 
     def configure_callbacks(self) -> list[pl.Callback]:
@@ -210,8 +206,9 @@ class AnimateXSystem(pl.LightningModule):
         # what an uninterrupted one draws, without saving RNG states (and independently of the world size).
         torch.manual_seed(step_seed ^ 0x5EED)
         latents, ref_latents = self._posterior(batch, "train", self.current_epoch)
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae, True, generator,
-                                      ref_latents=ref_latents)  # fmt: skip
+        conditions = batch_conditions(
+            batch, self.config.conditioning, self.config.vae, True, generator, ref_latents=ref_latents
+        )
         x0 = self.config.vae.to_model_latents(latents)
         t, noise = self._per_sample_noise(batch.keys, x0)
         per_sample, info = self.diffusion.training_loss(
@@ -278,8 +275,9 @@ class AnimateXSystem(pl.LightningModule):
         if engine is not None and boundary:
             self.grad_norm = deepspeed_step_norm(engine)
             # Raises under policy stop; the engine itself did not apply an update whose norm is not finite.
-            self.numerics.settle(self.grad_norm, self.global_step, self.global_rank,
-                                 scaler_overflow_ok=engine.fp16_enabled())  # fmt: skip
+            self.numerics.settle(
+                self.grad_norm, self.global_step, self.global_rank, scaler_overflow_ok=engine.fp16_enabled()
+            )
             self.step_skipped = not engine.was_step_applied()
         if boundary and self.grad_norm is not None:
             self.log("train/grad_norm", self.grad_norm)  # a device tensor: no host sync until logs are written
@@ -292,8 +290,9 @@ class AnimateXSystem(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         generator = torch.Generator().manual_seed(_seed_of(self.seed, "val", batch_idx, *batch.keys))
         latents, ref_latents = self._posterior(batch, "val")
-        conditions = batch_conditions(batch, self.config.conditioning, self.config.vae, training=False,
-                                      ref_latents=ref_latents)  # fmt: skip
+        conditions = batch_conditions(
+            batch, self.config.conditioning, self.config.vae, training=False, ref_latents=ref_latents
+        )
         x0 = self.config.vae.to_model_latents(latents)
         per_sample, info = self.diffusion.training_loss(lambda xt, t: self.denoiser(xt, t, conditions), x0, generator)
         self._log_step("val", _masked_mean(per_sample, batch.valid), per_sample, info.t, batch)
@@ -313,10 +312,24 @@ class AnimateXSystem(pl.LightningModule):
     # ------------------------------------------------------------------ helpers
     def _log_step(self, stage: str, loss: torch.Tensor, per_sample: torch.Tensor, t: torch.Tensor, batch: Batch):
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=on_step, on_epoch=not on_step, sync_dist=True,
-                 batch_size=batch.batch_size)  # fmt: skip
-        self.log(f"{stage}/bad_samples", (~batch.valid).sum().float(), on_step=on_step, on_epoch=True,
-                 reduce_fx="sum", sync_dist=True, batch_size=batch.batch_size)  # fmt: skip
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=True,
+            batch_size=batch.batch_size,
+        )
+        self.log(
+            f"{stage}/bad_samples",
+            (~batch.valid).sum().float(),
+            on_step=on_step,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=batch.batch_size,
+        )
         if on_step:
             self.log("train/epi_applied", batch.epi_applied.float().mean(), batch_size=batch.batch_size)
             if not self.trainer._logger_connector.should_update_logs:
@@ -325,8 +338,14 @@ class AnimateXSystem(pl.LightningModule):
         for low, high in zip(TIMESTEP_BUCKETS[:-1], TIMESTEP_BUCKETS[1:], strict=True):
             in_bucket = (t >= low) & (t < high) & valid
             if in_bucket.any():  # this rank's value only: the buckets present differ between ranks
-                self.log(f"{stage}/loss_t{low:03d}-{high - 1:03d}", per_sample[in_bucket].mean(), on_step=on_step,
-                         on_epoch=not on_step, batch_size=int(in_bucket.sum()), rank_zero_only=True)  # fmt: skip
+                self.log(
+                    f"{stage}/loss_t{low:03d}-{high - 1:03d}",
+                    per_sample[in_bucket].mean(),
+                    on_step=on_step,
+                    on_epoch=not on_step,
+                    batch_size=int(in_bucket.sum()),
+                    rank_zero_only=True,
+                )
 
     def _posterior(self, batch: Batch, *context: object) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(latents, ref_latents)``: each sample's draw from its stored VAE posterior.

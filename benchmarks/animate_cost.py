@@ -46,21 +46,32 @@ def main() -> None:
     evaluations = len(ddim_timesteps(1000, args.steps))
     branches = 1 if args.guidance == 1.0 else 2
     cache: dict[int, int] = {}
-    print(f"paper denoiser at {height}x{width}, {args.steps} DDIM steps ({evaluations} evaluations), "
-          f"{'no ' if branches == 1 else ''}CFG, output {args.fps:g} fps, windows {args.window}/{args.overlap}")
-    print(f"{'frames':>6} {'seconds':>8} {'mode':<14} {'windows':>7} {'UNet evals':>10} {'TFLOP':>10} "
-          f"{'evals/s':>9} {'TFLOP/s of video':>17}")  # fmt: skip
+    print(
+        f"paper denoiser at {height}x{width}, {args.steps} DDIM steps ({evaluations} evaluations), "
+        f"{'no ' if branches == 1 else ''}CFG, output {args.fps:g} fps, windows {args.window}/{args.overlap}"
+    )
+    print(
+        f"{'frames':>6} {'seconds':>8} {'mode':<14} {'windows':>7} {'UNet evals':>10} {'TFLOP':>10} "
+        f"{'evals/s':>9} {'TFLOP/s of video':>17}"
+    )
     for n in args.frames:
         seconds = n / args.fps
         schedule = window_schedule(n, args.window, args.overlap)
         rows = [("single pass", 1, forward_flops(n, height, width, cache))]
-        rows.append((f"windows {args.window}/{args.overlap}", len(schedule),
-                     sum(forward_flops(len(w), height, width, cache) for w in schedule)))  # fmt: skip
+        rows.append(
+            (
+                f"windows {args.window}/{args.overlap}",
+                len(schedule),
+                sum(forward_flops(len(w), height, width, cache) for w in schedule),
+            )
+        )
         for mode, windows, flops_per_evaluation in rows:
             calls = evaluations * branches * windows
             total = evaluations * branches * flops_per_evaluation / 1e12
-            print(f"{n:>6} {seconds:>8.2f} {mode:<14} {windows:>7} {calls:>10} {total:>10.1f} "
-                  f"{calls / seconds:>9.1f} {total / seconds:>17.1f}")  # fmt: skip
+            print(
+                f"{n:>6} {seconds:>8.2f} {mode:<14} {windows:>7} {calls:>10} {total:>10.1f} "
+                f"{calls / seconds:>9.1f} {total / seconds:>17.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ def main() -> None:
         rows.append((name, result, time.perf_counter() - start))
     print(f"{'config':<20} {'params':>14} {'fwd TFLOP/sample':>17} {'train TFLOP/sample':>19} {'count s':>8}")
     for name, result, seconds in rows:
-        print(f"{name:<20} {result.params:>14,} {result.forward_flops / 1e12:>17.2f} "
-              f"{3 * result.forward_flops / 1e12:>19.2f} {seconds:>8.1f}")  # fmt: skip
+        print(
+            f"{name:<20} {result.params:>14,} {result.forward_flops / 1e12:>17.2f} "
+            f"{3 * result.forward_flops / 1e12:>19.2f} {seconds:>8.1f}"
+        )
         for module, flops in result.by_module.items():
             print(f"    {module:<30} {flops / 1e12:>9.3f} TFLOP")
     paper = rows[0][1]

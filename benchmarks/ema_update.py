@@ -70,8 +70,10 @@ def main() -> None:
         holder.register_parameter(f"p{i}", nn.Parameter(torch.randn(shape, generator=generator).to(device, dtype)))
     params = dict(holder.named_parameters())
     numel = sum(p.numel() for p in params.values())
-    print(f"{len(params)} tensors, {numel / 1e9:.3f} G parameters ({4 * numel / 1e9:.2f} GB fp32 shadow), "
-          f"weights {args.dtype} on {device}, shadow on {'cpu' if args.on_cpu else device}")  # fmt: skip
+    print(
+        f"{len(params)} tensors, {numel / 1e9:.3f} G parameters ({4 * numel / 1e9:.2f} GB fp32 shadow), "
+        f"weights {args.dtype} on {device}, shadow on {'cpu' if args.on_cpu else device}"
+    )
 
     ema = EMA(EMAConfig(decay=0.999, on_cpu=args.on_cpu))
     module = SimpleNamespace(denoiser=holder)
@@ -80,8 +82,10 @@ def main() -> None:
 
     times: dict[str, list[float]] = {"before (per tensor)": [], "now (chunked foreach)": []}
     for _ in range(args.repeats):
-        for label, run in (("before (per tensor)", lambda: previous_update(shadow_before, params, 0.999)),
-                           ("now (chunked foreach)", lambda: ema.update(module))):  # fmt: skip
+        for label, run in (
+            ("before (per tensor)", lambda: previous_update(shadow_before, params, 0.999)),
+            ("now (chunked foreach)", lambda: ema.update(module)),
+        ):
             _sync(device)
             start = time.perf_counter()
             run()
@@ -94,8 +98,10 @@ def main() -> None:
     before, now = (statistics.median(v) for v in times.values())
     chunks = sum(1 for _ in _chunks(params))
     print(f"  largest difference between the two shadows after {args.repeats} updates: {worst:.2e}")
-    print(f"  device-to-host copies per update with --on-cpu on an accelerator: {len(params)} before, {chunks} now "
-          f"({CHUNK_BYTES // 2**20} MiB chunks)")  # fmt: skip
+    print(
+        f"  device-to-host copies per update with --on-cpu on an accelerator: {len(params)} before, {chunks} now "
+        f"({CHUNK_BYTES // 2**20} MiB chunks)"
+    )
     print(f"speedup (before / now): {before / now:.2f}x")
 
 

@@ -66,7 +66,7 @@ def main() -> None:
         config = MetricsConfig(device=args.device)
         lpips = _build("lpips", weights["vgg16"], config).to(args.device)
         gen, gt = torch.from_numpy(noisy), torch.from_numpy(frames)
-        rates["lpips"] = _rate(lambda: [lpips(gen[i:i + 1], gt[i:i + 1]) for i in range(len(gen))], len(gen))
+        rates["lpips"] = _rate(lambda: [lpips(gen[i : i + 1], gt[i : i + 1]) for i in range(len(gen))], len(gen))
         fid = FrameFeatureStream(_build("fid", weights["fid_inception"], config).to(args.device), batch_size=50)
         rates["fid"] = _rate(lambda: ([fid.add("gen", f) for f in frames], fid.flush("gen")), len(frames))
         for metric, key in (("fid_vid", "r3d50"), ("fvd", "i3d")):
@@ -81,10 +81,15 @@ def main() -> None:
         print(f"{name:<20}{rate:>12.2f}{per_core:>16}")
     frames_total = args.videos * args.frames
     windows = args.videos * max(0, args.frames - 15)
-    seconds = (frames_total * sum(1 / rates[m] for m in ("psnr_star", "ssim", "l1", "lpips"))
-               + 2 * frames_total / rates["fid"] + 2 * windows * (1 / rates["fid_vid"] + 1 / rates["fvd"]))
-    print(f"scoring {args.videos} videos x {args.frames} frames (gen + GT sides, sliding windows): "
-          f"{seconds / 60:.1f} min on this device (generation not included)")
+    seconds = (
+        frames_total * sum(1 / rates[m] for m in ("psnr_star", "ssim", "l1", "lpips"))
+        + 2 * frames_total / rates["fid"]
+        + 2 * windows * (1 / rates["fid_vid"] + 1 / rates["fvd"])
+    )
+    print(
+        f"scoring {args.videos} videos x {args.frames} frames (gen + GT sides, sliding windows): "
+        f"{seconds / 60:.1f} min on this device (generation not included)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_tiny_dataset(Path(tmp) / "data")
         fit = fit_args(Path(tmp) / "data", Path(tmp) / "run", max_steps=args.steps)[1:]  # no "fit" with run=False
-        cli = AnimateXCLI(args=[*fit, "--trainer.log_every_n_steps", str(args.log_every),
-                                "--trainer.accumulate_grad_batches", str(args.accumulate)], run=False)  # fmt: skip
+        cli = AnimateXCLI(
+            args=[
+                *fit,
+                "--trainer.log_every_n_steps",
+                str(args.log_every),
+                "--trainer.accumulate_grad_batches",
+                str(args.accumulate),
+            ],
+            run=False,
+        )
         probe = StepSyncProbe()
         cli.trainer.callbacks.insert(0, probe)  # first: its window holds the system's step, not other callbacks
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
@@ -63,8 +71,10 @@ def main() -> None:
         print(f"  {count:4d}  {site}")
     uploads = statistics.mean(sum(e.is_upload for e in events) for events in plain.values())
     total = statistics.mean(len(e) for e in plain.values())
-    print(f"of which blocking host-to-device copies: {uploads:.2f} per step; reads of device values: "
-          f"{total - uploads:.2f} per step")
+    print(
+        f"of which blocking host-to-device copies: {uploads:.2f} per step; reads of device values: "
+        f"{total - uploads:.2f} per step"
+    )
     print(f"host_syncs_per_step: {total:.2f}")
     print(f"host_syncs_per_log_step: {statistics.mean(len(e) for e in logged.values()):.2f}")
 

@@ -114,17 +114,27 @@ def build(root: Path, clips: int, frames: int, size: tuple[int, int], copies: in
         pairs.append((str(root / f"clip{i}.mp4"), str(root / f"clip{i}.pose.mp4")))
         rng = np.random.default_rng(i)
         refs = [0, frames // 2, frames - 1]
-        jpegs = [cv2.imencode(".jpg", cv2.cvtColor(video[r], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
-                 .tobytes() for r in refs]  # fmt: skip
+        jpegs = [
+            cv2.imencode(".jpg", cv2.cvtColor(video[r], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+            for r in refs
+        ]
         arrays = {
             "latent_mean": rng.standard_normal((frames, 4, h, w)).astype(np.float16),
             "latent_std": (np.abs(rng.standard_normal((frames, 4, h, w))) * 0.1).astype(np.float16),
             "clip_embeds": rng.standard_normal((frames, CLIP_DIM)).astype(np.float16),
         }
         for copy in range(copies):
-            meta = ClipMeta(video_id=f"clip{i}", clip_index=copy, frame_indices=list(range(frames)), fps=8.0,
-                            source_fps=8.0, height=height, width=width, ref_frames=refs,
-                            pose_source="synthetic")  # fmt: skip
+            meta = ClipMeta(
+                video_id=f"clip{i}",
+                clip_index=copy,
+                frame_indices=list(range(frames)),
+                fps=8.0,
+                source_fps=8.0,
+                height=height,
+                width=width,
+                ref_frames=refs,
+                pose_source="synthetic",
+            )
             records.append(ClipRecord(key=meta.key, meta=meta, pose=pose, ref_jpegs=jpegs, **arrays))
         bodies.append(pose.to_array()[0])
     records.sort(key=lambda r: (r.meta.clip_index, r.meta.video_id))  # clips interleaved along the shard
@@ -144,8 +154,9 @@ def build(root: Path, clips: int, frames: int, size: tuple[int, int], copies: in
 
 def our_loader(index: DataIndex, anchors: Path, frames: int, workers: int) -> ShardStreamLoader:
     layout = Layout(world_size=1, workers=max(1, workers), batch_size=1, shuffle_buffer=1, seed=0)
-    settings = StreamSettings(index, layout, 0, WindowConfig(num_frames=frames - 1), CLIP_DIM, EPIConfig(),
-                              str(anchors))  # fmt: skip
+    settings = StreamSettings(
+        index, layout, 0, WindowConfig(num_frames=frames - 1), CLIP_DIM, EPIConfig(), str(anchors)
+    )
     return ShardStreamLoader(ShardStream(settings), num_workers=workers)
 
 
@@ -173,8 +184,10 @@ class Meter:
         return self.samples / self.cpu
 
     def line(self, label: str) -> str:
-        return (f"{label}: {self.cpu / self.samples * 1e3:6.1f} ms CPU/sample = {self.rate:6.2f} samples/s per "
-                f"core (wall {self.samples / self.wall:5.2f}/s, {self.samples} samples)")  # fmt: skip
+        return (
+            f"{label}: {self.cpu / self.samples * 1e3:6.1f} ms CPU/sample = {self.rate:6.2f} samples/s per "
+            f"core (wall {self.samples / self.wall:5.2f}/s, {self.samples} samples)"
+        )
 
 
 def batch_bytes(index: DataIndex, anchors: Path, frames: int, size: tuple[int, int]) -> tuple[float, float]:
@@ -189,8 +202,10 @@ def batch_bytes(index: DataIndex, anchors: Path, frames: int, size: tuple[int, i
 
 def count(batches: Iterable) -> int:
     """Samples in ``batches``: ``Batch`` es, baseline samples, or baseline batches (collated, one more axis)."""
-    return sum(batch.batch_size if not isinstance(batch, dict) else len(batch["frames"]) if batch["frames"].dim() == 5
-               else 1 for batch in batches)  # fmt: skip
+    return sum(
+        batch.batch_size if not isinstance(batch, dict) else len(batch["frames"]) if batch["frames"].dim() == 5 else 1
+        for batch in batches
+    )
 
 
 def measure_per_core(pairs, index, anchors, frames: int, size: tuple[int, int], rounds: int) -> dict[str, Meter]:
@@ -201,8 +216,10 @@ def measure_per_core(pairs, index, anchors, frames: int, size: tuple[int, int], 
     do). The CPU time of the worker and of this process is charged.
     """
     meters = {name: Meter() for name in ("ours", "baseline", "ours, 1 worker", "baseline, 1 worker")}
-    loaders = {"ours": our_loader(index, anchors, frames, workers=0),
-               "ours, 1 worker": our_loader(index, anchors, frames, workers=1)}  # fmt: skip
+    loaders = {
+        "ours": our_loader(index, anchors, frames, workers=0),
+        "ours, 1 worker": our_loader(index, anchors, frames, workers=1),
+    }
     baseline = DecodeOnTheFlyDataset(pairs, num_frames=frames - 1, size=size)
     count([next(iter(loaders["ours"]))])  # warm-up: imports, the first plan, first-call costs
     count([baseline[0]])
@@ -277,29 +294,39 @@ def main() -> None:
         root = Path(tmp)
         start = time.perf_counter()
         pairs, index, anchors = build(root, args.clips, args.frames, size, args.copies)
-        print(f"built {args.clips} clips of {args.frames} frames at {args.height}x{args.width} "
-              f"({args.clips * args.copies} shard samples) in {time.perf_counter() - start:.1f} s")  # fmt: skip
+        print(
+            f"built {args.clips} clips of {args.frames} frames at {args.height}x{args.width} "
+            f"({args.clips * args.copies} shard samples) in {time.perf_counter() - start:.1f} s"
+        )
         meters = measure_per_core(pairs, index, anchors, args.frames, size, args.rounds)
         megabytes, crop_fraction = batch_bytes(index, anchors, args.frames, size)
         encode_s = None if args.skip_encoders else tiny_encoder_seconds(pairs, args.frames, size)
         first, waited, total, steps, release_s = data_wait(index, anchors, args.frames, step_s)
-    print(f"our batch: {megabytes:.1f} MB per sample; its pose-label crops hold {crop_fraction:.0%} of the pixels of "
-          f"the whole label images")  # fmt: skip
+    print(
+        f"our batch: {megabytes:.1f} MB per sample; its pose-label crops hold {crop_fraction:.0%} of the pixels of "
+        f"the whole label images"
+    )
     for name, meter in meters.items():
         print(meter.line(f"{name:<19}"))
     for path in ("", ", 1 worker"):
         ours, theirs = meters[f"ours{path}"], meters[f"baseline{path}"]
-        print(f"speedup per core{path or ', in this process'}: {ours.rate / theirs.rate:.2f} "
-              f"(wall clock: {ours.samples / ours.wall / (theirs.samples / theirs.wall):.2f})")  # fmt: skip
+        print(
+            f"speedup per core{path or ', in this process'}: {ours.rate / theirs.rate:.2f} "
+            f"(wall clock: {ours.samples / ours.wall / (theirs.samples / theirs.wall):.2f})"
+        )
     speedup = ours.rate / theirs.rate  # the main figure: through worker processes, as training runs
     if encode_s is not None:
         charged = ours.rate / (theirs.samples / (theirs.cpu + encode_s * theirs.samples))
-        print(f"baseline encoders (tiny VAE + CLIP on this CPU, not charged): {encode_s:.2f} s/sample; with them "
-              f"charged the ratio would be {charged:.1f} (not the figure: peers encode on the GPU)")  # fmt: skip
+        print(
+            f"baseline encoders (tiny VAE + CLIP on this CPU, not charged): {encode_s:.2f} s/sample; with them "
+            f"charged the ratio would be {charged:.1f} (not the figure: peers encode on the GPU)"
+        )
     print(f"predicted H100 step (paper model, {args.frames - 1} frames, batch 1, {MFU:.0%} MFU): {step_s:.3f} s")
-    print(f"data wait, 2 workers: first batch of the epoch {first:.2f} s (once per epoch); then {waited:.3f} s "
-          f"of {total:.1f} s over {steps} steps ({waited / max(steps, 1) * 1e3:.1f} ms per step); releasing a "
-          f"used batch: {release_s * 1e3:.1f} ms per step (not waiting)")  # fmt: skip
+    print(
+        f"data wait, 2 workers: first batch of the epoch {first:.2f} s (once per epoch); then {waited:.3f} s "
+        f"of {total:.1f} s over {steps} steps ({waited / max(steps, 1) * 1e3:.1f} ms per step); releasing a "
+        f"used batch: {release_s * 1e3:.1f} ms per step (not waiting)"
+    )
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
     print(f"speedup_per_core: {speedup:.2f} data_wait_fraction: {waited / max(total, 1e-9):.4f}")
 

@@ -90,22 +90,29 @@ class Activations:
         return self.saved + self.largest_block + 2 * self.largest_tensor
 
 
-def measure_activations(model: AnimateXDenoiser, frames: int, height: int, width: int, device: str,
-                        dtype: torch.dtype) -> Activations:  # fmt: skip
+def measure_activations(
+    model: AnimateXDenoiser, frames: int, height: int, width: int, device: str, dtype: torch.dtype
+) -> Activations:
     """Saved-for-backward bytes of one training forward (every condition present) of one sample."""
     c = model.config
     h, w, f = height // 8, width // 8, frames
     g = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
-        return torch.rand(*shape, generator=g).to(device, dtype) if device == "cpu" else torch.empty(
-            *shape, device=device, dtype=dtype)
+        return (
+            torch.rand(*shape, generator=g).to(device, dtype)
+            if device == "cpu"
+            else torch.empty(*shape, device=device, dtype=dtype)
+        )
 
     cond = DenoiserConditions(
-        image_embedding=rand(1, c.context_dim), local_image=rand(1, 3, 1, height, width),
-        pose_images=rand(1, 3, f + 1, height, width), ref_latent=rand(1, c.latent_channels, 1, h, w),
-        pose_keypoints=rand(1, f + 1, 2, c.ipi.num_keypoints), driving_clip=rand(1, f + 1, c.ipi.clip_dim),
-    )  # fmt: skip
+        image_embedding=rand(1, c.context_dim),
+        local_image=rand(1, 3, 1, height, width),
+        pose_images=rand(1, 3, f + 1, height, width),
+        ref_latent=rand(1, c.latent_channels, 1, h, w),
+        pose_keypoints=rand(1, f + 1, 2, c.ipi.num_keypoints),
+        driving_clip=rand(1, f + 1, c.ipi.clip_dim),
+    )
     latents, timesteps = rand(1, c.latent_channels, f, h, w), torch.zeros(1, dtype=torch.long, device=device)
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     storages: dict[int, tuple[int, str]] = {}
@@ -137,9 +144,11 @@ def measure_activations(model: AnimateXDenoiser, frames: int, height: int, width
     per_block: dict[str, int] = {}
     for nbytes, owner in storages.values():
         per_block[owner] = per_block.get(owner, 0) + nbytes
-    return Activations(saved=sum(n for n, _ in storages.values()),
-                       largest_block=max(v for k, v in per_block.items() if k != "other"),
-                       largest_tensor=max(n for n, _ in storages.values()))  # fmt: skip
+    return Activations(
+        saved=sum(n for n, _ in storages.values()),
+        largest_block=max(v for k, v in per_block.items() if k != "other"),
+        largest_tensor=max(n for n, _ in storages.values()),
+    )
 
 
 def activation_table(config: DenoiserConfig, shapes: list[tuple[int, int, int]]) -> dict:
@@ -175,10 +184,12 @@ def model_states(params: int, largest_block: int, gpus: int) -> dict[str, float]
     per_node = gpus // nodes
     zero2 = estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=False)[1]
     zero2_off = estimate_zero2_model_states_mem_needs(params, per_node, nodes, cpu_offload=True)[1]
-    zero3 = estimate_zero3_model_states_mem_needs(params, largest_block, per_node, nodes, cpu_offload=False,
-                                                  cpu_offload_params=False, zero_init=False)[1]  # fmt: skip
-    zero3_off = estimate_zero3_model_states_mem_needs(params, largest_block, per_node, nodes, cpu_offload=True,
-                                                      cpu_offload_params=True, zero_init=False)[1]  # fmt: skip
+    zero3 = estimate_zero3_model_states_mem_needs(
+        params, largest_block, per_node, nodes, cpu_offload=False, cpu_offload_params=False, zero_init=False
+    )[1]
+    zero3_off = estimate_zero3_model_states_mem_needs(
+        params, largest_block, per_node, nodes, cpu_offload=True, cpu_offload_params=True, zero_init=False
+    )[1]
     return {
         "DDP (torch AMP, fp32 weights)": 16 * params / GIB,  # 4 weights + 4 grads + 8 Adam, replicated
         "ZeRO-1": (4 * params + 16 * params / gpus) / GIB,  # DeepSpeed's 2+18 with bf16 grads unsharded
@@ -196,8 +207,10 @@ def main() -> None:
         model = AnimateXDenoiser(config)
     params = sum(p.numel() for p in model.parameters())
     largest_block = max(sum(p.numel() for p in b.parameters()) for b in outermost_blocks(model))
-    print(f"paper denoiser: {params:,} parameters; largest block {largest_block:,}; EMA (fp32, on GPU) "
-          f"{4 * params / GIB:.1f} GiB unless model.ema.on_cpu\n")  # fmt: skip
+    print(
+        f"paper denoiser: {params:,} parameters; largest block {largest_block:,}; EMA (fp32, on GPU) "
+        f"{4 * params / GIB:.1f} GiB unless model.ema.on_cpu\n"
+    )
     print("Model states per GPU (GiB), bf16 + fp32 master weights + Adam:")
     gpu_counts = (8, 32)
     states = {n: model_states(params, largest_block, n) for n in gpu_counts}
@@ -212,22 +225,28 @@ def main() -> None:
     print(f"  {'frames':>6} {'HxW':>9} {'no checkpointing':>22} {'block checkpointing':>22}")
     for frames, height, width in shapes:
         off, on = acts[frames, height, width, False], acts[frames, height, width, True]
-        print(f"  {frames:>6} {f'{width}x{height}':>9} {off.peak / GIB:>12.1f} ({off.saved / GIB:5.1f})"
-              f"{on.peak / GIB:>15.1f} ({on.saved / GIB:5.1f})")  # fmt: skip
+        print(
+            f"  {frames:>6} {f'{width}x{height}':>9} {off.peak / GIB:>12.1f} ({off.saved / GIB:5.1f})"
+            f"{on.peak / GIB:>15.1f} ({on.saved / GIB:5.1f})"
+        )
     print(f"\nTotal per GPU at 8 GPUs, micro-batch 1 (GiB; + {OVERHEAD_GIB:.0f} GiB overhead; EMA on CPU):")
     print(f"  {'strategy':<36} {'ckpt':>5}" + "".join(f"{f'{f}f {w}x{h}':>15}" for f, h, w in shapes))
     for name, state in states[8].items():
         for checkpointing in (False, True):
             row = [state + acts[f, h, w, checkpointing].peak / GIB + OVERHEAD_GIB for f, h, w in shapes]
             print(f"  {name:<36} {'yes' if checkpointing else 'no':>5}" + "".join(f"{v:>15.1f}" for v in row))
-    print("\nLargest micro-batch per GPU (every per-sample term scales with the batch), block checkpointing, 8 GPUs, "
-          "EMA on CPU (on the GPU: 6.8 GiB less room):")
+    print(
+        "\nLargest micro-batch per GPU (every per-sample term scales with the batch), block checkpointing, 8 GPUs, "
+        "EMA on CPU (on the GPU: 6.8 GiB less room):"
+    )
     for f, h, w in shapes[2:]:
         per_sample = acts[f, h, w, True].peak / GIB
         print(f"  {f} frames {w}x{h} ({per_sample:.1f} GiB per sample):")
         for label, usable in CAPACITIES_GIB.items():
-            fits = [f"{name.split(' (')[0]} {max(0, int((usable - OVERHEAD_GIB - state) // per_sample))}"
-                    for name, state in states[8].items()]
+            fits = [
+                f"{name.split(' (')[0]} {max(0, int((usable - OVERHEAD_GIB - state) // per_sample))}"
+                for name, state in states[8].items()
+            ]
             print(f"    {label:<28} " + ", ".join(fits))
     print(f"\n({time.perf_counter() - start:.0f} s)")
 

@@ -51,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     from animatex_train.data.format.schema import decode_clip
     from animatex_train.encoders.clip import CLIPConfig
     from animatex_train.encoders.vae import VAEConfig
-    from animatex_train.preprocess.cli import prepare_dataset
     from animatex_train.preprocess.config import ClipConfig, EncodersConfig, PoseConfig, PrepareConfig, ShardConfig
     from animatex_train.preprocess.pose.tiny_dwpose import write_tiny_dwpose
+    from animatex_train.preprocess.prepare import prepare_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         det, pose = write_tiny_dwpose(Path(tmp) / "dwpose")

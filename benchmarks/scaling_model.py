@@ -44,9 +44,15 @@ def read_overlay(path: Path) -> Overlay:
     strategy = trainer["strategy"]
     init = strategy.get("init_args", {}) if isinstance(strategy, dict) else {}
     deepspeed = isinstance(strategy, dict) and "DeepSpeed" in strategy["class_path"]
-    return Overlay(path.stem, init.get("stage", 0) if deepspeed else 0, bool(init.get("offload_optimizer")),
-                   int(data["batch_size"]), int(trainer.get("accumulate_grad_batches", 1)), int(trainer["devices"]),
-                   path.stem.startswith("a100"))  # fmt: skip
+    return Overlay(
+        path.stem,
+        init.get("stage", 0) if deepspeed else 0,
+        bool(init.get("offload_optimizer")),
+        int(data["batch_size"]),
+        int(trainer.get("accumulate_grad_batches", 1)),
+        int(trainer["devices"]),
+        path.stem.startswith("a100"),
+    )
 
 
 def step_seconds(micro_batch: int, per_sample_s: float | None, a100: bool) -> float:
@@ -101,33 +107,52 @@ def efficiency(overlay: Overlay, gpus: int, args: argparse.Namespace) -> dict:
         shard = PARAMS / gpus
         offload = 2 * 2.0 * shard / (args.pcie_gbs * 1e9) + shard / (args.cpu_adam_params_per_s * 1e9)
     total = compute + exposed + offload
-    return {"gpus": gpus, "compute_s": compute, "comm_gb": (hidden_bytes + exposed_bytes) / 1e9,
-            "exposed_s": exposed, "offload_s": offload, "efficiency": compute / total}  # fmt: skip
+    return {
+        "gpus": gpus,
+        "compute_s": compute,
+        "comm_gb": (hidden_bytes + exposed_bytes) / 1e9,
+        "exposed_s": exposed,
+        "offload_s": offload,
+        "efficiency": compute / total,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--step-s-per-sample", type=float, default=None,
-                        help="single-GPU seconds per sample (default: the H200 measurement per micro-batch)")
+    parser.add_argument(
+        "--step-s-per-sample",
+        type=float,
+        default=None,
+        help="single-GPU seconds per sample (default: the H200 measurement per micro-batch)",
+    )
     parser.add_argument("--nvlink-gbs", type=float, default=900.0, help="NVLink GB/s per GPU, both directions")
     parser.add_argument("--ib-gbit", type=float, default=400.0, help="InfiniBand Gb/s per GPU")
     parser.add_argument("--link-efficiency", type=float, default=0.8, help="achieved / nominal link bandwidth")
     parser.add_argument("--overlap", type=float, default=0.8, help="fraction of backward that hides communication")
-    parser.add_argument("--backward-share", type=float, default=0.75,
-                        help="backward (with recompute) as a fraction of the step's compute")
+    parser.add_argument(
+        "--backward-share",
+        type=float,
+        default=0.75,
+        help="backward (with recompute) as a fraction of the step's compute",
+    )
     parser.add_argument("--pcie-gbs", type=float, default=25.0, help="host<->GPU GB/s per GPU (offload)")
     parser.add_argument("--cpu-adam-params-per-s", type=float, default=1.0, help="host Adam, G parameters/s per GPU")
     args = parser.parse_args()
-    overlays = [read_overlay(p) for p in sorted((REPO / "recipes" / "cluster").glob("*.yaml"))
-                if not p.stem.startswith("cpu")]  # fmt: skip
-    print(f"{'overlay':<22} {'ZeRO':>4} {'mb x acc':>8} {'GPUs':>5} {'compute s':>9} {'comm GB':>8} "
-          f"{'exposed s':>9} {'offload s':>9} {'E(N)':>6}")  # fmt: skip
+    overlays = [
+        read_overlay(p) for p in sorted((REPO / "recipes" / "cluster").glob("*.yaml")) if not p.stem.startswith("cpu")
+    ]
+    print(
+        f"{'overlay':<22} {'ZeRO':>4} {'mb x acc':>8} {'GPUs':>5} {'compute s':>9} {'comm GB':>8} "
+        f"{'exposed s':>9} {'offload s':>9} {'E(N)':>6}"
+    )
     for overlay in overlays:
         for gpus in (8, 64, 256):
             r = efficiency(overlay, gpus, args)
-            print(f"{overlay.name:<22} {overlay.stage:>4} {overlay.micro_batch:>3} x {overlay.accumulation:<3} "
-                  f"{gpus:>5} {r['compute_s']:>9.2f} {r['comm_gb']:>8.1f} {r['exposed_s']:>9.3f} "
-                  f"{r['offload_s']:>9.3f} {r['efficiency']:>6.3f}")  # fmt: skip
+            print(
+                f"{overlay.name:<22} {overlay.stage:>4} {overlay.micro_batch:>3} x {overlay.accumulation:<3} "
+                f"{gpus:>5} {r['compute_s']:>9.2f} {r['comm_gb']:>8.1f} {r['exposed_s']:>9.3f} "
+                f"{r['offload_s']:>9.3f} {r['efficiency']:>6.3f}"
+            )
 
 
 if __name__ == "__main__":

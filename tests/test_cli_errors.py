@@ -21,8 +21,14 @@ from animatex_train.cli.errors import RUNTIME_ERROR_NAMES, user_error
 
 
 def _run(args: list[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "animatex_train", *args], cwd=REPO_ROOT, env=fit_env(),
-                          capture_output=True, text=True, timeout=timeout_s)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "animatex_train", *args],
+        cwd=REPO_ROOT,
+        env=fit_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def _one_error_line(proc: subprocess.CompletedProcess, *names: str) -> str:
@@ -101,7 +107,13 @@ def test_expected_errors_are_sorted_from_bugs():
 def test_torchrun_elastic_restarts_are_refused_at_start_up(tmp_path):
     """What torchrun --max-restarts=1 hands its workers; the real torchrun run: training/test_elastic.py (slow)."""
     env = {**fit_env(), "TORCHELASTIC_MAX_RESTARTS": "1", "TORCHELASTIC_RESTART_COUNT": "0"}
-    proc = subprocess.run([sys.executable, "-m", "animatex_train", "fit", "--config", str(TINY_RECIPE)],
-                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "animatex_train", "fit", "--config", str(TINY_RECIPE)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     line = _one_error_line(proc, "--max-restarts=1", "slurm/train.sbatch")
     assert proc.returncode == 1 and "--max-restarts=0" in line

@@ -38,10 +38,18 @@ def test_the_torchvision_shim_runs_when_torchvision_is_imported():
 
 def test_fit_help_lists_every_nested_model_key():
     """Sub-configs have default instances, so LightningCLI lists their keys instead of one opaque ``--model.x X``."""
-    help_text = subprocess.run([sys.executable, "-m", "animatex_train", "fit", "--help"], capture_output=True,
-                               text=True, check=True).stdout  # fmt: skip
-    for key in ("model.denoiser.ipi.keypoint_row_order", "model.denoiser.condition_dropout", "model.vae.checkpoint",
-                "model.clip.checkpoint", "model.sampler.guidance_scale", "model.ema.on_cpu", "model.numerics.policy"):
+    help_text = subprocess.run(
+        [sys.executable, "-m", "animatex_train", "fit", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for key in (
+        "model.denoiser.ipi.keypoint_row_order",
+        "model.denoiser.condition_dropout",
+        "model.vae.checkpoint",
+        "model.clip.checkpoint",
+        "model.sampler.guidance_scale",
+        "model.ema.on_cpu",
+        "model.numerics.policy",
+    ):
         assert f"--{key}" in help_text, key
 
 

@@ -1,4 +1,4 @@
-"""``docs/reliability.md`` maps F1–F24 (RELIABILITY.md section 5) to tests; this keeps the table true.
+"""``docs/reliability.md`` maps F1–F24 (docs/reliability.md section 5) to tests; this keeps the table true.
 
 Every F1..F24 row appears once, every test it names is defined somewhere under ``tests/`` (by name, so a test
 file may move), statuses are known words, and the closing count matches the table.
@@ -34,8 +34,13 @@ def test_every_fault_is_listed_once():
 
 
 def test_every_named_test_exists_and_covered_rows_name_one():
-    defined = Counter(re.findall(r"^(?:async )?def (test_\w+)\(", "\n".join(
-        p.read_text() for p in (REPO / "tests").rglob("test_*.py")), re.MULTILINE))  # fmt: skip
+    defined = Counter(
+        re.findall(
+            r"^(?:async )?def (test_\w+)\(",
+            "\n".join(p.read_text() for p in (REPO / "tests").rglob("test_*.py")),
+            re.MULTILINE,
+        )
+    )
     missing = sorted(name for name in catalogue_tests() if not defined[name])
     assert not missing, f"docs/reliability.md names tests that do not exist: {missing}"
     assert all(names for _, names, status in _rows() if status != "none")
@@ -44,7 +49,7 @@ def test_every_named_test_exists_and_covered_rows_name_one():
 def test_closing_count_matches_the_table():
     statuses = Counter(status for _, _, status in _rows())
     text = CATALOGUE.read_text()
-    expected = (f"Covered: {statuses['covered']} of 24 (partial: {statuses['partial']}, none: {statuses['none']}).")
+    expected = f"Covered: {statuses['covered']} of 24 (partial: {statuses['partial']}, none: {statuses['none']})."
     assert expected in text, expected
 
 

@@ -30,8 +30,11 @@ def test_recipe_parses(recipe):
     written = _flatten(yaml.safe_load(recipe.read_text()) or {})
     if "train" in recipe.parts:
         written.pop("model.init.checkpoint", None)  # replaced on the command line above
-    differ = {key: (value, resolved.get(key, "<absent>")) for key, value in written.items()
-              if value != {} and not _matches(value, resolved.get(key, "<absent>"))}  # fmt: skip
+    differ = {
+        key: (value, resolved.get(key, "<absent>"))
+        for key, value in written.items()
+        if value != {} and not _matches(value, resolved.get(key, "<absent>"))
+    }
     assert not differ, f"values of {recipe.name} that did not reach the resolved config: {differ}"
     assert cli.trainer.max_steps == resolved["trainer.max_steps"]  # the trainer is built from the resolved values
 
@@ -52,8 +55,11 @@ def _matches(written, resolved) -> bool:
     if isinstance(written, dict):
         return isinstance(resolved, dict) and all(_matches(v, resolved.get(k, "<absent>")) for k, v in written.items())
     if isinstance(written, list):
-        return (isinstance(resolved, (list, tuple)) and len(resolved) == len(written)
-                and all(_matches(w, r) for w, r in zip(written, resolved, strict=True)))  # fmt: skip
+        return (
+            isinstance(resolved, (list, tuple))
+            and len(resolved) == len(written)
+            and all(_matches(w, r) for w, r in zip(written, resolved, strict=True))
+        )
     return (str(resolved) if isinstance(resolved, Path) else resolved) == written
 
 

@@ -23,10 +23,19 @@ EXIT_CONFIG = 2
 # Project errors that are not ValueError/OSError subclasses, matched by class name along the MRO: the CLI does
 # not import every subsystem (data, preprocessing, export) just to catch their errors. The names are the
 # contract; tests/test_cli_errors.py checks each one still exists.
-RUNTIME_ERROR_NAMES = frozenset({
-    "CheckpointIntegrityError", "ExportError", "ResumeError", "MergeError", "JournalError", "CheckpointSaveError",
-    "ElasticRestartError", "NonFiniteError", "LoaderStallError",
-})  # fmt: skip
+RUNTIME_ERROR_NAMES = frozenset(
+    {
+        "CheckpointIntegrityError",
+        "ExportError",
+        "ResumeError",
+        "MergeError",
+        "JournalError",
+        "CheckpointSaveError",
+        "ElasticRestartError",
+        "NonFiniteError",
+        "LoaderStallError",
+    }
+)
 
 
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
@@ -68,8 +77,10 @@ def _pickle_message(error: Exception) -> str:
     if isinstance(error, CheckpointRefusedError):
         return _one_line(error)
     detail = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), _one_line(error)[:200])
-    return (f"a checkpoint holds objects other than tensors and plain containers ({detail}); it was not loaded. "
-            "Pass a checkpoint written by this project, or --trust_checkpoint true for a local one of your own")
+    return (
+        f"a checkpoint holds objects other than tensors and plain containers ({detail}); it was not loaded. "
+        "Pass a checkpoint written by this project, or --trust_checkpoint true for a local one of your own"
+    )
 
 
 def _os_message(error: OSError) -> str:

@@ -76,9 +76,13 @@ class AnimateXCLI(LightningCLI):
         parser.add_lightning_class_args(PerformanceLevers, "performance")
         parser.add_class_arguments(TrackingConfig, "tracking")
         parser.add_class_arguments(DistributedConfig, "distributed")
-        parser.add_argument("--trust_checkpoint", type=bool, default=False,
-                            help="unpickle a local --ckpt_path without restrictions (your own runs only; "
-                                 "never a URL). Default: weights-only, which our checkpoints need")  # fmt: skip
+        parser.add_argument(
+            "--trust_checkpoint",
+            type=bool,
+            default=False,
+            help="unpickle a local --ckpt_path without restrictions (your own runs only; "
+            "never a URL). Default: weights-only, which our checkpoints need",
+        )
 
     def _parse_ckpt_path(self) -> None:
         """Not LightningCLI's: the checkpoint's hyperparameters are not re-parsed as options (module docstring).

@@ -2,8 +2,10 @@
 
 ``fit`` / ``validate`` are LightningCLI (recipes are ``--config`` files overlaid
 in order, e.g. an experiment recipe then a cluster overlay; ``--print_config`` shows the resolved run).
-The project's own subcommands (data preparation, previews, the demo, export, ablations, ...) dispatch to
-their modules' ``*_main(argv)`` functions. ``python -m animatex_train`` is the same program.
+The project's own subcommands (data preparation, previews, the demo, export, ablations, ...) are one module
+each in this folder, ``cli/<subcommand>.py`` with ``main(argv)``: argument parsing and printing only, the work done
+by the library modules they call. Every subcommand takes the flag style of ``fit`` (``--max_steps``; hyphenated
+spellings are accepted, ``cli/arguments.py``). ``python -m animatex_train`` is the same program.
 
 Errors a user can fix print one line, ``error: <what>, <where>, <how to fix>``, and exit non-zero; the
 traceback only with ``--debug`` as the first argument or ``ANIMATEX_DEBUG=1`` (``cli/errors.py``).
@@ -19,22 +21,26 @@ from animatex_train.cli.errors import DEBUG_ENV, debug_requested, user_error
 
 # subcommand -> "module:function" taking argv (list[str]) and returning an exit code.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("animatex_train.demo:demo_main", "tiny end-to-end run on the embedded synthetic dataset (CPU)"),
-    "prepare": ("animatex_train.preprocess.cli:prepare_main", "videos -> poses, CLIP, VAE latents -> shards"),
-    "synth": ("animatex_train.data.synthetic.dataset:synthetic_main", "write the synthetic character-animation videos"),
-    "anchor-pool": ("animatex_train.data.epi.anchor_pool:anchor_pool_main", "build the EPI anchor pool from shards"),
-    "epi-preview": ("animatex_train.data.epi.preview:epi_preview_main", "PNG grid: original | realigned | rescaled"),
-    "export": ("animatex_train.training.export:export_main", "checkpoint (DDP/ZeRO/FSDP) -> safetensors/.pth"),
-    "animate": ("animatex_train.inference.cli:animate_main", "reference image + driving video -> animation mp4"),
-    "evaluate": ("animatex_train.eval.cli:evaluate_main",
-                 "generate a test set and score it: PSNR*, SSIM, L1, LPIPS, FID, FID-VID, FVD (as DisCo)"),
-    "ablate": ("animatex_train.launch.ablate:ablate_main", "the paper's IPI/EPI ablations: list, run, submit, collate"),
-    "submit": ("animatex_train.launch.submit:submit_main", "submit a recipe to Slurm (sbatch, requeue on preemption)"),
+    "demo": ("animatex_train.cli.demo:main", "tiny end-to-end run on the embedded synthetic dataset (CPU)"),
+    "prepare": ("animatex_train.cli.prepare:main", "videos -> poses, CLIP, VAE latents -> shards"),
+    "synth": ("animatex_train.cli.synth:main", "write the synthetic character-animation videos"),
+    "anchor-pool": ("animatex_train.cli.anchor_pool:main", "build the EPI anchor pool from shards"),
+    "epi-preview": ("animatex_train.cli.epi_preview:main", "PNG grid: original | realigned | rescaled"),
+    "export": ("animatex_train.cli.export:main", "checkpoint (DDP/ZeRO/FSDP) -> safetensors/.pth"),
+    "animate": ("animatex_train.cli.animate:main", "reference image + driving video -> animation mp4"),
+    "evaluate": (
+        "animatex_train.cli.evaluate:main",
+        "generate a test set and score it: PSNR*, SSIM, L1, LPIPS, FID, FID-VID, FVD (as DisCo)",
+    ),
+    "ablate": ("animatex_train.cli.ablate:main", "the paper's IPI/EPI ablations: list, run, submit, collate"),
+    "submit": ("animatex_train.cli.submit:main", "submit a recipe to Slurm (sbatch, requeue on preemption)"),
 }
 # The system has no test/predict step: generation is `animate`, scoring `evaluate` (cli/lightning.py).
 LIGHTNING_SUBCOMMANDS = ("fit", "validate")
-REMOVED = {"test": "score checkpoints with `animatex-train evaluate`",
-           "predict": "generate with `animatex-train animate`"}
+REMOVED = {
+    "test": "score checkpoints with `animatex-train evaluate`",
+    "predict": "generate with `animatex-train animate`",
+}
 
 
 class UnknownSubcommandError(ValueError):
@@ -86,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(argv: list[str], from_command_line: bool) -> int:
     _offline_defaults()
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: animatex-train [--debug] [--version] {" + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS))
-              + "} ...\n")  # fmt: skip
-        print(f"  {'fit | validate':<16} LightningCLI: --config recipe.yaml [--config overlay.yaml] ... "
-              "(fit --help lists every key)")  # fmt: skip
+        print(
+            "usage: animatex-train [--debug] [--version] {"
+            + ",".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS))
+            + "} ...\n"
+        )
+        print(
+            f"  {'fit | validate':<16} LightningCLI: --config recipe.yaml [--config overlay.yaml] ... "
+            "(fit --help lists every key)"
+        )
         for name, (_, help_text) in SUBCOMMANDS.items():
             print(f"  {name:<16} {help_text}")
         return 0
@@ -102,8 +113,9 @@ def _dispatch(argv: list[str], from_command_line: bool) -> int:
         module, function = SUBCOMMANDS[argv[0]][0].split(":")
         return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     if argv[0] in REMOVED:
-        raise UnknownSubcommandError(f"`animatex-train {argv[0]}` does not exist: the model has no {argv[0]} step; "
-                                     f"{REMOVED[argv[0]]}")  # fmt: skip
+        raise UnknownSubcommandError(
+            f"`animatex-train {argv[0]}` does not exist: the model has no {argv[0]} step; {REMOVED[argv[0]]}"
+        )
     if argv[0] not in LIGHTNING_SUBCOMMANDS and not argv[0].startswith("-"):
         known = ", ".join((*LIGHTNING_SUBCOMMANDS, *SUBCOMMANDS))
         raise UnknownSubcommandError(f"unknown subcommand {argv[0]!r}; expected one of {known} (animatex-train --help)")

@@ -16,7 +16,7 @@ EVAL_DIR = "eval"
 PAPER_PROTOCOL = "cross_driven"  # the paper's ablations are on A2Bench, rescaled-pose setting (Tables 4-6)
 
 # Animate-X Table 5 (Table 4 is its main-text subset) and Table 6's A2Bench columns: (PSNR*, SSIM, L1, LPIPS,
-# FID, FID-VID, FVD); None where the table has no column (ANIMATEX_SPEC.md sections 6.7-6.8).
+# FID, FID-VID, FVD); None where the table has no column (the paper's Tables 4-6).
 PAPER_NUMBERS: dict[str, tuple[float | None, ...]] = {
     "wo_ipi": (13.30, 0.433, 1.35e-4, 0.454, 32.56, 64.31, 893.31),
     "wo_lq": (13.48, 0.445, 1.76e-4, 0.454, 28.24, 42.74, 754.37),
@@ -63,9 +63,12 @@ def metrics_table(out: Path, ablations: Sequence) -> str:
         metrics = report["metrics"] if report else {}
         protocol = report["protocol"]["protocol"] if report else "not evaluated"
         paper = PAPER_NUMBERS.get(ablation.name, (None,) * len(PAPER_METRICS))
-        cells = [_cell(m, metrics.get(m), p, protocol == PAPER_PROTOCOL) for m, p in zip(PAPER_METRICS, paper,
-                                                                                          strict=True)]
+        cells = [
+            _cell(m, metrics.get(m), p, protocol == PAPER_PROTOCOL) for m, p in zip(PAPER_METRICS, paper, strict=True)
+        ]
         lines.append("| " + " | ".join([ablation.name, ablation.row, protocol, *cells]) + " |")
-    note = (f"\nCells read `ours (paper)` for runs evaluated with the `{PAPER_PROTOCOL}` recipe (A2Bench rescaled "
-            "pose, Animate-X Tables 4-6); the paper's models are trained at full scale on its data.\n")
+    note = (
+        f"\nCells read `ours (paper)` for runs evaluated with the `{PAPER_PROTOCOL}` recipe (A2Bench rescaled "
+        "pose, Animate-X Tables 4-6); the paper's models are trained at full scale on its data.\n"
+    )
     return "\n".join(lines) + "\n" + note

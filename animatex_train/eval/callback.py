@@ -56,16 +56,28 @@ class TrainingEvaluation(pl.Callback):
         frechet_method: ``eigh`` (default here: fast and stable on few samples) or ``sqrtm`` (pytorch-fid's).
     """
 
-    def __init__(self, num_batches: int = 1, samples_per_batch: int | None = None, every_n_validations: int = 1,
-                 metrics: list[str] | None = None, weights: dict[str, str] | None = None,
-                 lpips_input_range: str = "unit", frechet_method: str = "eigh") -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_batches: int = 1,
+        samples_per_batch: int | None = None,
+        every_n_validations: int = 1,
+        metrics: list[str] | None = None,
+        weights: dict[str, str] | None = None,
+        lpips_input_range: str = "unit",
+        frechet_method: str = "eigh",
+    ) -> None:
         chosen = list(metrics) if metrics is not None else ["psnr_star", "ssim", "l1", "lpips", "fid"]
         unsupported = [m for m in chosen if m not in TRAINING_METRICS]
         if unsupported:
-            raise ValueError(f"{KEY}.metrics: {unsupported} cannot be computed during training; expected names from "
-                             f"{list(TRAINING_METRICS)} (FID-VID and FVD: run `animatex-train evaluate`)")  # fmt: skip
-        for key, value in (("num_batches", num_batches), ("every_n_validations", every_n_validations),
-                           ("samples_per_batch", samples_per_batch or 1)):  # fmt: skip
+            raise ValueError(
+                f"{KEY}.metrics: {unsupported} cannot be computed during training; expected names from "
+                f"{list(TRAINING_METRICS)} (FID-VID and FVD: run `animatex-train evaluate`)"
+            )
+        for key, value in (
+            ("num_batches", num_batches),
+            ("every_n_validations", every_n_validations),
+            ("samples_per_batch", samples_per_batch or 1),
+        ):
             if value < 1:
                 raise ValueError(f"{KEY}.{key} must be >= 1, got {value}")
         known = set(asdict(WeightPaths()))
@@ -74,8 +86,9 @@ class TrainingEvaluation(pl.Callback):
             raise ValueError(f"{KEY}.weights: unknown {unknown}; expected keys from {sorted(known)}")
         self.num_batches, self.samples_per_batch = num_batches, samples_per_batch
         self.every_n_validations = every_n_validations
-        self.metrics_config = MetricsConfig(metrics=chosen, lpips_input_range=lpips_input_range,
-                                            frechet_method=frechet_method)  # fmt: skip
+        self.metrics_config = MetricsConfig(
+            metrics=chosen, lpips_input_range=lpips_input_range, frechet_method=frechet_method
+        )
         self.weights = WeightPaths(**(weights or {}))
         self.suite: MetricSuite | None = None
         self._validations = 0
@@ -101,8 +114,15 @@ class TrainingEvaluation(pl.Callback):
             self.suite.networks_to(pl_module.device)
             self.suite.reset()
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not self._active or dataloader_idx != 0 or batch_idx >= self.num_batches:
             return
         n = min(self.samples_per_batch or batch.batch_size, batch.batch_size)
@@ -120,8 +140,9 @@ class TrainingEvaluation(pl.Callback):
         values = {f"eval/{name}": value for name, value in result["metrics"].items() if value is not None}
         skipped = sorted(name for name, value in result["metrics"].items() if value is None)
         if skipped:
-            log.warning("training evaluation: %s not computed (%s); score more clips (num_batches)", skipped,
-                        result["counts"])  # fmt: skip
+            log.warning(
+                "training evaluation: %s not computed (%s); score more clips (num_batches)", skipped, result["counts"]
+            )
         if values:
             # Identical on every rank (gathered above): no further reduction.
             pl_module.log_dict(values, on_epoch=True, sync_dist=False, rank_zero_only=True)

@@ -38,8 +38,9 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarra
     """``(f, H, W, 3)`` uint8 to ``size`` = ``(height, width)`` with PIL bicubic (unchanged when equal or None)."""
     if size is None or tuple(frames.shape[1:3]) == tuple(size):
         return frames
-    return np.stack([np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-                     for f in frames])
+    return np.stack(
+        [np.asarray(Image.fromarray(f).resize((size[1], size[0]), Image.Resampling.BICUBIC)) for f in frames]
+    )
 
 
 @dataclasses.dataclass
@@ -90,14 +91,16 @@ def make_job(recipe: EvalRecipe, videos: list[TestVideo], index: int, work: Path
 def generation_settings(recipe: EvalRecipe, settings: Any) -> Any:
     """The ``animate`` settings with the recipe's overrides and its clip (frames from the start, stride)."""
     settings = settings.with_overrides(dict(recipe.animate))
-    inputs = dataclasses.replace(settings.inputs, frames=recipe.num_frames, stride=recipe.stride, start=0.0,
-                                 target_fps=None)
+    inputs = dataclasses.replace(
+        settings.inputs, frames=recipe.num_frames, stride=recipe.stride, start=0.0, target_fps=None
+    )
     output = dataclasses.replace(settings.output, audio=False, progress=False)
     return dataclasses.replace(settings, inputs=inputs, output=output)
 
 
-def run_evaluation(recipe: EvalRecipe, settings: Any, weights: WeightPaths, out: str | Path,
-                   progress: bool = True) -> dict[str, Any]:
+def run_evaluation(
+    recipe: EvalRecipe, settings: Any, weights: WeightPaths, out: str | Path, progress: bool = True
+) -> dict[str, Any]:
     """Generate and score the recipe's test set; rank 0 writes the report into ``out``.
 
     Args:
@@ -122,8 +125,14 @@ def run_evaluation(recipe: EvalRecipe, settings: Any, weights: WeightPaths, out:
     suite = MetricSuite(recipe.metrics, weights)
     rows: list[dict[str, Any]] = []
     mine = [i for i in range(len(videos)) if i % world == rank]
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress or rank != 0) as bar:
         task = bar.add_task(f"generate + score ({recipe.protocol}, rank {rank}/{world})", total=len(mine))
         for index in mine:
@@ -141,16 +150,23 @@ def run_evaluation(recipe: EvalRecipe, settings: Any, weights: WeightPaths, out:
             else:
                 suite.add_video("gen", list(gen))
                 suite.add_video("real", list(real))
-            row = {"id": job.video.id, "video": str(job.video.video), "partner": job.partner,
-                   "frames": int(len(gen)), "seconds_generate": seconds_generate,
-                   "seconds_score": time.perf_counter() - mark, "warnings": result.meta["warnings"],
-                   "checkpoint_sha256": result.meta["checkpoint"]["sha256"]}
+            row = {
+                "id": job.video.id,
+                "video": str(job.video.video),
+                "partner": job.partner,
+                "frames": int(len(gen)),
+                "seconds_generate": seconds_generate,
+                "seconds_score": time.perf_counter() - mark,
+                "warnings": result.meta["warnings"],
+                "checkpoint_sha256": result.meta["checkpoint"]["sha256"],
+            }
             if recipe.save_videos:
                 from animatex_train.data.format.video import side_by_side, write_mp4
 
                 columns_ = (gen, real) if job.has_ground_truth else (gen,)
-                row["mp4"] = str(write_mp4(out / "videos" / f"{job.video.id}.mp4", side_by_side(*columns_),
-                                           fps=float(result.fps)))
+                row["mp4"] = str(
+                    write_mp4(out / "videos" / f"{job.video.id}.mp4", side_by_side(*columns_), fps=float(result.fps))
+                )
             rows.append(row)
             bar.advance(task)
     scores = suite.compute()
@@ -163,8 +179,12 @@ def run_evaluation(recipe: EvalRecipe, settings: Any, weights: WeightPaths, out:
         "counts": {**scores["counts"], "videos": len(videos), "ranks": world},
         "protocol": recipe.to_dict(),
         "generation": settings.to_dict(),
-        "checkpoint": {"path": models.denoiser.source, "kind": models.denoiser.kind,
-                       "weights": models.denoiser.weights, "sha256": models.denoiser.sha256},
+        "checkpoint": {
+            "path": models.denoiser.source,
+            "kind": models.denoiser.kind,
+            "weights": models.denoiser.weights,
+            "sha256": models.denoiser.sha256,
+        },
         "metric_weights": scores["weights"],
         "seconds": time.perf_counter() - started,
     }

@@ -44,9 +44,11 @@ def score_folders(suite: MetricSuite, gen_dir: str | Path, gt_dir: str | Path, p
     """Feed two frame folders into ``suite`` (call ``suite.compute()`` afterwards)."""
     gen_files, gt_files = frame_files(gen_dir), frame_files(gt_dir)
     if [p.name for p in gen_files] != [p.name for p in gt_files] and suite.paired_requested:
-        raise ValueError(f"paired metrics need the same file names in {gen_dir} and {gt_dir} (DisCo asserts it): "
-                         f"{len(gen_files)} vs {len(gt_files)} files, first difference "
-                         f"{sorted({p.name for p in gen_files} ^ {p.name for p in gt_files})[:3]}")
+        raise ValueError(
+            f"paired metrics need the same file names in {gen_dir} and {gt_dir} (DisCo asserts it): "
+            f"{len(gen_files)} vs {len(gt_files)} files, first difference "
+            f"{sorted({p.name for p in gen_files} ^ {p.name for p in gt_files})[:3]}"
+        )
     if suite.paired_requested:
         for gen, gt in track(list(zip(gen_files, gt_files, strict=True)), "paired metrics", disable=not progress):
             suite.add_pair(video_of(gen.name), read_rgb(gen), read_rgb(gt))

@@ -24,7 +24,7 @@ class EvalRecipe:
             sequence realigned to the body proportions of another test video's person with the EPI realignment,
             its own video still the ground truth) or ``cross_identity`` (the character driven by another test
             video: no ground truth, distribution metrics against the driving videos' real frames).
-        test_set: a ``.jsonl`` manifest or a ``synth`` folder (``testset.read_test_set``); ``--test-set``.
+        test_set: a ``.jsonl`` manifest or a ``synth`` folder (``testset.read_test_set``); ``--test_set``.
         split: the manifest split to use (None: every line).
         max_videos: evaluate only the first N videos (None: all).
         num_frames: frames generated per video (from ``start``; DisCo's clips are 16).
@@ -58,18 +58,21 @@ class EvalRecipe:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {self.protocol!r}")
         if self.num_frames < 1 or self.stride < 1 or self.reference_frame < 0:
-            raise ValueError(f"num_frames/stride/reference_frame: expected >= 1/>= 1/>= 0, got "
-                             f"{self.num_frames}/{self.stride}/{self.reference_frame}")
+            raise ValueError(
+                f"num_frames/stride/reference_frame: expected >= 1/>= 1/>= 0, got "
+                f"{self.num_frames}/{self.stride}/{self.reference_frame}"
+            )
         if self.resolution_px is not None:
             if len(self.resolution_px) != 2 or min(self.resolution_px) < 16:
                 raise ValueError(f"resolution_px: expected [height, width] >= 16, got {self.resolution_px}")
             self.resolution_px = (int(self.resolution_px[0]), int(self.resolution_px[1]))
         if self.protocol == "cross_identity":
-            paired = [m for m in self.metrics.metrics if m in ("psnr_star", "ssim", "l1", "lpips",
-                                                                  "psnr_legacy_uint8")]
+            paired = [m for m in self.metrics.metrics if m in ("psnr_star", "ssim", "l1", "lpips", "psnr_legacy_uint8")]
             if paired:
-                raise ValueError(f"metrics: {paired} need ground truth, which cross_identity has none of; "
-                                 f"keep only fid, fid_vid, fvd")
+                raise ValueError(
+                    f"metrics: {paired} need ground truth, which cross_identity has none of; "
+                    f"keep only fid, fid_vid, fvd"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,8 +11,16 @@ from typing import Any
 from animatex_train.eval.metrics.suite import PAPER_METRICS
 
 # Column heads as the Animate-X tables print them (arrows: better direction).
-COLUMN_TITLES = {"psnr_star": "PSNR*↑", "ssim": "SSIM↑", "l1": "L1↓", "lpips": "LPIPS↓", "fid": "FID↓",
-                 "fid_vid": "FID-VID↓", "fvd": "FVD↓", "psnr_legacy_uint8": "PSNR (legacy uint8)↑"}
+COLUMN_TITLES = {
+    "psnr_star": "PSNR*↑",
+    "ssim": "SSIM↑",
+    "l1": "L1↓",
+    "lpips": "LPIPS↓",
+    "fid": "FID↓",
+    "fid_vid": "FID-VID↓",
+    "fvd": "FVD↓",
+    "psnr_legacy_uint8": "PSNR (legacy uint8)↑",
+}
 
 
 def format_value(metric: str, value: float | None) -> str:
@@ -41,8 +49,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(report, indent=2, default=str))
     metrics = tuple(m for m in PAPER_METRICS if m in report["metrics"])
     extra = tuple(m for m in report["metrics"] if m not in PAPER_METRICS)
-    text = [f"# Evaluation: {report['protocol']['protocol']} ({report['counts']['videos']} videos)\n",
-            markdown_table([("ours", report["metrics"])], metrics + extra)]
+    text = [
+        f"# Evaluation: {report['protocol']['protocol']} ({report['counts']['videos']} videos)\n",
+        markdown_table([("ours", report["metrics"])], metrics + extra),
+    ]
     per_video = [(row["id"], row) for row in report["per_video"]]
     paired = tuple(m for m in metrics + extra if m in ("psnr_star", "ssim", "l1", "lpips", "psnr_legacy_uint8"))
     if paired:
@@ -58,9 +68,14 @@ def log_wandb(report: dict[str, Any], out: Path) -> None:
         return
     import wandb
 
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "animatex-eval"), dir=str(out), job_type="evaluate",
-                     config={"protocol": report["protocol"], "checkpoint": report["checkpoint"]},
-                     mode=os.environ.get("WANDB_MODE", "offline"), reinit="finish_previous")
+    run = wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "animatex-eval"),
+        dir=str(out),
+        job_type="evaluate",
+        config={"protocol": report["protocol"], "checkpoint": report["checkpoint"]},
+        mode=os.environ.get("WANDB_MODE", "offline"),
+        reinit="finish_previous",
+    )
     try:
         run.summary.update({f"eval/{k}": v for k, v in report["metrics"].items() if v is not None})
         keys = [k for k in report["metrics"] if any(k in row for row in report["per_video"])]

@@ -75,8 +75,15 @@ def read_test_set(path: str | Path, split: str | None = "val", max_videos: int |
         sidecar = video.with_name(video.stem + ".pose.npy")
         if keypoints is None and record.get("pkl") is None and sidecar.is_file():
             keypoints = sidecar
-        videos.append(TestVideo(str(record.get("id", video.stem)), video, keypoints,
-                                _resolve(base, record.get("pkl")), _resolve(base, record.get("ref"))))
+        videos.append(
+            TestVideo(
+                str(record.get("id", video.stem)),
+                video,
+                keypoints,
+                _resolve(base, record.get("pkl")),
+                _resolve(base, record.get("ref")),
+            )
+        )
     if len({v.id for v in videos}) != len(videos):
         raise ValueError(f"{manifest}: video ids are not unique; give each line an 'id'")
     if not videos:
@@ -104,8 +111,10 @@ def video_info(path: Path) -> tuple[int, tuple[int, int], float]:
 def load_pose(video: TestVideo) -> PoseSequence:
     """The video's packed keypoints as a ``PoseSequence`` (frame size from the video)."""
     if video.keypoints is None:
-        raise ValueError(f"test video {video.id}: the cross-driven protocol needs its keypoints ('keypoints': "
-                         f"<stem>.pose.npy in the manifest)")
+        raise ValueError(
+            f"test video {video.id}: the cross-driven protocol needs its keypoints ('keypoints': "
+            f"<stem>.pose.npy in the manifest)"
+        )
     _, size, _ = video_info(video.video)
     return PoseSequence.from_array(np.load(video.keypoints, allow_pickle=False), size)
 
@@ -114,11 +123,20 @@ def write_official_pkl(pose: PoseSequence, fps: float, path: Path) -> Path:
     """Packed keypoints -> the official ``saved_pkl`` dict the ``animate`` pipeline reads with ``--pkl`` (feet are
     not part of that format; a missing face is -1). Written by us and read by the safe unpickler."""
     packed = pose.to_array()
-    faces = packed[:, POINT_SLICES["face"]] if packed.shape[1] > POINT_SLICES["face"].start else \
-        np.full((len(packed), 68, 2), -1.0, np.float32)
+    faces = (
+        packed[:, POINT_SLICES["face"]]
+        if packed.shape[1] > POINT_SLICES["face"].start
+        else np.full((len(packed), 68, 2), -1.0, np.float32)
+    )
     hands = np.stack([packed[:, POINT_SLICES["left_hand"]], packed[:, POINT_SLICES["right_hand"]]], axis=1)
-    data = {"bodies": packed[:, POINT_SLICES["body"]], "body_indices": np.tile(np.arange(18), (len(packed), 1)),
-            "faces": faces, "hands": hands, "size": (*pose.frame_size, 3), "fps": fps}
+    data = {
+        "bodies": packed[:, POINT_SLICES["body"]],
+        "body_indices": np.tile(np.arange(18), (len(packed), 1)),
+        "faces": faces,
+        "hands": hands,
+        "size": (*pose.frame_size, 3),
+        "fps": fps,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as handle:
         pickle.dump(data, handle, protocol=4)

@@ -1,4 +1,4 @@
-"""Driving-pose alignment to the reference character for ``animate --align`` (INFERENCE.md sections 3, 4, 6.9).
+"""Driving-pose alignment to the reference character for ``animate --align`` (docs/inference.md).
 
 Animate-X's official inference draws the driving poses as detected (README: align them by hand). ``align_poses``
 offers the three alignments users reach for, then an optional manual scale and offset:
@@ -8,7 +8,7 @@ offers the three alignments users reach for, then an optional manual scale and o
 * ``unianimate``: UniAnimate ``run_align_pose`` (global anisotropic scale, per-bone ratios, neck translation).
 * ``musepose``: MusePose ``align_img`` (aspect-correct units, 9 L/R-averaged scales, hierarchical rescale).
 * ``linear``: MimicMotion ``get_video_pose``: one least-squares linear map for the whole clip, isotropic in pixels.
-  It retargets no limb proportions and ignores ``--align-frame``; since it fits all frames at once it is the
+  It retargets no limb proportions and ignores ``--align_frame``; since it fits all frames at once it is the
   identity (for a reference equal to driving frame 0) only on a still clip.
 
 The per-bone methods live in ``align_bones.py`` (with their guards). Everything is aligned (body, feet, hands,
@@ -36,9 +36,9 @@ ALIGN_MODES: tuple[str, ...] = ("none", "unianimate", "musepose", "linear")
 # The per-bone methods need the reference neck and this many visible body points (of 18) in the reference.
 MIN_REF_BODY_POINTS = 5
 # MimicMotion get_video_pose: the reference joints the linear map is fitted on (no elbows or wrists).
-LINEAR_JOINTS: tuple[int, ...] = tuple(
-    BODY[n] for n in ("nose", "neck", "right_shoulder", "left_shoulder")
-) + tuple(range(BODY["right_hip"], 18))  # fmt: skip
+LINEAR_JOINTS: tuple[int, ...] = tuple(BODY[n] for n in ("nose", "neck", "right_shoulder", "left_shoulder")) + tuple(
+    range(BODY["right_hip"], 18)
+)
 
 
 @dataclass
@@ -54,7 +54,7 @@ class AlignmentReport:
         guarded: scales that could not be measured -> the reason and the fallback value used.
         translation: the neck shift, in normalised units of the output (reference) frame.
         linear: MimicMotion's ``{"ax", "bx", "ay", "by", "num_pairs"}`` (normalised coordinates).
-        manual_scale, manual_offset, pivot: the ``--pose-scale`` / ``--pose-offset`` applied, about ``pivot``
+        manual_scale, manual_offset, pivot: the ``--pose_scale`` / ``--pose_offset`` applied, about ``pivot``
             (normalised output coordinates).
         points_outside_frame: visible points the alignment moved out of the frame (now missing).
         warnings: messages for the user (fallbacks).
@@ -120,9 +120,7 @@ def fit_linear(ref: PoseSequence, driving: PoseSequence) -> LinearFit | None:
     return LinearFit(ax=ax, bx=bx, ay=ay, by=by, num_pairs=len(drv))
 
 
-def fallback_mode(
-    ref: PoseSequence | None, driving: PoseSequence, mode: AlignMode
-) -> tuple[AlignMode, str | None]:
+def fallback_mode(ref: PoseSequence | None, driving: PoseSequence, mode: AlignMode) -> tuple[AlignMode, str | None]:
     """The mode ``align_poses`` can actually run, and a warning when it is not ``mode``.
 
     ``unianimate``/``musepose`` need the reference neck, at least ``MIN_REF_BODY_POINTS`` visible reference body
@@ -153,7 +151,7 @@ def fallback_mode(
     used: AlignMode = "linear" if linear_ok and mode != "linear" else "none"
     return used, (
         f"--align {mode}: {reason}; using --align {used} instead. For a character the pose detector misses, pass "
-        "its keypoints with --ref-keypoints FILE, or choose --align none or --pose-scale/--pose-offset by hand."
+        "its keypoints with --ref_keypoints FILE, or choose --align none or --pose_scale/--pose_offset by hand."
     )
 
 
@@ -173,11 +171,11 @@ def align_poses(
         ref: the reference image's keypoints (frame 0 is used); None only makes sense with ``mode="none"``.
         driving: the driving clip's keypoints, ``t`` frames.
         mode: ``--align``: ``"none"``, ``"unianimate"``, ``"musepose"`` or ``"linear"``.
-        align_frame: ``--align-frame``: the driving frame the per-bone ratios and the neck translation are
+        align_frame: ``--align_frame``: the driving frame the per-bone ratios and the neck translation are
             measured on (UniAnimate uses frame 0; MusePose ``--align_frame``).
-        scale: ``--pose-scale (sx, sy)``, applied after the mode about the pivot: the aligned align frame's neck
+        scale: ``--pose_scale (sx, sy)``, applied after the mode about the pivot: the aligned align frame's neck
             (else its visible body points' mean, else the frame centre). None = (1, 1).
-        offset: ``--pose-offset (dx, dy)`` added after the scale, in fractions of the output width and height.
+        offset: ``--pose_offset (dx, dy)`` added after the scale, in fractions of the output width and height.
         ref_size: ``(height, width)`` the reference keypoints were measured on; default ``ref.frame_size``.
         driving_size: the same for the driving keypoints; default ``driving.frame_size``.
 
@@ -198,10 +196,10 @@ def align_poses(
         validate_pose(ref, "reference pose")
     if not 0 <= align_frame < driving.num_frames:
         raise ValueError(
-            f"--align-frame must be a driving frame index in [0, {driving.num_frames - 1}], got {align_frame}"
+            f"--align_frame must be a driving frame index in [0, {driving.num_frames - 1}], got {align_frame}"
         )
-    scale = _pair(scale, "--pose-scale", "sx,sy", positive=True)
-    offset = _pair(offset, "--pose-offset", "dx,dy", positive=False)
+    scale = _pair(scale, "--pose_scale", "sx,sy", positive=True)
+    offset = _pair(offset, "--pose_offset", "dx,dy", positive=False)
     out_h, out_w = (ref if ref is not None else driving).frame_size
 
     used, warning = fallback_mode(ref, driving, mode)
@@ -219,9 +217,11 @@ def align_poses(
         assert linear is not None  # fallback_mode checked it
         report.linear = asdict(linear)
         normalised = PixelPose.from_pose(driving, (1.0, 1.0))
-        pose = _affine(normalised, np.array([linear.ax * out_w, linear.ay * out_h]), np.array(
-            [linear.bx * out_w, linear.by * out_h]
-        ))  # fmt: skip
+        pose = _affine(
+            normalised,
+            np.array([linear.ax * out_w, linear.ay * out_h]),
+            np.array([linear.bx * out_w, linear.by * out_h]),
+        )
     else:
         pose = PixelPose.from_pose(driving, (out_w, out_h))
 
@@ -283,6 +283,14 @@ def _pivot(pose: PixelPose, frame: int, size: tuple[int, int]) -> np.ndarray:
 
 
 __all__ = [
-    "ALIGN_MODES", "AlignMode", "AlignmentReport", "LINEAR_JOINTS", "LinearFit", "MIN_REF_BODY_POINTS",
-    "align_poses", "fallback_mode", "fit_linear", "preview_alignment",
-]  # fmt: skip
+    "ALIGN_MODES",
+    "AlignMode",
+    "AlignmentReport",
+    "LINEAR_JOINTS",
+    "LinearFit",
+    "MIN_REF_BODY_POINTS",
+    "align_poses",
+    "fallback_mode",
+    "fit_linear",
+    "preview_alignment",
+]

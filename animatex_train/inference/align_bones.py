@@ -1,4 +1,4 @@
-"""Per-bone pose alignment (INFERENCE.md sections 3-4): UniAnimate's ``run_align_pose`` and MusePose's
+"""Per-bone pose alignment (docs/inference.md): UniAnimate's ``run_align_pose`` and MusePose's
 ``align_img``, reimplemented on the project's skeleton (``data/epi/realign.py``) with NaN/inf guards.
 
 Both methods measure bone-length ratios reference / driving on one driving frame (the align frame), rescale every
@@ -48,10 +48,23 @@ _NAMES = BODY_NAMES + ("left_toes", "right_toes")
 UNIANIMATE_BONES: tuple[int, ...] = tuple(
     BODY[name]
     for name in (
-        "nose", "right_shoulder", "left_shoulder", "right_elbow", "right_wrist", "left_elbow", "left_wrist",
-        "right_eye", "left_eye", "right_ear", "left_ear", "right_knee", "right_ankle", "left_knee", "left_ankle",
+        "nose",
+        "right_shoulder",
+        "left_shoulder",
+        "right_elbow",
+        "right_wrist",
+        "left_elbow",
+        "left_wrist",
+        "right_eye",
+        "left_eye",
+        "right_ear",
+        "left_ear",
+        "right_knee",
+        "right_ankle",
+        "left_knee",
+        "left_ankle",
     )
-)  # fmt: skip
+)
 _HIPS = (BODY["right_hip"], BODY["left_hip"])
 _SHOULDERS = (BODY["right_shoulder"], BODY["left_shoulder"])
 # MusePose align_img: each scale -> the segments it averages (a joint, or a tuple of joints = their midpoint).
@@ -71,11 +84,15 @@ _MUSEPOSE_BONE_SCALE: dict[int, str] = {
     **{BODY[n]: "face" for n in ("right_eye", "left_eye", "right_ear", "left_ear")},
     **{j: "shoulder" for j in _SHOULDERS},
     **{j: "body_len" for j in _HIPS},
-    BODY["right_elbow"]: "arm_upper", BODY["left_elbow"]: "arm_upper",
-    BODY["right_wrist"]: "arm_lower", BODY["left_wrist"]: "arm_lower",
-    BODY["right_knee"]: "leg_upper", BODY["left_knee"]: "leg_upper",
-    BODY["right_ankle"]: "leg_lower", BODY["left_ankle"]: "leg_lower",
-}  # fmt: skip
+    BODY["right_elbow"]: "arm_upper",
+    BODY["left_elbow"]: "arm_upper",
+    BODY["right_wrist"]: "arm_lower",
+    BODY["left_wrist"]: "arm_lower",
+    BODY["right_knee"]: "leg_upper",
+    BODY["left_knee"]: "leg_upper",
+    BODY["right_ankle"]: "leg_lower",
+    BODY["left_ankle"]: "leg_lower",
+}
 _PALM_RAYS = (1, 5, 9, 13, 17)  # MusePose's hand scale: wrist (hand point 0) to each finger's base
 
 
@@ -273,7 +290,7 @@ def _rescale(
 ) -> PixelPose:
     """Steps 3-4: rescale every bone about its parent on every frame, then put the align frame's neck on the ref's."""
     if not ref_px.joints_visible[0, ROOT]:
-        raise KeypointError("--align: the reference neck is missing; pass --ref-keypoints or use --align linear/none")
+        raise KeypointError("--align: the reference neck is missing; pass --ref_keypoints or use --align linear/none")
     root = interpolated_root(pose)  # (t, 2); a frame without a neck takes the interpolated one as the tree's root
     if root is None:
         raise KeypointError("--align: the driving neck is never visible, so the clip cannot be aligned at the neck")

@@ -1,4 +1,4 @@
-"""``--dry-run-align``: a PNG of the aligned driving skeleton over the reference image, to check before sampling."""
+"""``--dry_run_align``: a PNG of the aligned driving skeleton over the reference image, to check before sampling."""
 
 from __future__ import annotations
 

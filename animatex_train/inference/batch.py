@@ -82,8 +82,9 @@ def read_manifest(path: str | Path, out_dir: str | Path, aliases: dict[str, str]
             raise ValueError(f"{where}: not JSON ({error})") from error
         if not isinstance(entry, dict) or "ref" not in entry or "video" not in entry:
             raise ValueError(f"{where}: expected an object with at least 'ref' and 'video'")
-        ref, video = (Path(entry[k]) if Path(entry[k]).is_absolute() else path.parent / entry[k]
-                      for k in ("ref", "video"))  # fmt: skip
+        ref, video = (
+            Path(entry[k]) if Path(entry[k]).is_absolute() else path.parent / entry[k] for k in ("ref", "video")
+        )
         seed = None if entry.get("seed") is None else int(entry["seed"])
         job_id = str(entry.get("id") or f"{ref.stem}_{video.stem}" + (f"_s{seed}" if seed is not None else ""))
         if job_id in seen:
@@ -98,8 +99,9 @@ def read_manifest(path: str | Path, out_dir: str | Path, aliases: dict[str, str]
                 raise ValueError(f"{where}: '{key}' cannot change per job (the networks are loaded once per rank)")
             overrides[dotted] = value
         output = Path(entry["output"]) if entry.get("output") else out_dir / f"{job_id}.mp4"
-        jobs.append(Job(len(jobs), job_id, ref, video, seed, output if output.is_absolute() else out_dir / output,
-                        overrides))  # fmt: skip
+        jobs.append(
+            Job(len(jobs), job_id, ref, video, seed, output if output.is_absolute() else out_dir / output, overrides)
+        )
     return jobs
 
 
@@ -112,8 +114,14 @@ def run_manifest(jobs: list[Job], settings: AnimateSettings, out_dir: str | Path
     summary: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
     todo = [job for job in mine if not outputs.is_complete(job.output)]
     summary["skipped"] = [job.id for job in mine if job not in todo]
-    log.info("rank %d/%d: %d of %d jobs are mine, %d already complete", rank, world, len(mine), len(jobs),
-             len(summary["skipped"]))  # fmt: skip
+    log.info(
+        "rank %d/%d: %d of %d jobs are mine, %d already complete",
+        rank,
+        world,
+        len(mine),
+        len(jobs),
+        len(summary["skipped"]),
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     journal = out_dir / f"animate-rank{rank}.jsonl"
@@ -132,10 +140,31 @@ def run_manifest(jobs: list[Job], settings: AnimateSettings, out_dir: str | Path
             status, reason = "failed", f"{type(error).__name__}: {error}"
             log.error("job %s failed: %s", job.id, reason)
             failure.parent.mkdir(parents=True, exist_ok=True)
-            failure.write_text(json.dumps({"job": job.id, "ref": str(job.ref), "video": str(job.video), "rank": rank,
-                                           "reason": reason, "traceback": traceback.format_exc()}, indent=2))
+            failure.write_text(
+                json.dumps(
+                    {
+                        "job": job.id,
+                        "ref": str(job.ref),
+                        "video": str(job.video),
+                        "rank": rank,
+                        "reason": reason,
+                        "traceback": traceback.format_exc(),
+                    },
+                    indent=2,
+                )
+            )
         summary[status].append(job.id)
         with journal.open("a") as handle:
-            handle.write(json.dumps({"job": job.id, "status": status, "reason": reason, "rank": rank,
-                                     "seconds": round(time.perf_counter() - started, 3)}) + "\n")  # fmt: skip
+            handle.write(
+                json.dumps(
+                    {
+                        "job": job.id,
+                        "status": status,
+                        "reason": reason,
+                        "rank": rank,
+                        "seconds": round(time.perf_counter() - started, 3),
+                    }
+                )
+                + "\n"
+            )
     return summary

@@ -1,4 +1,4 @@
-"""The denoiser's inputs for one clip, assembled as the released worker assembles them (INFERENCE.md 1.4).
+"""The denoiser's inputs for one clip, assembled as the released worker assembles them (docs/inference.md).
 
 ``ClipInputs`` holds one clip's prepared pieces (pixels in [0, 1], keypoints, CLIP features); ``clip_conditions``
 turns them into ``DenoiserConditions`` for the conditional branch. The unconditional branch is every condition
@@ -46,15 +46,21 @@ class ClipInputs:
         if self.reference.dim() != 3 or self.pose_images.dim() != 4:
             raise ValueError("reference must be (3, H, W) and pose_images (f + 1, 3, H, W)")
         if tuple(self.pose_images.shape[2:]) != tuple(self.reference.shape[1:]):
-            raise ValueError(f"pose images are {tuple(self.pose_images.shape[2:])}, the reference "
-                             f"{tuple(self.reference.shape[1:])}; both must have the canvas size")  # fmt: skip
+            raise ValueError(
+                f"pose images are {tuple(self.pose_images.shape[2:])}, the reference "
+                f"{tuple(self.reference.shape[1:])}; both must have the canvas size"
+            )
         for name, value in (("keypoints", self.keypoints), ("driving_clip", self.driving_clip)):
             if value.shape[0] != f + 1:
                 raise ValueError(f"{name} has {value.shape[0]} frames, expected f + 1 = {f + 1} (reference first)")
 
 
-def clip_conditions(inputs: ClipInputs, ref_mode: str = "local_image", repeat_local_image: bool = False,
-                    device: torch.device | str | None = None) -> DenoiserConditions:  # fmt: skip
+def clip_conditions(
+    inputs: ClipInputs,
+    ref_mode: str = "local_image",
+    repeat_local_image: bool = False,
+    device: torch.device | str | None = None,
+) -> DenoiserConditions:
     """The conditional branch for a batch of one clip.
 
     Args:
@@ -72,7 +78,7 @@ def clip_conditions(inputs: ClipInputs, ref_mode: str = "local_image", repeat_lo
     f = inputs.num_frames
     use_local, use_latent = ref_mode in ("local_image", "both"), ref_mode in ("ref_latent", "both")
     if use_latent and inputs.ref_latent is None:
-        raise ValueError(f"--ref-mode {ref_mode} needs the reference latent (the VAE encode of the reference)")
+        raise ValueError(f"--ref_mode {ref_mode} needs the reference latent (the VAE encode of the reference)")
     local = inputs.reference[None, :, None]  # (1, 3, 1, H, W)
     if repeat_local_image:
         local = local.expand(-1, -1, f, -1, -1)
@@ -87,8 +93,9 @@ def clip_conditions(inputs: ClipInputs, ref_mode: str = "local_image", repeat_lo
     return conditions_to(conditions, device)
 
 
-def conditions_to(conditions: DenoiserConditions, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> DenoiserConditions:  # fmt: skip
+def conditions_to(
+    conditions: DenoiserConditions, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> DenoiserConditions:
     """Move every tensor (floating ones also to ``dtype``)."""
     changes = {}
     for name, value in vars(conditions).items():

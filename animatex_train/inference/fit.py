@@ -40,7 +40,7 @@ class FitGeometry:
         if mode == "stretch":
             return cls(mode, (sh, sw), (ch, cw), (ch, cw), (0, 0))
         if mode not in ("crop", "pad"):
-            raise ValueError(f"--ref-fit: expected stretch, crop or pad, got {mode!r}")
+            raise ValueError(f"--ref_fit: expected stretch, crop or pad, got {mode!r}")
         scale = max(ch / sh, cw / sw) if mode == "crop" else min(ch / sh, cw / sw)
         scaled = (max(1, round(sh * scale)), max(1, round(sw * scale)))
         if mode == "crop":
@@ -55,8 +55,11 @@ class FitGeometry:
         if image.shape[:2] != self.source_size:
             raise ValueError(f"image of size {image.shape[:2]} given to a fit for {self.source_size}")
         (rh, rw), (oy, ox), (ch, cw) = self.scaled_size, self.offset, self.canvas_size
-        resized = image if (rh, rw) == self.source_size else np.asarray(
-            Image.fromarray(image).resize((rw, rh), Image.BILINEAR))  # fmt: skip
+        resized = (
+            image
+            if (rh, rw) == self.source_size
+            else np.asarray(Image.fromarray(image).resize((rw, rh), Image.BILINEAR))
+        )
         canvas = np.empty((ch, cw, 3), dtype=np.uint8)
         canvas[...] = np.asarray(fill, dtype=np.uint8)
         # Intersection of the resized image (at offset) with the canvas.

@@ -69,8 +69,15 @@ def choose_stride(source_fps: Fraction, stride: int | None, target_fps: float | 
     return 1
 
 
-def plan_frames(info: VideoInfo, *, stride: int | None = None, target_fps: float | None = None,
-                start: float = 0.0, frames: int | None = None, fps: float | None = None) -> FramePlan:  # fmt: skip
+def plan_frames(
+    info: VideoInfo,
+    *,
+    stride: int | None = None,
+    target_fps: float | None = None,
+    start: float = 0.0,
+    frames: int | None = None,
+    fps: float | None = None,
+) -> FramePlan:
     """Choose the source frames for ``frames`` generated frames (None = all from ``start``).
 
     Args:
@@ -107,21 +114,31 @@ def plan_frames(info: VideoInfo, *, stride: int | None = None, target_fps: float
         if (count - 1) * used + 1 > available:
             lowered = max(1, (available - 1) // max(1, count - 1))
             if lowered != used:
-                warnings.append(f"the driving video has {available} frames from {start:g} s, fewer than {count} "
-                                f"frames at stride {used} need; using stride {lowered}")  # fmt: skip
+                warnings.append(
+                    f"the driving video has {available} frames from {start:g} s, fewer than {count} "
+                    f"frames at stride {used} need; using stride {lowered}"
+                )
             used = lowered
     real = min(count, (available - 1) // used + 1)
     held = count - real
     if held:
-        warnings.append(f"the driving video is too short for {count} frames even at stride 1: the last pose is held "
-                        f"for the final {held} frame(s); pass --frames {real} to avoid it")  # fmt: skip
+        warnings.append(
+            f"the driving video is too short for {count} frames even at stride 1: the last pose is held "
+            f"for the final {held} frame(s); pass --frames {real} to avoid it"
+        )
     targets = times[first] + np.arange(real, dtype=np.float64) * used * frame_step
     # Last frame shown at or before each target time (1 us absorbs tick -> seconds rounding).
     indices = np.searchsorted(times, targets + 1e-6, side="right") - 1
     indices = np.concatenate([indices, np.full(held, indices[-1])]).astype(np.int64)
     out_fps = Fraction(info.fps) / used if fps is None else Fraction(str(fps))
     return FramePlan(
-        indices=indices, stride=used, requested_stride=requested, held=held, source_fps=Fraction(info.fps),
-        fps=out_fps, start_time=float(times[first]), end_time=float(times[first] + real * used * frame_step),
+        indices=indices,
+        stride=used,
+        requested_stride=requested,
+        held=held,
+        source_fps=Fraction(info.fps),
+        fps=out_fps,
+        start_time=float(times[first]),
+        end_time=float(times[first] + real * used * frame_step),
         warnings=warnings,
-    )  # fmt: skip
+    )

@@ -70,8 +70,9 @@ class DrivingSource:
         """Decode the frames at ``indices`` (any order, repeats allowed): index -> ``(h, w, 3)`` uint8 RGB."""
         wanted = sorted(set(int(i) for i in indices))
         if self.frame_files is not None:
-            return {i: np.asarray(ImageOps.exif_transpose(Image.open(self.frame_files[i])).convert("RGB"))
-                    for i in wanted}  # fmt: skip
+            return {
+                i: np.asarray(ImageOps.exif_transpose(Image.open(self.frame_files[i])).convert("RGB")) for i in wanted
+            }
         return _decode(self.path, self.info, wanted)
 
 
@@ -90,19 +91,31 @@ def open_driving(path: str | Path, folder_fps: float | None = None) -> DrivingSo
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted((p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "ref_pose"),
-                       key=lambda p: (frame_number(p), p.name))  # fmt: skip
+        files = sorted(
+            (p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "ref_pose"),
+            key=lambda p: (frame_number(p), p.name),
+        )
         if not files:
             raise ValueError(f"--video: the folder {path} holds no frame images ({', '.join(IMAGE_SUFFIXES)})")
         if folder_fps is None:
-            raise ValueError(f"--video: {path} is a frames folder; its frame rate comes from --pkl (the official "
-                             "pkl stores fps) or --source-fps")  # fmt: skip
+            raise ValueError(
+                f"--video: {path} is a frames folder; its frame rate comes from --pkl (the official "
+                "pkl stores fps) or --source_fps"
+            )
         with Image.open(files[0]) as first:
             width, height = ImageOps.exif_transpose(first).size
         fps = Fraction(str(folder_fps))
         times = np.arange(len(files), dtype=np.float64) / float(fps)
-        info = VideoInfo(num_frames=len(files), fps=fps, height=height, width=width, frame_times=times,
-                         pts=tuple(range(len(files))), variable_frame_rate=False, codec="images")  # fmt: skip
+        info = VideoInfo(
+            num_frames=len(files),
+            fps=fps,
+            height=height,
+            width=width,
+            frame_times=times,
+            pts=tuple(range(len(files))),
+            variable_frame_rate=False,
+            codec="images",
+        )
         return DrivingSource(path, info, files)
     if not path.is_file():
         raise FileNotFoundError(f"--video: {path} does not exist")

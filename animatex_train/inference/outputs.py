@@ -40,8 +40,9 @@ def is_complete(output: str | Path) -> bool:
         return False
 
 
-def compose(layout: str, result: np.ndarray, reference: np.ndarray, poses: np.ndarray,
-            source: np.ndarray) -> np.ndarray:  # fmt: skip
+def compose(
+    layout: str, result: np.ndarray, reference: np.ndarray, poses: np.ndarray, source: np.ndarray
+) -> np.ndarray:
     """The frames of ``layout``: ``result``, ``ref-pose-result`` (the released 3 columns) or ``+ source``."""
     if layout == "result":
         return result
@@ -77,8 +78,14 @@ def _audio_samples(source: Path, start: float, end: float) -> tuple[np.ndarray, 
     return np.ascontiguousarray(samples[:, begin:stop].astype(np.float32)), rate, layout
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: Fraction, audio_from: Path | None = None,
-                audio_range: tuple[float, float] | None = None, crf: int = 18) -> Path:  # fmt: skip
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: Fraction,
+    audio_from: Path | None = None,
+    audio_range: tuple[float, float] | None = None,
+    crf: int = 18,
+) -> Path:
     """``(n, H, W, 3)`` uint8 -> H.264 mp4 at ``fps`` (even size, yuv420p), with the AAC audio of ``audio_from``
     in ``audio_range`` seconds when given. Written to a temporary name, then renamed."""
     path = Path(path)
@@ -105,8 +112,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: Fraction, audio_from:
         if sound is not None:
             step = sound.codec_context.frame_size or 1024
             for offset in range(0, samples.shape[1], step):
-                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, offset : offset + step]),
-                                                   format="fltp", layout=layout)  # fmt: skip
+                chunk = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(samples[:, offset : offset + step]), format="fltp", layout=layout
+                )
                 chunk.sample_rate, chunk.pts = rate, offset
                 for packet in sound.encode(chunk):
                     container.mux(packet)

@@ -58,9 +58,16 @@ class AnimationResult:
 def models_for(settings: AnimateSettings) -> AnimateModels:
     """``load_models`` with the settings' weights and runtime options."""
     s = settings.resolved()
-    return load_models(s.weights, device=s.sampling.device, precision=s.sampling.precision,
-                       official=s.mode == "official", offload=s.sampling.offload, decode_chunk=s.sampling.decode_chunk,
-                       cache_dir=s.inputs.cache_dir, attention=s.sampling.attention)  # fmt: skip
+    return load_models(
+        s.weights,
+        device=s.sampling.device,
+        precision=s.sampling.precision,
+        official=s.mode == "official",
+        offload=s.sampling.offload,
+        decode_chunk=s.sampling.decode_chunk,
+        cache_dir=s.inputs.cache_dir,
+        attention=s.sampling.attention,
+    )
 
 
 def _model_fn(models: AnimateModels, settings: AnimateSettings, num_frames: int) -> tuple[ModelFn, list | None]:
@@ -85,31 +92,45 @@ def _model_fn(models: AnimateModels, settings: AnimateSettings, num_frames: int)
     return WindowedDenoiser(denoise, schedule, fusion=sampling.fusion, window_batch=sampling.window_batch), schedule
 
 
-def _prepare(ref: str | Path, video: str | Path, settings: AnimateSettings,
-             models: AnimateModels) -> tuple[DrivingSource, FramePlan, PreparedClip]:  # fmt: skip
+def _prepare(
+    ref: str | Path, video: str | Path, settings: AnimateSettings, models: AnimateModels
+) -> tuple[DrivingSource, FramePlan, PreparedClip]:
     inputs = settings.inputs
     folder_fps = inputs.source_fps
     if folder_fps is None and inputs.pkl and Path(video).is_dir():
         folder_fps = pkl_fps(inputs.pkl)
     driving = open_driving(video, folder_fps)
-    plan = plan_frames(driving.info, stride=inputs.stride, target_fps=inputs.target_fps, start=inputs.start,
-                       frames=inputs.frames, fps=settings.output.fps)  # fmt: skip
+    plan = plan_frames(
+        driving.info,
+        stride=inputs.stride,
+        target_fps=inputs.target_fps,
+        start=inputs.start,
+        frames=inputs.frames,
+        fps=settings.output.fps,
+    )
     return driving, plan, prepare_clip(ref, driving, plan, settings, models, seed=settings.sampling.seed)
 
 
-def preview_alignment_only(ref: str | Path, video: str | Path, settings: AnimateSettings, path: str | Path,
-                           models: AnimateModels | None = None) -> PreparedClip:  # fmt: skip
-    """``--dry-run-align``: prepare the clip, write the alignment preview PNG to ``path``, and stop (no sampling),
-    to try ``--align``/``--pose-scale``/``--pose-offset`` quickly."""
+def preview_alignment_only(
+    ref: str | Path, video: str | Path, settings: AnimateSettings, path: str | Path, models: AnimateModels | None = None
+) -> PreparedClip:
+    """``--dry_run_align``: prepare the clip, write the alignment preview PNG to ``path``, and stop (no sampling),
+    to try ``--align``/``--pose_scale``/``--pose_offset`` quickly."""
     settings = settings.resolved()
     settings = replace(settings, output=replace(settings.output, align_preview=str(path)))
     models = models or models_for(settings)
     return _prepare(ref, video, settings, models)[2]
 
 
-def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None = None, *,
-            models: AnimateModels | None = None, output: str | Path | None = None,
-            seed: int | None = None) -> AnimationResult:  # fmt: skip
+def animate(
+    ref: str | Path,
+    video: str | Path,
+    settings: AnimateSettings | None = None,
+    *,
+    models: AnimateModels | None = None,
+    output: str | Path | None = None,
+    seed: int | None = None,
+) -> AnimationResult:
     """Animate ``ref`` with the motion of ``video``.
 
     Args:
@@ -141,8 +162,9 @@ def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None
     timings["prepare"] = time.perf_counter() - mark
     n = plan.num_frames
     resize_position_table(models.net, n + 1)
-    conditions = clip_conditions(clip.inputs, sampling.ref_mode, repeat_local_image=settings.mode == "official",
-                                 device=models.device)  # fmt: skip
+    conditions = clip_conditions(
+        clip.inputs, sampling.ref_mode, repeat_local_image=settings.mode == "official", device=models.device
+    )
     conditions = conditions_to(conditions, dtype=models.dtype)
     model_fn, schedule = _model_fn(models, settings, n)
     h, w = clip.canvas[0] // 8, clip.canvas[1] // 8
@@ -152,10 +174,18 @@ def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None
     record = SamplingRecord()
     mark = time.perf_counter()
     with torch.no_grad():
-        latents = generate_latents(model_fn, conditions, noise, models.diffusion, sampling.sampler,
-                                   cfg_batch=sampling.cfg_batch, device=models.device,
-                                   progress=settings.output.progress, seed=sampling.seed,
-                                   record=record).cpu()  # fmt: skip
+        latents = generate_latents(
+            model_fn,
+            conditions,
+            noise,
+            models.diffusion,
+            sampling.sampler,
+            cfg_batch=sampling.cfg_batch,
+            device=models.device,
+            progress=settings.output.progress,
+            seed=sampling.seed,
+            record=record,
+        ).cpu()
     timings["sampling"] = time.perf_counter() - mark
     mark = time.perf_counter()
     with models.on_device(models.vae) as vae:
@@ -168,8 +198,9 @@ def animate(ref: str | Path, video: str | Path, settings: AnimateSettings | None
     return result
 
 
-def write_result(result: AnimationResult, output: str | Path, settings: AnimateSettings, driving_path: Path,
-                 is_file: bool) -> Path:  # fmt: skip
+def write_result(
+    result: AnimationResult, output: str | Path, settings: AnimateSettings, driving_path: Path, is_file: bool
+) -> Path:
     """Write the mp4 (layout, audio), optional poses/frames, then ``<name>.meta.json`` (last: the done marker)."""
     mark = time.perf_counter()
     output = Path(output)
@@ -181,8 +212,10 @@ def write_result(result: AnimationResult, output: str | Path, settings: AnimateS
         if outputs.audio_in_sync(plan.fps, plan.source_fps, plan.stride):
             audio = (driving_path, (plan.start_time, plan.end_time))
         else:
-            result.meta["warnings"].append(f"audio not muxed: {float(plan.fps):g} fps does not play the frames at "
-                                           "their real speed (source fps / stride)")  # fmt: skip
+            result.meta["warnings"].append(
+                f"audio not muxed: {float(plan.fps):g} fps does not play the frames at "
+                "their real speed (source fps / stride)"
+            )
     outputs.write_video(output, frames, plan.fps, *(audio or (None, None)))
     written = {"video": str(output), "layout": out.layout, "audio": audio is not None}
     if out.save_poses:
@@ -199,8 +232,17 @@ def write_result(result: AnimationResult, output: str | Path, settings: AnimateS
     return output
 
 
-def _meta(ref, video, settings: AnimateSettings, models: AnimateModels, plan: FramePlan, clip: PreparedClip,
-          record: SamplingRecord, schedule: list | None, timings: dict) -> dict:  # fmt: skip
+def _meta(
+    ref,
+    video,
+    settings: AnimateSettings,
+    models: AnimateModels,
+    plan: FramePlan,
+    clip: PreparedClip,
+    record: SamplingRecord,
+    schedule: list | None,
+    timings: dict,
+) -> dict:
     import animatex_train
 
     loaded = models.denoiser
@@ -211,18 +253,35 @@ def _meta(ref, video, settings: AnimateSettings, models: AnimateModels, plan: Fr
         "video": str(video),
         "seed": settings.sampling.seed,
         "settings": settings.to_dict(),
-        "frames": {"count": plan.num_frames, "source_indices": plan.indices.tolist(), "stride": plan.stride,
-                   "requested_stride": plan.requested_stride, "held_last_pose": plan.held,
-                   "source_fps": float(plan.source_fps), "fps": float(plan.fps), "duration_s": plan.duration,
-                   "source_range_s": [plan.start_time, plan.end_time]},  # fmt: skip
-        "checkpoint": {"path": loaded.source, "kind": loaded.kind, "weights": loaded.weights, "sha256": loaded.sha256,
-                       "missing_keys": loaded.missing, "unexpected_keys": loaded.unexpected},  # fmt: skip
+        "frames": {
+            "count": plan.num_frames,
+            "source_indices": plan.indices.tolist(),
+            "stride": plan.stride,
+            "requested_stride": plan.requested_stride,
+            "held_last_pose": plan.held,
+            "source_fps": float(plan.source_fps),
+            "fps": float(plan.fps),
+            "duration_s": plan.duration,
+            "source_range_s": [plan.start_time, plan.end_time],
+        },
+        "checkpoint": {
+            "path": loaded.source,
+            "kind": loaded.kind,
+            "weights": loaded.weights,
+            "sha256": loaded.sha256,
+            "missing_keys": loaded.missing,
+            "unexpected_keys": loaded.unexpected,
+        },
         "denoiser_config": loaded.config,
         "device": str(models.device),
         "precision": models.precision,
-        "sampling": {"timesteps": record.timesteps, "network_calls": record.network_calls,
-                     "cfg_batched": record.cfg_batched, "cfg_batch_fallback": record.fallback,
-                     "windows": schedule},  # fmt: skip
+        "sampling": {
+            "timesteps": record.timesteps,
+            "network_calls": record.network_calls,
+            "cfg_batched": record.cfg_batched,
+            "cfg_batch_fallback": record.fallback,
+            "windows": schedule,
+        },
         "conditioning": clip.notes,
         "warnings": list(clip.warnings),
         "timings_s": dict(timings),

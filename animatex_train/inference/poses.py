@@ -73,8 +73,10 @@ def estimate(estimator: PoseEstimator, images: list[np.ndarray], cache: PoseCach
     stacked = np.stack(images)
 
     def run(frames: np.ndarray) -> np.ndarray:
-        chunks = [estimator.estimate(frames[i : i + _ESTIMATE_CHUNK]).to_array()
-                  for i in range(0, len(frames), _ESTIMATE_CHUNK)]  # fmt: skip
+        chunks = [
+            estimator.estimate(frames[i : i + _ESTIMATE_CHUNK]).to_array()
+            for i in range(0, len(frames), _ESTIMATE_CHUNK)
+        ]
         return np.concatenate(chunks).astype(np.float32)
 
     return cache.get_or_compute(stacked, run)
@@ -88,11 +90,14 @@ def pkl_keypoints(path: str | Path, num_frames: int, frame_size: tuple[int, int]
     """
     data = load_official_pkl(Path(path))
     if data["bodies"].shape[0] != num_frames:
-        raise ValueError(f"--pkl: {path} has keypoints for {data['bodies'].shape[0]} frames, the driving video has "
-                         f"{num_frames}; it was made on another video")  # fmt: skip
+        raise ValueError(
+            f"--pkl: {path} has keypoints for {data['bodies'].shape[0]} frames, the driving video has "
+            f"{num_frames}; it was made on another video"
+        )
     if tuple(data["size"][:2]) != tuple(frame_size):
-        raise ValueError(f"--pkl: {path} was made on {data['size'][:2]} (height, width) frames, the video's are "
-                         f"{tuple(frame_size)}")  # fmt: skip
+        raise ValueError(
+            f"--pkl: {path} was made on {data['size'][:2]} (height, width) frames, the video's are {tuple(frame_size)}"
+        )
 
     def clean(points: np.ndarray) -> np.ndarray:
         points = points.copy()
@@ -109,7 +114,7 @@ def pkl_fps(path: str | Path) -> float | None:
 
 
 def read_reference_keypoints(path: str | Path) -> np.ndarray:
-    """``--ref-keypoints``: ``.npy`` ``(130, 2)`` / ``(18, 2)`` / ``(1, 130, 2)`` normalised, or an official pkl
+    """``--ref_keypoints``: ``.npy`` ``(130, 2)`` / ``(18, 2)`` / ``(1, 130, 2)`` normalised, or an official pkl
     (the ``<pkl>_ref_pose.pkl`` the released loader looks for). Returns ``(130, 2)``."""
     path = Path(path)
     if path.suffix == ".pkl":
@@ -117,7 +122,7 @@ def read_reference_keypoints(path: str | Path) -> np.ndarray:
     points = np.load(path, allow_pickle=False).astype(np.float32)
     points = points.reshape(-1, 2)
     if points.shape[0] not in (18, 62, NUM_POINTS):
-        raise ValueError(f"--ref-keypoints: {path} holds {points.shape[0]} points; expected 18 (body), 62 or 130")
+        raise ValueError(f"--ref_keypoints: {path} holds {points.shape[0]} points; expected 18 (body), 62 or 130")
     full = np.full((NUM_POINTS, 2), MISSING, dtype=np.float32)
     full[: points.shape[0]] = points
     return drop_outside_frame(full)
@@ -136,8 +141,9 @@ def official_pose_images(keypoints: np.ndarray, frame_size: tuple[int, int], can
     for i, image in enumerate(drawn):
         # render_pose returns the model's RGB, i.e. the official canvas with its channels reversed; cv2 writes the
         # canvas as BGR, so the canvas is image[..., ::-1] and PIL reads the JPEG back as RGB = image.
-        ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
-                                   [cv2.IMWRITE_JPEG_QUALITY, _OFFICIAL_JPEG_QUALITY])  # fmt: skip
+        ok, encoded = cv2.imencode(
+            ".jpg", np.ascontiguousarray(image[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, _OFFICIAL_JPEG_QUALITY]
+        )
         if not ok:
             raise RuntimeError("JPEG encoding of a pose image failed")
         decoded = Image.open(io.BytesIO(encoded.tobytes())).convert("RGB")
@@ -149,11 +155,13 @@ def read_pose_dir(folder: str | Path, count: int) -> tuple[np.ndarray | None, li
     """The official ``saved_pose/<video>`` folder: (``ref_pose.jpg`` or None, frame files sorted by number)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"--pose-dir: {folder} is not a folder")
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "ref_pose"),
-                   key=lambda p: (frame_number(p), p.name))  # fmt: skip
+        raise FileNotFoundError(f"--pose_dir: {folder} is not a folder")
+    files = sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem != "ref_pose"),
+        key=lambda p: (frame_number(p), p.name),
+    )
     if len(files) != count:
-        raise ValueError(f"--pose-dir: {folder} holds {len(files)} pose images, the driving video {count} frames")
+        raise ValueError(f"--pose_dir: {folder} holds {len(files)} pose images, the driving video {count} frames")
     ref = next((p for p in folder.iterdir() if p.stem == "ref_pose"), None)
     return (np.asarray(Image.open(ref).convert("RGB")) if ref else None), files
 

@@ -1,9 +1,9 @@
 """One clip's conditioning from the inputs: fitted reference, driving keypoints (aligned), pose images, CLIP.
 
-Official mode (INFERENCE.md 1.3-1.4): the reference and the poses are stretched to 768x512, the pose images are
+Official mode (docs/inference.md): the reference and the poses are stretched to 768x512, the pose images are
 the released drawings (source resolution, JPEG, stretch), CLIP sees the raw images, the reference keypoints are
-the driving frame 0's (unless ``--ref-keypoints`` gives the ``_ref_pose.pkl`` the released loader reads).
-Default mode: one fit (``--ref-fit``) for the reference, the driving frames and every keypoint; DWPose on the
+the driving frame 0's (unless ``--ref_keypoints`` gives the ``_ref_pose.pkl`` the released loader reads).
+Default mode: one fit (``--ref_fit``) for the reference, the driving frames and every keypoint; DWPose on the
 reference for the IPI's frame 0 (the driving frame 0's keypoints, with a warning, when it finds no person);
 alignment of the driving poses to the reference; pose images drawn on the canvas; CLIP on the fitted images.
 """
@@ -64,9 +64,10 @@ def _to_unit(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).movedim(-1, -3).float() / 255.0
 
 
-def _align(settings: AnimateSettings, ref_kp: np.ndarray | None, driving_kp: np.ndarray,
-           canvas: tuple[int, int]) -> tuple[np.ndarray, dict | None, list[str]]:  # fmt: skip
-    """Driving keypoints aligned to the reference (``--align``, then ``--pose-scale``/``--pose-offset``), the
+def _align(
+    settings: AnimateSettings, ref_kp: np.ndarray | None, driving_kp: np.ndarray, canvas: tuple[int, int]
+) -> tuple[np.ndarray, dict | None, list[str]]:
+    """Driving keypoints aligned to the reference (``--align``, then ``--pose_scale``/``--pose_offset``), the
     alignment report and its warnings. Without reference keypoints ``align_poses`` falls back (and says so)."""
     inputs = settings.inputs
     if inputs.align == "none" and inputs.pose_scale is None and inputs.pose_offset is None:
@@ -75,13 +76,20 @@ def _align(settings: AnimateSettings, ref_kp: np.ndarray | None, driving_kp: np.
 
     ref = None if ref_kp is None else PoseSequence.from_array(ref_kp[None], canvas, name="reference keypoints")
     driving = PoseSequence.from_array(driving_kp, canvas, name="driving keypoints")
-    aligned, report = align_poses(ref, driving, inputs.align, align_frame=inputs.align_frame,
-                                  scale=inputs.pose_scale, offset=inputs.pose_offset)  # fmt: skip
+    aligned, report = align_poses(
+        ref, driving, inputs.align, align_frame=inputs.align_frame, scale=inputs.pose_scale, offset=inputs.pose_offset
+    )
     return drop_outside_frame(aligned.to_array()), report.to_dict(), list(report.warnings)
 
 
-def _write_preview(path: str, reference: np.ndarray, ref_kp: np.ndarray | None, aligned: np.ndarray,
-                   unaligned: np.ndarray, canvas: tuple[int, int]) -> None:  # fmt: skip
+def _write_preview(
+    path: str,
+    reference: np.ndarray,
+    ref_kp: np.ndarray | None,
+    aligned: np.ndarray,
+    unaligned: np.ndarray,
+    canvas: tuple[int, int],
+) -> None:
     from animatex_train.inference.align_preview import preview_alignment
 
     def pose(points: np.ndarray) -> PoseSequence:
@@ -90,8 +98,9 @@ def _write_preview(path: str, reference: np.ndarray, ref_kp: np.ndarray | None, 
     preview_alignment(reference, None if ref_kp is None else pose(ref_kp), pose(aligned), path, pose(unaligned))
 
 
-def _reference_keypoints(settings: AnimateSettings, models: AnimateModels, reference: np.ndarray,
-                         warnings: list[str]) -> np.ndarray | None:  # fmt: skip
+def _reference_keypoints(
+    settings: AnimateSettings, models: AnimateModels, reference: np.ndarray, warnings: list[str]
+) -> np.ndarray | None:
     """The reference's own keypoints (normalised to the reference image), or None to use the driving frame 0."""
     inputs = settings.inputs
     if inputs.ref_keypoints_file:
@@ -99,20 +108,30 @@ def _reference_keypoints(settings: AnimateSettings, models: AnimateModels, refer
     if inputs.ref_keypoints != "auto":
         return None
     if models.pose is None:
-        warnings.append("no DWPose files (--dwpose-det/--dwpose-pose): the reference keypoints are the driving frame "
-                        "0's, as in the released code")  # fmt: skip
+        warnings.append(
+            "no DWPose files (--dwpose_det/--dwpose_pose): the reference keypoints are the driving frame "
+            "0's, as in the released code"
+        )
         return None
     points = poses.estimate(models.pose, [reference], models.pose_cache)[0]
     if not poses.person_detected(points):
-        warnings.append("DWPose found no person on the reference (a non-human character?): its keypoints are the "
-                        "driving frame 0's (the released behaviour) and the poses are not aligned; pass "
-                        "--ref-keypoints FILE to give them")  # fmt: skip
+        warnings.append(
+            "DWPose found no person on the reference (a non-human character?): its keypoints are the "
+            "driving frame 0's (the released behaviour) and the poses are not aligned; pass "
+            "--ref_keypoints FILE to give them"
+        )
         return None
     return points
 
 
-def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: FramePlan, settings: AnimateSettings,
-                 models: AnimateModels, seed: int = 0) -> PreparedClip:  # fmt: skip
+def prepare_clip(
+    reference_path: str | Path,
+    driving: DrivingSource,
+    plan: FramePlan,
+    settings: AnimateSettings,
+    models: AnimateModels,
+    seed: int = 0,
+) -> PreparedClip:
     """Build the clip's conditioning (see the module doc). ``settings`` must be ``resolved()``."""
     official, inputs = settings.mode == "official", settings.inputs
     warnings: list[str] = list(plan.warnings)
@@ -128,8 +147,10 @@ def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: Frame
         estimated = poses.estimate(models.pose, [decoded[int(i)] for i in unique], models.pose_cache)
         per_index = {int(i): estimated[k] for k, i in enumerate(unique)}
     else:
-        raise ValueError("--dwpose-det/--dwpose-pose (DWPose ONNX files) or --pkl (official keypoints) is needed to "
-                         "know the driving poses")  # fmt: skip
+        raise ValueError(
+            "--dwpose_det/--dwpose_pose (DWPose ONNX files) or --pkl (official keypoints) is needed to "
+            "know the driving poses"
+        )
     driving_src = np.stack([per_index[int(i)] for i in plan.indices])  # (n, 130, 2), source-normalised
     ref_geom = FitGeometry.fit(inputs.ref_fit, raw_ref.shape[:2], canvas)
     drv_geom = FitGeometry.fit(inputs.ref_fit, frame_size, canvas)
@@ -141,9 +162,14 @@ def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: Frame
     warnings += align_warnings
     # IPI frame 0: the reference's keypoints, else (released behaviour) the driving frame 0 as used.
     ref_kp = own_kp if own_kp is not None else driving_kp[0]
-    notes = {"reference_keypoints": ("file" if inputs.ref_keypoints_file else "dwpose") if own_kp is not None
-             else "driving_frame_0", "canvas": list(canvas), "driving_frame_size": list(frame_size),
-             "alignment": report or {"mode": "none"}}  # fmt: skip
+    notes = {
+        "reference_keypoints": ("file" if inputs.ref_keypoints_file else "dwpose")
+        if own_kp is not None
+        else "driving_frame_0",
+        "canvas": list(canvas),
+        "driving_frame_size": list(frame_size),
+        "alignment": report or {"mode": "none"},
+    }
     if settings.output.align_preview:
         frame = min(inputs.align_frame, len(driving_kp) - 1)
         _write_preview(settings.output.align_preview, reference, own_kp, driving_kp[frame], unaligned[frame], canvas)
@@ -152,10 +178,17 @@ def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: Frame
     if inputs.pose_dir:
         ref_image, files = poses.read_pose_dir(inputs.pose_dir, driving.info.num_frames)
         loaded = {int(i): np.asarray(Image.open(files[int(i)]).convert("RGB")) for i in unique}
-        pose_frames = np.stack([FitGeometry.fit(inputs.ref_fit, loaded[int(i)].shape[:2], canvas).apply(loaded[int(i)])
-                                for i in plan.indices])  # fmt: skip
-        ref_pose = (FitGeometry.fit(inputs.ref_fit, ref_image.shape[:2], canvas).apply(ref_image)
-                    if ref_image is not None else poses.pose_images(keypoints[:1], canvas)[0])  # fmt: skip
+        pose_frames = np.stack(
+            [
+                FitGeometry.fit(inputs.ref_fit, loaded[int(i)].shape[:2], canvas).apply(loaded[int(i)])
+                for i in plan.indices
+            ]
+        )
+        ref_pose = (
+            FitGeometry.fit(inputs.ref_fit, ref_image.shape[:2], canvas).apply(ref_image)
+            if ref_image is not None
+            else poses.pose_images(keypoints[:1], canvas)[0]
+        )
     elif official:
         pose_frames = poses.official_pose_images(driving_src, frame_size, canvas)
         ref_src, ref_size = (own_ref_kp, raw_ref.shape[:2]) if own_ref_kp is not None else (driving_src[0], frame_size)
@@ -177,14 +210,18 @@ def prepare_clip(reference_path: str | Path, driving: DrivingSource, plan: Frame
     if settings.sampling.ref_mode != "local_image" or settings.sampling.noise_prior is not None:
         ref_latent = encode_reference(models.vae, reference, models, seed)
     clip_inputs = ClipInputs(
-        reference=_to_unit(reference), pose_images=_to_unit(np.concatenate([ref_pose[None], pose_frames])),
-        keypoints=torch.from_numpy(poses.ipi_keypoints(keypoints)), image_embedding=embeddings[0],
-        driving_clip=driving_clip, ref_latent=ref_latent,
-    )  # fmt: skip
+        reference=_to_unit(reference),
+        pose_images=_to_unit(np.concatenate([ref_pose[None], pose_frames])),
+        keypoints=torch.from_numpy(poses.ipi_keypoints(keypoints)),
+        image_embedding=embeddings[0],
+        driving_clip=driving_clip,
+        ref_latent=ref_latent,
+    )
     for message in warnings:
         log.warning(message)
-    return PreparedClip(clip_inputs, reference, ref_pose, pose_frames, source_frames, keypoints, canvas, notes,
-                        warnings)  # fmt: skip
+    return PreparedClip(
+        clip_inputs, reference, ref_pose, pose_frames, source_frames, keypoints, canvas, notes, warnings
+    )
 
 
 def encode_reference(vae: FrozenVAE, reference: np.ndarray, models: AnimateModels, seed: int) -> torch.Tensor:

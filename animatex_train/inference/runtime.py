@@ -97,9 +97,17 @@ class AnimateModels:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
 
-def load_models(weights: WeightsSettings, *, device: str | None = None, precision: str | None = None,
-                official: bool = False, offload: bool = True, decode_chunk: int = 2,
-                cache_dir: str | None = None, attention: str = "auto") -> AnimateModels:  # fmt: skip
+def load_models(
+    weights: WeightsSettings,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+    official: bool = False,
+    offload: bool = True,
+    decode_chunk: int = 2,
+    cache_dir: str | None = None,
+    attention: str = "auto",
+) -> AnimateModels:
     """Build and load every network (see the module doc)."""
     from animatex_train.models.attention import set_attention_backend
 
@@ -110,19 +118,24 @@ def load_models(weights: WeightsSettings, *, device: str | None = None, precisio
         raise ValueError(f"--precision: expected fp32, bf16 or fp16, got {chosen!r}")
     if target.type == "cpu" and chosen == "fp16":
         raise ValueError("--precision fp16 needs a CUDA device (CPU kernels lack half precision); use bf16 or fp32")
-    loaded = load_denoiser(weights.checkpoint, weights.weights, weights.model_config, weights.tiny,
-                           weights.trust_checkpoint)  # fmt: skip
+    loaded = load_denoiser(
+        weights.checkpoint, weights.weights, weights.model_config, weights.tiny, weights.trust_checkpoint
+    )
     net = loaded.model
     context_dim = net.config.context_dim
-    clip = FrozenCLIPImageEncoder(CLIPConfig(checkpoint=weights.clip, tiny=weights.tiny and weights.clip is None,
-                                             tiny_embed_dim=context_dim))  # fmt: skip
+    clip = FrozenCLIPImageEncoder(
+        CLIPConfig(checkpoint=weights.clip, tiny=weights.tiny and weights.clip is None, tiny_embed_dim=context_dim)
+    )
     if clip.embed_dim != context_dim or (net.ipi is not None and clip.embed_dim != net.config.ipi.clip_dim):
-        raise ValueError(f"--clip: the CLIP model gives {clip.embed_dim}-wide embeddings, the denoiser expects "
-                         f"context_dim {context_dim} and IPI clip_dim {net.config.ipi.clip_dim} (ViT-H-14: 1024)")
+        raise ValueError(
+            f"--clip: the CLIP model gives {clip.embed_dim}-wide embeddings, the denoiser expects "
+            f"context_dim {context_dim} and IPI clip_dim {net.config.ipi.clip_dim} (ViT-H-14: 1024)"
+        )
     net.set_empty_prompt_tokens(clip.empty_prompt_tokens())
     clip.release_text_tower()
-    vae = FrozenVAE(VAEConfig(checkpoint=weights.vae, tiny=weights.tiny and weights.vae is None,
-                              decode_chunk_size=decode_chunk))  # fmt: skip
+    vae = FrozenVAE(
+        VAEConfig(checkpoint=weights.vae, tiny=weights.tiny and weights.vae is None, decode_chunk_size=decode_chunk)
+    )
     pose = None
     model_files: tuple[str, ...] = ()
     if weights.dwpose_det is not None:
@@ -130,17 +143,29 @@ def load_models(weights: WeightsSettings, *, device: str | None = None, precisio
 
         from animatex_train.preprocess.pose.dwpose import DWPoseEstimator
 
-        pose = DWPoseEstimator(Path(weights.dwpose_det).expanduser(), Path(weights.dwpose_pose).expanduser(),
-                               device="cuda" if target.type == "cuda" else "cpu", keep_face=False)  # fmt: skip
+        pose = DWPoseEstimator(
+            Path(weights.dwpose_det).expanduser(),
+            Path(weights.dwpose_pose).expanduser(),
+            device="cuda" if target.type == "cuda" else "cpu",
+            keep_face=False,
+        )
         model_files = (weights.dwpose_det, weights.dwpose_pose)
     net.to(device=target, dtype=DTYPES[chosen])
     if not offload or target.type == "cpu":
         clip.to(target)
         vae.to(target)
     log.info("animate: denoiser on %s in %s; encoders %s", target, chosen, "offloaded" if offload else "resident")
-    return AnimateModels(denoiser=loaded, vae=vae, clip=clip, pose=pose, pose_cache=PoseCache(cache_dir, model_files),
-                         diffusion=GaussianDiffusion(), device=target, precision=chosen,
-                         offload=offload)  # fmt: skip
+    return AnimateModels(
+        denoiser=loaded,
+        vae=vae,
+        clip=clip,
+        pose=pose,
+        pose_cache=PoseCache(cache_dir, model_files),
+        diffusion=GaussianDiffusion(),
+        device=target,
+        precision=chosen,
+        offload=offload,
+    )
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:

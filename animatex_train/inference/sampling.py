@@ -24,11 +24,16 @@ log = logging.getLogger(__name__)
 ModelFn = Callable[[torch.Tensor, torch.Tensor, DenoiserConditions | None], torch.Tensor]
 
 
-def initial_noise(diffusion: GaussianDiffusion, shape: tuple[int, ...], seed: int,
-                  ref_latent: torch.Tensor | None = None, noise_prior: int | None = None) -> torch.Tensor:  # fmt: skip
+def initial_noise(
+    diffusion: GaussianDiffusion,
+    shape: tuple[int, ...],
+    seed: int,
+    ref_latent: torch.Tensor | None = None,
+    noise_prior: int | None = None,
+) -> torch.Tensor:
     """x_T on the CPU from ``seed`` (the same on any device): N(0, I) + 0.1 offset noise, as released.
 
-    With ``noise_prior`` tau (UniAnimate's long mode, INFERENCE.md 2), the reference latent leaks in:
+    With ``noise_prior`` tau (UniAnimate's long mode, docs/inference.md), the reference latent leaks in:
     x_T = sqrt(ab_tau) z_ref + sqrt(1 - ab_tau) eps + 0.1 eps_offset, z_ref repeated over the frames.
 
     Args:
@@ -42,13 +47,20 @@ def initial_noise(diffusion: GaussianDiffusion, shape: tuple[int, ...], seed: in
     if noise_prior is None:
         return diffusion.sample_noise(shape, generator)
     if ref_latent is None:
-        raise ValueError("--noise-prior needs the reference latent")
+        raise ValueError("--noise_prior needs the reference latent")
     from animatex_train.inference.windows import noise_prior as apply_prior
 
     eps = torch.randn(shape, generator=generator)  # drawn as sample_noise draws: eps, then the offset
     offset = torch.randn((*shape[:3], 1, 1), generator=generator)
-    return apply_prior(eps, ref_latent.detach().to("cpu", torch.float32), diffusion.alphas_cumprod, int(noise_prior),
-                       offset, diffusion.config.offset_noise_strength, variant="long").float()  # fmt: skip
+    return apply_prior(
+        eps,
+        ref_latent.detach().to("cpu", torch.float32),
+        diffusion.alphas_cumprod,
+        int(noise_prior),
+        offset,
+        diffusion.config.offset_noise_strength,
+        variant="long",
+    ).float()
 
 
 @dataclass
@@ -68,10 +80,19 @@ class SamplingRecord:
     fallback: str | None = None
 
 
-def generate_latents(model_fn: ModelFn, conditions: DenoiserConditions, noise: torch.Tensor,
-                     diffusion: GaussianDiffusion, sampler: SamplerConfig, *, cfg_batch: str = "off",
-                     device: torch.device | str = "cpu", progress: bool = False, seed: int = 0,
-                     record: SamplingRecord | None = None) -> torch.Tensor:  # fmt: skip
+def generate_latents(
+    model_fn: ModelFn,
+    conditions: DenoiserConditions,
+    noise: torch.Tensor,
+    diffusion: GaussianDiffusion,
+    sampler: SamplerConfig,
+    *,
+    cfg_batch: str = "off",
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    seed: int = 0,
+    record: SamplingRecord | None = None,
+) -> torch.Tensor:
     """Run DDIM with classifier-free guidance from ``noise``; returns model-space latents ``(b, c, f, h, w)``.
 
     Args:

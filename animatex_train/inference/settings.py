@@ -1,7 +1,7 @@
 """``AnimateSettings``: every setting of ``animatex-train animate``, typed, documented and checked when built.
 
 The flags of ``animate`` and the keyword arguments of ``animate()`` fill these dataclasses; a manifest line's
-overrides do too. ``--mode official`` resolves the settings to the official inference (INFERENCE.md 1.3-1.5)
+overrides do too. ``--mode official`` resolves the settings to the official inference (docs/inference.md)
 before anything runs, so ``meta.json`` records what was actually used.
 """
 
@@ -68,10 +68,19 @@ class WeightsSettings:
         _check(self.weights in ("ema", "raw"), "--weights", "ema or raw", self.weights)
         if not self.tiny:
             for flag, value in (("--checkpoint", self.checkpoint), ("--vae", self.vae), ("--clip", self.clip)):
-                _check(value is not None, flag, "a path", value,
-                       "download the released files (README: Inference) or pass --tiny for a random-weight smoke run")
-        _check((self.dwpose_det is None) == (self.dwpose_pose is None), "--dwpose-det/--dwpose-pose",
-               "both or neither", (self.dwpose_det, self.dwpose_pose))  # fmt: skip
+                _check(
+                    value is not None,
+                    flag,
+                    "a path",
+                    value,
+                    "download the released files (README: Inference) or pass --tiny for a random-weight smoke run",
+                )
+        _check(
+            (self.dwpose_det is None) == (self.dwpose_pose is None),
+            "--dwpose_det/--dwpose_pose",
+            "both or neither",
+            (self.dwpose_det, self.dwpose_pose),
+        )
 
 
 @dataclass
@@ -122,20 +131,29 @@ class InputSettings:
     def __post_init__(self) -> None:
         if self.size is not None:
             self.size = (int(self.size[0]), int(self.size[1]))
-            _check(all(s > 0 and s % 64 == 0 for s in self.size), "--size", "HEIGHTxWIDTH, multiples of 64",
-                   self.size, "e.g. 768x512 (portrait) or 512x768 (landscape)")  # fmt: skip
-        _check(self.ref_fit in REF_FITS, "--ref-fit", " | ".join(REF_FITS), self.ref_fit)
+            _check(
+                all(s > 0 and s % 64 == 0 for s in self.size),
+                "--size",
+                "HEIGHTxWIDTH, multiples of 64",
+                self.size,
+                "e.g. 768x512 (portrait) or 512x768 (landscape)",
+            )
+        _check(self.ref_fit in REF_FITS, "--ref_fit", " | ".join(REF_FITS), self.ref_fit)
         _check(len(self.bg) == 3 and all(0 <= c <= 255 for c in self.bg), "--bg", "R,G,B in 0..255", self.bg)
         _check(self.stride is None or self.stride >= 1, "--stride", ">= 1", self.stride)
-        _check(self.target_fps is None or self.target_fps > 0, "--target-fps", "> 0", self.target_fps)
-        _check(self.stride is None or self.target_fps is None, "--stride/--target-fps", "one of them",
-               (self.stride, self.target_fps))  # fmt: skip
+        _check(self.target_fps is None or self.target_fps > 0, "--target_fps", "> 0", self.target_fps)
+        _check(
+            self.stride is None or self.target_fps is None,
+            "--stride/--target_fps",
+            "one of them",
+            (self.stride, self.target_fps),
+        )
         _check(self.start >= 0, "--start", "seconds >= 0", self.start)
         _check(self.frames is None or self.frames >= 1, "--frames", "N >= 1 or all", self.frames)
-        _check(self.source_fps is None or self.source_fps > 0, "--source-fps", "> 0", self.source_fps)
-        _check(self.ref_keypoints in REF_KEYPOINTS, "--ref-kp", " | ".join(REF_KEYPOINTS), self.ref_keypoints)
+        _check(self.source_fps is None or self.source_fps > 0, "--source_fps", "> 0", self.source_fps)
+        _check(self.ref_keypoints in REF_KEYPOINTS, "--ref_kp", " | ".join(REF_KEYPOINTS), self.ref_keypoints)
         _check(self.align in ALIGN_MODES, "--align", " | ".join(ALIGN_MODES), self.align)
-        _check(self.align_frame >= 0, "--align-frame", ">= 0", self.align_frame)
+        _check(self.align_frame >= 0, "--align_frame", ">= 0", self.align_frame)
 
 
 @dataclass
@@ -182,19 +200,28 @@ class SamplingSettings:
     def __post_init__(self) -> None:
         if isinstance(self.sampler, dict):
             self.sampler = SamplerConfig(**self.sampler)
-        _check(self.ref_mode in REF_MODES, "--ref-mode", " | ".join(REF_MODES), self.ref_mode)
+        _check(self.ref_mode in REF_MODES, "--ref_mode", " | ".join(REF_MODES), self.ref_mode)
         _check(self.window is None or self.window >= 1, "--window", ">= 1 frames", self.window)
         if self.window is not None:
             _check(0 <= self.overlap < self.window, "--overlap", f"in [0, --window={self.window})", self.overlap)
         _check(self.fusion in FUSIONS, "--fusion", " | ".join(FUSIONS), self.fusion)
-        _check(self.window_tail in WINDOW_TAILS, "--window-tail", " | ".join(WINDOW_TAILS), self.window_tail)
-        _check(self.window_batch >= 1, "--window-batch", ">= 1", self.window_batch)
-        _check(self.noise_prior is None or 0 <= self.noise_prior <= 999, "--noise-prior", "a timestep in 0..999",
-               self.noise_prior, "UniAnimate uses 939")  # fmt: skip
-        _check(self.precision is None or self.precision in PRECISIONS, "--precision", " | ".join(PRECISIONS),
-               self.precision)  # fmt: skip
-        _check(self.decode_chunk >= 1, "--decode-chunk", ">= 1 frames", self.decode_chunk)
-        _check(self.cfg_batch in CFG_BATCH, "--cfg-batch", " | ".join(CFG_BATCH), self.cfg_batch)
+        _check(self.window_tail in WINDOW_TAILS, "--window_tail", " | ".join(WINDOW_TAILS), self.window_tail)
+        _check(self.window_batch >= 1, "--window_batch", ">= 1", self.window_batch)
+        _check(
+            self.noise_prior is None or 0 <= self.noise_prior <= 999,
+            "--noise_prior",
+            "a timestep in 0..999",
+            self.noise_prior,
+            "UniAnimate uses 939",
+        )
+        _check(
+            self.precision is None or self.precision in PRECISIONS,
+            "--precision",
+            " | ".join(PRECISIONS),
+            self.precision,
+        )
+        _check(self.decode_chunk >= 1, "--decode_chunk", ">= 1 frames", self.decode_chunk)
+        _check(self.cfg_batch in CFG_BATCH, "--cfg_batch", " | ".join(CFG_BATCH), self.cfg_batch)
 
 
 @dataclass
@@ -209,7 +236,7 @@ class OutputSettings:
         save_poses: also write ``<out>.poses.mp4`` and ``<out>.keypoints.npy`` (the driving poses as used).
         save_frames: also write every generated frame as ``<out>.frames/%05d.png``.
         align_preview: write the alignment preview PNG here (the reference with its skeleton and the aligned
-            ``--align-frame`` pose; ``align_preview.py``).
+            ``--align_frame`` pose; ``align_preview.py``).
         progress: progress bars on stderr.
     """
 
@@ -252,13 +279,22 @@ class AnimateSettings:
         """A copy with ``--mode official`` applied (the released inference's values replace the fixes)."""
         if self.mode != "official":
             return dataclasses.replace(self)
-        inputs = dataclasses.replace(self.inputs, size=OFFICIAL_SIZE, ref_fit="stretch", align="none",
-                                     pose_scale=None, pose_offset=None, ref_keypoints="driving0",
-                                     bg=self.inputs.bg)  # fmt: skip
-        sampler = dataclasses.replace(self.sampling.sampler, timestep_spacing="official", final_alpha="alpha_0",
-                                      guidance_rescale=0.0)  # fmt: skip
-        sampling = dataclasses.replace(self.sampling, sampler=sampler, ref_mode="local_image", window=None,
-                                       noise_prior=None, cfg_batch="off")  # fmt: skip
+        inputs = dataclasses.replace(
+            self.inputs,
+            size=OFFICIAL_SIZE,
+            ref_fit="stretch",
+            align="none",
+            pose_scale=None,
+            pose_offset=None,
+            ref_keypoints="driving0",
+            bg=self.inputs.bg,
+        )
+        sampler = dataclasses.replace(
+            self.sampling.sampler, timestep_spacing="official", final_alpha="alpha_0", guidance_rescale=0.0
+        )
+        sampling = dataclasses.replace(
+            self.sampling, sampler=sampler, ref_mode="local_image", window=None, noise_prior=None, cfg_batch="off"
+        )
         output = dataclasses.replace(self.output, fps=OFFICIAL_FPS if self.output.fps is None else self.output.fps)
         return dataclasses.replace(self, inputs=inputs, sampling=sampling, output=output)
 

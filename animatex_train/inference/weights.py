@@ -80,11 +80,11 @@ def file_sha256(path: Path) -> str:
 
 
 def read_model_config(path: str | Path) -> DenoiserConfig:
-    """``--model-config``: ``{denoiser: {...}}`` (our keys), ``{official: {...}}`` (official constructor kwargs) or
+    """``--model_config``: ``{denoiser: {...}}`` (our keys), ``{official: {...}}`` (official constructor kwargs) or
     a parity fixture JSON (``constructor_kwargs`` + size overrides)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--model-config: {path} does not exist")
+        raise FileNotFoundError(f"--model_config: {path} does not exist")
     data = yaml.safe_load(path.read_text())
     if isinstance(data, dict) and "denoiser" in data:
         return DenoiserConfig(**data["denoiser"])
@@ -92,8 +92,10 @@ def read_model_config(path: str | Path) -> DenoiserConfig:
         return config_from_official(data["official"])
     if isinstance(data, dict) and "constructor_kwargs" in data:
         return config_from_official(data)
-    raise ValueError(f"--model-config: {path} must hold a 'denoiser:' mapping (our keys), an 'official:' mapping "
-                     "(the official UNet's constructor arguments) or a parity fixture's JSON")  # fmt: skip
+    raise ValueError(
+        f"--model_config: {path} must hold a 'denoiser:' mapping (our keys), an 'official:' mapping "
+        "(the official UNet's constructor arguments) or a parity fixture's JSON"
+    )
 
 
 def _is_official(state: dict[str, torch.Tensor]) -> bool:
@@ -112,8 +114,10 @@ def _read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | No
 
         state = load_checkpoint_file(path, flag=None)  # the one policy (training/checkpoint_trust.py): weights-only
     except Exception as error:  # noqa: BLE001 - UnpicklingError and friends: refuse, with the reason
-        raise ValueError(f"--checkpoint: {path} holds more than tensors and is not loaded ({error}); pass the "
-                         "official .pth, one of our .safetensors exports, or a training checkpoint folder") from error
+        raise ValueError(
+            f"--checkpoint: {path} holds more than tensors and is not loaded ({error}); pass the "
+            "official .pth, one of our .safetensors exports, or a training checkpoint folder"
+        ) from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"--checkpoint: {path} is not a state dict of tensors")
     return state, None
@@ -138,16 +142,26 @@ def resize_position_table(model: AnimateXDenoiser, rows: int) -> None:
 
 def _report(missing: list[str], unexpected: list[str], source: Path) -> None:
     if missing:
-        raise ValueError(f"--checkpoint: {source} lacks {len(missing)} weight(s) the model needs, e.g. "
-                         f"{missing[:6]}; it is for another configuration (pass --model-config) "
-                         "or damaged")  # fmt: skip
+        raise ValueError(
+            f"--checkpoint: {source} lacks {len(missing)} weight(s) the model needs, e.g. "
+            f"{missing[:6]}; it is for another configuration (pass --model_config) "
+            "or damaged"
+        )
     if unexpected:
-        warnings.warn(f"--checkpoint: {source} has {len(unexpected)} weight(s) this model does not use: "
-                      f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"--checkpoint: {source} has {len(unexpected)} weight(s) this model does not use: "
+            f"{unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}",
+            stacklevel=3,
+        )
 
 
-def load_denoiser(checkpoint: str | None, weights: str = "ema", model_config: str | None = None,
-                  tiny: bool = False, trust: bool = False) -> LoadedDenoiser:  # fmt: skip
+def load_denoiser(
+    checkpoint: str | None,
+    weights: str = "ema",
+    model_config: str | None = None,
+    tiny: bool = False,
+    trust: bool = False,
+) -> LoadedDenoiser:
     """Build the denoiser and load its weights (see ``WeightsSettings.checkpoint`` for the accepted files).
 
     The keypoint rows are always paired per sample: at batch 1 (the released inference) this is the official
@@ -173,7 +187,7 @@ def load_denoiser(checkpoint: str | None, weights: str = "ema", model_config: st
         recorded = json.loads(read.metadata.get("animatex.denoiser_config", "{}") or "{}")
         config = explicit or (DenoiserConfig(**recorded) if recorded else None)
         if config is None:
-            raise ValueError(f"--checkpoint: {state_file} records no denoiser configuration; pass --model-config")
+            raise ValueError(f"--checkpoint: {state_file} records no denoiser configuration; pass --model_config")
         return _load_native(config, read.state, path, "training", weights, file_sha256(state_file))
     state, recorded = _read_file(path)
     digest = file_sha256(path)
@@ -184,14 +198,18 @@ def load_denoiser(checkpoint: str | None, weights: str = "ema", model_config: st
         has_ipi = any(is_ipi_key(k) for k in state)
         tolerated = [k for k in missing if k == POSITION_TABLE_KEY or (not has_ipi and is_ipi_key(k))]
         if len(tolerated) > 1:
-            warnings.warn(f"--checkpoint: {path} has no IPI weights (a UniAnimate checkpoint?): the pose attention "
-                          "keeps its zero-initialised output, so the IPI has no effect", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"--checkpoint: {path} has no IPI weights (a UniAnimate checkpoint?): the pose attention "
+                "keeps its zero-initialised output, so the IPI has no effect",
+                stacklevel=2,
+            )
         _report([k for k in missing if k not in tolerated], unexpected, path)
         return _finish(model.config, model, "official", None, digest, missing, unexpected, path)
     config = explicit or (DenoiserConfig(**recorded) if recorded else None)
     if config is None:
-        raise ValueError(f"--checkpoint: {path} records no denoiser configuration (not one of our exports); pass "
-                         "--model-config")  # fmt: skip
+        raise ValueError(
+            f"--checkpoint: {path} records no denoiser configuration (not one of our exports); pass --model_config"
+        )
     return _load_native(config, state, path, "export", None, digest)
 
 
@@ -200,8 +218,14 @@ def _build(config: DenoiserConfig) -> AnimateXDenoiser:
     return AnimateXDenoiser(config).eval()
 
 
-def _load_native(config: DenoiserConfig, state: dict[str, torch.Tensor], path: Path, kind: str,
-                 weights: str | None, digest: str | None) -> LoadedDenoiser:  # fmt: skip
+def _load_native(
+    config: DenoiserConfig,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    kind: str,
+    weights: str | None,
+    digest: str | None,
+) -> LoadedDenoiser:
     model = _build(config)
     state = dict(state)
     own = model.state_dict()
@@ -211,21 +235,38 @@ def _load_native(config: DenoiserConfig, state: dict[str, torch.Tensor], path: P
     shapes = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if shapes:
         key = shapes[0]
-        raise ValueError(f"--checkpoint: {path}: {key} has shape {tuple(state[key].shape)}, the model expects "
-                         f"{tuple(own[key].shape)}; pass the --model-config it was trained with")  # fmt: skip
+        raise ValueError(
+            f"--checkpoint: {path}: {key} has shape {tuple(state[key].shape)}, the model expects "
+            f"{tuple(own[key].shape)}; pass the --model_config it was trained with"
+        )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k != POSITION_TABLE]
     _report(missing, list(result.unexpected_keys), path)
     return _finish(config, model, kind, weights, digest, missing, list(result.unexpected_keys), path)
 
 
-def _finish(config: DenoiserConfig, model: AnimateXDenoiser | None, kind: str, weights: str | None,
-            digest: str | None, missing: list[str], unexpected: list[str], path: Path) -> LoadedDenoiser:  # fmt: skip
+def _finish(
+    config: DenoiserConfig,
+    model: AnimateXDenoiser | None,
+    kind: str,
+    weights: str | None,
+    digest: str | None,
+    missing: list[str],
+    unexpected: list[str],
+    path: Path,
+) -> LoadedDenoiser:
     if model is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = _build(config)
     log.info("denoiser: %s (%s), %d parameters", path, kind, sum(p.numel() for p in model.parameters()))
-    return LoadedDenoiser(model=model.eval(), source=None if kind == "random" else str(path), kind=kind,
-                          weights=weights, sha256=digest, missing=missing, unexpected=unexpected,
-                          config=asdict(model.config))  # fmt: skip
+    return LoadedDenoiser(
+        model=model.eval(),
+        source=None if kind == "random" else str(path),
+        kind=kind,
+        weights=weights,
+        sha256=digest,
+        missing=missing,
+        unexpected=unexpected,
+        config=asdict(model.config),
+    )

@@ -1,6 +1,6 @@
 """Long-video sampling in overlapping frame windows: the schedule, per-window conditions, fusion, noise prior.
 
-Animate-X itself only samples a clip in one pass (INFERENCE.md section 1.6). For longer clips we follow
+Animate-X itself only samples a clip in one pass (docs/inference.md). For longer clips we follow
 UniAnimate's long-video mode (section 2): the denoiser runs on fixed windows of ``window`` frames that overlap by
 ``overlap`` frames, every condition is sliced to the window, and the per-window predictions are averaged per
 frame at every sampling step. MimicMotion's triangular weights (section 4) are offered as an alternative to the
@@ -107,7 +107,7 @@ def fusion_weights(kind: FusionKind, length: int, dtype: torch.dtype = torch.flo
 def slice_conditions(conditions: DenoiserConditions, frames: Sequence[int]) -> DenoiserConditions:
     """The conditions of one window: every per-frame condition restricted to ``frames``.
 
-    As UniAnimate's long mode slices its kwargs, extended to all Animate-X inputs (INFERENCE.md section 6.12):
+    As UniAnimate's long mode slices its kwargs, extended to all Animate-X inputs (docs/inference.md):
 
     * ``local_image`` ``(b, 3, f, H, W)`` is sliced along f; with one frame ``(b, 3, 1, H, W)`` it is kept.
     * ``pose_images`` ``(b, 3, f + 1, H, W)``, ``pose_keypoints`` ``(b, f + 1, 2, 18)`` and ``driving_clip``
@@ -173,7 +173,7 @@ class WindowedDenoiser:
         window_batch: run this many windows as one batch (UniAnimate ``context_batch_size``): their latents,
             timesteps and conditions are concatenated along b. With k > 1 every window must have the same
             length, and the denoiser must keep batch samples independent: an Animate-X model with the official
-            IPI keypoint row order mixes samples (INFERENCE.md section 1.4), use ``keypoint_row_order=per_sample``.
+            IPI keypoint row order mixes samples (docs/inference.md), use ``keypoint_row_order=per_sample``.
     """
 
     def __init__(
@@ -182,11 +182,11 @@ class WindowedDenoiser:
         if not schedule or any(len(w) == 0 for w in schedule):
             raise ValueError("the window schedule must hold at least one non-empty window (see window_schedule)")
         if window_batch < 1:
-            raise ValueError(f"--window-batch must be >= 1, got {window_batch}")
+            raise ValueError(f"--window_batch must be >= 1, got {window_batch}")
         if window_batch > 1 and len({len(w) for w in schedule}) > 1:
             raise ValueError(
-                f"--window-batch {window_batch} needs windows of equal length, got lengths "
-                f"{sorted({len(w) for w in schedule})}; use --window-batch 1"
+                f"--window_batch {window_batch} needs windows of equal length, got lengths "
+                f"{sorted({len(w) for w in schedule})}; use --window_batch 1"
             )
         self.denoiser_fn = denoiser_fn
         self.schedule = [list(map(int, w)) for w in schedule]
@@ -203,9 +203,7 @@ class WindowedDenoiser:
             for k, frame in enumerate(window):
                 self.weight_sum[frame] += weights[k]
 
-    def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, conditions: DenoiserConditions | None = None
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, conditions: DenoiserConditions | None = None) -> torch.Tensor:
         """Fused prediction ``(b, c, N, h, w)`` for latents ``x`` ``(b, c, N, h, w)`` at timesteps ``t`` ``(b,)``."""
         if x.dim() != 5 or x.shape[2] != self.num_frames:
             raise ValueError(
@@ -278,7 +276,7 @@ def noise_prior(
         x_T: ``(b, c, N, h, w)`` standard Gaussian noise ``eps`` (without the offset term).
         ref_latent: ``(b, c, 1, h, w)`` (repeated over N) or ``(b, c, N, h, w)`` scaled VAE latent of the reference.
         alphas_cumprod: ``(T,)`` the training schedule's cumulative alphas.
-        tau: the prior's timestep, ``0 <= tau < T`` (``--noise-prior``).
+        tau: the prior's timestep, ``0 <= tau < T`` (``--noise_prior``).
         offset_noise: optional ``(b, c, N, 1, 1)`` (or broadcastable) unit offset noise ``eps_off``.
         offset_noise_strength: ``s``, the official ``noise_strength`` (0.1).
         variant: ``"long"`` or ``"short"``, see above.
@@ -288,7 +286,7 @@ def noise_prior(
     """
     if not 0 <= tau < alphas_cumprod.shape[0]:
         raise ValueError(
-            f"--noise-prior must be a timestep in [0, {alphas_cumprod.shape[0] - 1}], got {tau}; UniAnimate uses 939"
+            f"--noise_prior must be a timestep in [0, {alphas_cumprod.shape[0] - 1}], got {tau}; UniAnimate uses 939"
         )
     if variant not in ("long", "short"):
         raise ValueError(f"noise prior variant must be 'long' or 'short', got {variant!r}")

@@ -121,14 +121,20 @@ def describe_changes(changes: Mapping[str, Any]) -> str:
 RUN_CALLBACKS = ("animatex_train.training.ledger.SampleLedger", "animatex_train.training.run_metrics.RunMetrics")
 
 
-def run_overrides(ablation: Ablation, run_dir: Path, group: str, max_steps: int | None = None,
-                  wandb_mode: str | None = None) -> list[str]:  # fmt: skip
+def run_overrides(
+    ablation: Ablation, run_dir: Path, group: str, max_steps: int | None = None, wandb_mode: str | None = None
+) -> list[str]:
     """``fit`` arguments of one run, after the base ``--config`` files: its overlay, run dir, group, callbacks.
 
     ``max_steps`` also moves the one validation to the last step, so every run reports a validation loss.
     """
-    overrides = ["--config", str(ablation.overlay()), f"--trainer.default_root_dir={run_dir}",
-                 f"--tracking.group={group}", *(f"--trainer.callbacks+={c}" for c in RUN_CALLBACKS)]  # fmt: skip
+    overrides = [
+        "--config",
+        str(ablation.overlay()),
+        f"--trainer.default_root_dir={run_dir}",
+        f"--tracking.group={group}",
+        *(f"--trainer.callbacks+={c}" for c in RUN_CALLBACKS),
+    ]
     if max_steps is not None:
         overrides += [f"--trainer.max_steps={max_steps}", f"--trainer.val_check_interval={max_steps}"]
     if wandb_mode:

@@ -101,8 +101,9 @@ def collate_run(ablation: Ablation, run_dir: Path, last_k: int = 5) -> AblationR
     validations = [r for r in records if r.get("event") == "validation" and "val/loss" in r.get("metrics", {})]
     losses = ledger_losses(run_dir)
     status = _status(state, fit_ends[-1] if fit_ends else None, bool(losses), run_dir.is_dir())
-    result = AblationResult(ablation.name, ablation.row, ablation.tables, describe_changes(overlay_changes(ablation)),
-                            status)  # fmt: skip
+    result = AblationResult(
+        ablation.name, ablation.row, ablation.tables, describe_changes(overlay_changes(ablation)), status
+    )
     if losses:
         tail = list(losses.values())[-last_k:]
         result.train_loss = sum(tail) / len(tail)
@@ -144,16 +145,35 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-HEADERS = ("ablation", "paper row", "tables", "changes", "status", "steps", "train loss", "val loss", "Δ val vs full",
-           "wall time")  # fmt: skip
+HEADERS = (
+    "ablation",
+    "paper row",
+    "tables",
+    "changes",
+    "status",
+    "steps",
+    "train loss",
+    "val loss",
+    "Δ val vs full",
+    "wall time",
+)
 
 
 def table_cells(row: AblationResult) -> list[str]:
     """The row's cells as text, in ``HEADERS`` order (shared by the markdown and the console tables)."""
     status = row.status if not row.error else f"{row.status}: {row.error[:80]}"
-    return [row.name, row.row, row.tables, row.changes, status, "–" if row.steps is None else str(row.steps),
-            _number(row.train_loss), _number(row.val_loss), _number(row.val_delta, difference=True),
-            _duration(row.wall_s)]  # fmt: skip
+    return [
+        row.name,
+        row.row,
+        row.tables,
+        row.changes,
+        status,
+        "–" if row.steps is None else str(row.steps),
+        _number(row.train_loss),
+        _number(row.val_loss),
+        _number(row.val_delta, difference=True),
+        _duration(row.wall_s),
+    ]
 
 
 def markdown_table(rows: Sequence[AblationResult], last_k: int = 5) -> str:

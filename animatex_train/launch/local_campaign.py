@@ -3,7 +3,7 @@
 Each run is its own ``python -m animatex_train fit`` process: a crash of one run is recorded in its
 ``ablation.json`` and the campaign goes on, and W&B runs, signal handlers and global state never leak from
 one run into the next. Rerunning the command skips finished runs; the others resume from their checkpoints.
-With ``--eval-recipe`` every finished run without ``eval/metrics.json`` is then scored by its own ``evaluate``
+With ``--eval_recipe`` every finished run without ``eval/metrics.json`` is then scored by its own ``evaluate``
 process.
 """
 
@@ -39,8 +39,13 @@ def _merged_yaml(configs: list[str]) -> dict[str, Any]:
     """The ``--config`` files merged like jsonargparse does for plain sections: later mappings win key by key."""
 
     def merge(base: dict, top: dict) -> dict:
-        return {**base, **{k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-                           for k, v in top.items()}}  # fmt: skip
+        return {
+            **base,
+            **{
+                k: merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                for k, v in top.items()
+            },
+        }
 
     merged: dict[str, Any] = {}
     for path in configs:
@@ -70,15 +75,17 @@ def data_overrides(configs: list[str], passthrough: list[str], out: Path, consol
         return []
     model = merged.get("model") or {}
     if not ((model.get("vae") or {}).get("tiny") and (model.get("clip") or {}).get("tiny")):
-        raise CampaignError(f"the recipe's data is missing ({', '.join(missing) or 'data.train is empty'}): fix its "
-                            "data paths, or pass them after --, e.g. -- --data.train='[{manifest: ...}]'")  # fmt: skip
+        raise CampaignError(
+            f"the recipe's data is missing ({', '.join(missing) or 'data.train is empty'}): fix its "
+            "data paths, or pass them after --, e.g. -- --data.train='[{manifest: ...}]'"
+        )
     from animatex_train.embedded_dataset import build_embedded_dataset, embedded_dataset_overrides
 
-    console.print(f"[yellow]the tiny recipe's data ({', '.join(missing)}) is missing: building the embedded "
-                  f"synthetic dataset once into {out / 'data'}[/]")  # fmt: skip
-    code = build_embedded_dataset(out / "data" / "videos", out / "data" / "shards", console=console)
-    if code:
-        raise CampaignError(f"building the embedded dataset failed (exit code {code})")
+    console.print(
+        f"[yellow]the tiny recipe's data ({', '.join(missing)}) is missing: building the embedded "
+        f"synthetic dataset once into {out / 'data'}[/]"
+    )
+    build_embedded_dataset(out / "data" / "videos", out / "data" / "shards", console=console)
     return embedded_dataset_overrides(out / "data" / "shards")
 
 
@@ -113,8 +120,14 @@ def run_fit(command: list[str], log: Path, echo: Console | None, on_poll) -> int
     with log.open("a") as sink:
         sink.write(f"\n$ {' '.join(command)}\n")
         sink.flush()
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        proc = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
         def pump() -> None:  # a thread, so the progress display keeps moving while the run is quiet
             for line in proc.stdout:
@@ -146,8 +159,15 @@ def run_fit(command: list[str], log: Path, echo: Console | None, on_poll) -> int
     return proc.returncode
 
 
-def run_local(args: argparse.Namespace, ablations: list[Ablation], configs: list[str], out: Path, group: str,
-              passthrough: list[str], console: Console) -> int:  # fmt: skip
+def run_local(
+    args: argparse.Namespace,
+    ablations: list[Ablation],
+    configs: list[str],
+    out: Path,
+    group: str,
+    passthrough: list[str],
+    console: Console,
+) -> int:
     """Run the ablations one after another; returns 0 when all finished, 1 when one failed, 130 on Ctrl-C."""
     campaign_started = time.perf_counter()
     todo = []
@@ -157,8 +177,9 @@ def run_local(args: argparse.Namespace, ablations: list[Ablation], configs: list
             console.print(f"[dim]skip {a.name}: finished ({state.get('steps')} steps)[/]")
         else:
             todo.append(a)  # never run, failed, interrupted, or asked for other steps: (re)run, resuming
-    console.print(f"ablation campaign [bold]{group}[/] in {out}: {len(todo)} to run, "
-                  f"{len(ablations) - len(todo)} finished")  # fmt: skip
+    console.print(
+        f"ablation campaign [bold]{group}[/] in {out}: {len(todo)} to run, {len(ablations) - len(todo)} finished"
+    )
     interrupted = False
     if todo:
         try:
@@ -194,8 +215,14 @@ def run_local(args: argparse.Namespace, ablations: list[Ablation], configs: list
 
 def _progress(console: Console) -> Progress:
     """The campaign's progress display (one bar for the runs, one for the evaluations)."""
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console)  # fmt: skip
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def write_metrics_table(out: Path, ablations: list[Ablation]) -> str:
@@ -211,18 +238,32 @@ def evaluate_command(args: argparse.Namespace, run_dir: Path) -> list[str]:
     """The ``evaluate`` process of one finished run: its newest complete checkpoint, the report in ``<run>/eval``."""
     from animatex_train.eval.ablation_table import EVAL_DIR
 
-    return [sys.executable, "-m", "animatex_train", "evaluate", "--recipe", args.eval_recipe, "--checkpoint",
-            str(run_dir / "checkpoints"), "-o", str(run_dir / EVAL_DIR), "--no-progress", *args.eval_arg]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "animatex_train",
+        "evaluate",
+        "--recipe",
+        args.eval_recipe,
+        "--checkpoint",
+        str(run_dir / "checkpoints"),
+        "-o",
+        str(run_dir / EVAL_DIR),
+        "--no_progress",
+        *args.eval_arg,
+    ]
 
 
-def _evaluate_finished(ablations: list[Ablation], out: Path, args: argparse.Namespace,
-                       console: Console) -> tuple[bool, bool]:  # fmt: skip
+def _evaluate_finished(
+    ablations: list[Ablation], out: Path, args: argparse.Namespace, console: Console
+) -> tuple[bool, bool]:
     """Evaluate every finished run that has no ``eval/metrics.json`` yet (a rerun scores only what is missing);
     each run's ``ablation.json`` records ``eval_status``. Returns (one failed, Ctrl-C)."""
     from animatex_train.eval.ablation_table import read_eval
 
-    todo = [a for a in ablations if read_state(out / a.name).get("status") == "finished"
-            and read_eval(out / a.name) is None]  # fmt: skip
+    todo = [
+        a for a in ablations if read_state(out / a.name).get("status") == "finished" and read_eval(out / a.name) is None
+    ]
     failed = False
     if not todo:
         return failed, False
@@ -233,8 +274,12 @@ def _evaluate_finished(ablations: list[Ablation], out: Path, args: argparse.Name
             progress.update(task, description=f"evaluate {ablation.name}")
             started = time.perf_counter()
             try:
-                code = run_fit(evaluate_command(args, run_dir), run_dir / LOG_FILE,
-                               progress.console if args.verbose else None, lambda: None)  # fmt: skip
+                code = run_fit(
+                    evaluate_command(args, run_dir),
+                    run_dir / LOG_FILE,
+                    progress.console if args.verbose else None,
+                    lambda: None,
+                )
             except KeyboardInterrupt:
                 return failed, True
             state = read_state(run_dir)
@@ -243,18 +288,26 @@ def _evaluate_finished(ablations: list[Ablation], out: Path, args: argparse.Name
             write_json(run_dir / STATE_FILE, state)
             failed = failed or code != 0
             mark = "[green]evaluated[/]" if code == 0 else f"[red]evaluation failed (exit {code})[/]"
-            progress.console.print(f"{ablation.name}: {mark} in {time.perf_counter() - started:.1f} s"
-                                   + (f": {state['eval_error']}" if state["eval_error"] else ""))  # fmt: skip
+            progress.console.print(
+                f"{ablation.name}: {mark} in {time.perf_counter() - started:.1f} s"
+                + (f": {state['eval_error']}" if state["eval_error"] else "")
+            )
             progress.advance(task)
     return failed, False
 
 
-def _run_one(ablation: Ablation, command: list[str], run_dir: Path, args: argparse.Namespace, progress: Progress,
-             task: Any) -> bool:  # fmt: skip
+def _run_one(
+    ablation: Ablation, command: list[str], run_dir: Path, args: argparse.Namespace, progress: Progress, task: Any
+) -> bool:
     """Run one ablation, recording its state in ``<run_dir>/ablation.json``; True when Ctrl-C stopped it."""
     state = read_state(run_dir)
-    state.update(name=ablation.name, status="running", max_steps=args.max_steps, error=None,
-                 attempts=int(state.get("attempts", 0)) + 1)  # fmt: skip
+    state.update(
+        name=ablation.name,
+        status="running",
+        max_steps=args.max_steps,
+        error=None,
+        attempts=int(state.get("attempts", 0)) + 1,
+    )
     write_json(run_dir / STATE_FILE, state)  # "running" stays if this process dies: the next rerun resumes it
 
     def poll() -> None:
@@ -275,13 +328,16 @@ def _run_one(ablation: Ablation, command: list[str], run_dir: Path, args: argpar
     state["error"] = None if code == 0 or interrupted else _last_error(run_dir / LOG_FILE)
     write_json(run_dir / STATE_FILE, state)
     mark = "[green]finished[/]" if code == 0 else f"[red]{state['status']} (exit {code})[/]"
-    progress.console.print(f"{ablation.name}: {mark} in {time.perf_counter() - started:.1f} s"
-                           + (f": {state['error']}" if state["error"] else ""))  # fmt: skip
+    progress.console.print(
+        f"{ablation.name}: {mark} in {time.perf_counter() - started:.1f} s"
+        + (f": {state['error']}" if state["error"] else "")
+    )
     return interrupted
 
 
-def _print_summary(console: Console, rows: list[AblationResult], group: str, md: Path, csv_path: Path,
-                   last_k: int, wall_s: float) -> None:  # fmt: skip
+def _print_summary(
+    console: Console, rows: list[AblationResult], group: str, md: Path, csv_path: Path, last_k: int, wall_s: float
+) -> None:
     """The collated markdown table (plain, to copy), then a short rich summary of the campaign."""
     print(markdown_table(rows, last_k), end="", flush=True)
     counts: dict[str, int] = {}

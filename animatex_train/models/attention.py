@@ -40,19 +40,23 @@ except Exception:  # noqa: BLE001 - ImportError, or a broken CUDA build raising 
     _flash_attn_func = None
     HAS_FLASH_ATTN = False
 
-AttentionBackend = Literal[
-    "auto", "flash_attn", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "math", "naive"
-]
+AttentionBackend = Literal["auto", "flash_attn", "sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "math", "naive"]
 ATTENTION_BACKENDS: tuple[str, ...] = AttentionBackend.__args__
 # PyTorch's default order (torch._C._get_sdp_priority_order: flash, efficient, math, cuDNN); a preferred
 # kernel moves to the front, the rest keep their order.
-_DEFAULT_ORDER = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
-                  SDPBackend.CUDNN_ATTENTION)  # fmt: skip
+_DEFAULT_ORDER = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+    SDPBackend.CUDNN_ATTENTION,
+)
 _SDPA_KERNELS: dict[str, tuple[list[SDPBackend], bool]] = {  # backend -> (kernels, as a priority order)
     "sdpa_flash": ([SDPBackend.FLASH_ATTENTION, *(k for k in _DEFAULT_ORDER if k != SDPBackend.FLASH_ATTENTION)], True),
     "sdpa_cudnn": ([SDPBackend.CUDNN_ATTENTION, *(k for k in _DEFAULT_ORDER if k != SDPBackend.CUDNN_ATTENTION)], True),
-    "sdpa_efficient": ([SDPBackend.EFFICIENT_ATTENTION,
-                        *(k for k in _DEFAULT_ORDER if k != SDPBackend.EFFICIENT_ATTENTION)], True),
+    "sdpa_efficient": (
+        [SDPBackend.EFFICIENT_ATTENTION, *(k for k in _DEFAULT_ORDER if k != SDPBackend.EFFICIENT_ATTENTION)],
+        True,
+    ),
     "math": ([SDPBackend.MATH], False),
 }
 _backend: AttentionBackend = "auto"

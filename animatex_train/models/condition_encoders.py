@@ -84,8 +84,15 @@ class PixelConditionEncoder(nn.Module):
     conv3x3 -> SiLU -> average-pool to 4x the latent grid -> stride-2 conv -> SiLU -> stride-2 conv.
     """
 
-    def __init__(self, out_channels: int, hidden_channels: int, adapter_heads: int, adapter_depth: int, dropout: float,
-                 pool_size: tuple[int, int] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        out_channels: int,
+        hidden_channels: int,
+        adapter_heads: int,
+        adapter_depth: int,
+        dropout: float,
+        pool_size: tuple[int, int] | None = None,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(3, hidden_channels, 3, padding=1)
         self.down1 = nn.Conv2d(hidden_channels, hidden_channels, 3, stride=2, padding=1)
@@ -112,8 +119,15 @@ class PixelConditionEncoder(nn.Module):
 class LatentConditionEncoder(nn.Module):
     """A reference latent ``(b, 4, 1, h, w)`` -> ``(b, out_channels, 1, h, w)``: stride-1 convs + adapter."""
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int, adapter_heads: int,
-                 adapter_depth: int, dropout: float):  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        hidden_channels: int,
+        adapter_heads: int,
+        adapter_depth: int,
+        dropout: float,
+    ):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, hidden_channels, 3, padding=1)
         self.conv_mid = nn.Conv2d(hidden_channels, hidden_channels, 3, padding=1)

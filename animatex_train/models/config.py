@@ -120,8 +120,11 @@ class ImplicitPoseIndicatorConfig:
     keypoint_row_order: KeypointRowOrder = "per_sample"
 
     def __post_init__(self) -> None:
-        for name, kind in (("query", IPIQuery), ("placement", PoseAttentionPlacement),
-                           ("keypoint_row_order", KeypointRowOrder)):  # fmt: skip
+        for name, kind in (
+            ("query", IPIQuery),
+            ("placement", PoseAttentionPlacement),
+            ("keypoint_row_order", KeypointRowOrder),
+        ):
             allowed = get_args(kind)
             if getattr(self, name) not in allowed:
                 raise ValueError(
@@ -237,12 +240,25 @@ def tiny_denoiser_config(**overrides) -> DenoiserConfig:
     Same structure as the paper model (all branches, IPI, temporal blocks), narrow widths.
     """
     ipi = ImplicitPoseIndicatorConfig(
-        width=64, keypoint_heads=4, keypoint_layers=1, keypoint_ff_dim=128, extractor_depth=1,
-        extractor_heads=4, extractor_head_dim=16, clip_dim=64, max_frames=33,
-    )  # fmt: skip
+        width=64,
+        keypoint_heads=4,
+        keypoint_layers=1,
+        keypoint_ff_dim=128,
+        extractor_depth=1,
+        extractor_heads=4,
+        extractor_head_dim=16,
+        clip_dim=64,
+        max_frames=33,
+    )
     values: dict = dict(
-        base_channels=32, channel_mult=[1, 2], num_res_blocks=1, head_dim=16, first_temporal_heads=2,
-        attn_scales=[1.0, 0.5], context_dim=64, ipi=ipi,
-    )  # fmt: skip
+        base_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        head_dim=16,
+        first_temporal_heads=2,
+        attn_scales=[1.0, 0.5],
+        context_dim=64,
+        ipi=ipi,
+    )
     values.update(overrides)
     return DenoiserConfig(**values)

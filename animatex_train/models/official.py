@@ -92,28 +92,83 @@ def to_official_state_dict(model_or_state: torch.nn.Module | Mapping[str, torch.
 
 # Official UNetSD_Animate_X constructor defaults (the class signature; the released run overrides many).
 _OFFICIAL_DEFAULTS: dict[str, Any] = dict(
-    in_dim=4, dim=512, context_dim=1024, concat_dim=8, out_dim=6, dim_mult=[1, 2, 3, 4], num_heads=None,
-    head_dim=64, num_res_blocks=3, attn_scales=[1 / 2, 1 / 4, 1 / 8], dropout=0.1, pose_attention=True,
-    temporal_attention=True, use_image_dataset=False, use_fps_condition=False, misc_dropout=0.5, p_all_zero=0.1,
-    p_all_keep=0.1, adapter_transformer_layers=1, num_tokens=4, no_hand=False, num=0, our_weight=1, seq_len=None,
-)  # fmt: skip
+    in_dim=4,
+    dim=512,
+    context_dim=1024,
+    concat_dim=8,
+    out_dim=6,
+    dim_mult=[1, 2, 3, 4],
+    num_heads=None,
+    head_dim=64,
+    num_res_blocks=3,
+    attn_scales=[1 / 2, 1 / 4, 1 / 8],
+    dropout=0.1,
+    pose_attention=True,
+    temporal_attention=True,
+    use_image_dataset=False,
+    use_fps_condition=False,
+    misc_dropout=0.5,
+    p_all_zero=0.1,
+    p_all_keep=0.1,
+    adapter_transformer_layers=1,
+    num_tokens=4,
+    no_hand=False,
+    num=0,
+    our_weight=1,
+    seq_len=None,
+)
 _DWPOSE_DEFAULTS = dict(
-    d_model=1024, nhead=8, num_encoder_layers=3, dim_feedforward=1024, dropout=0.1, activation="relu",
-    normalize_before=False, pos_embed_len=33, input_dim=36, num_tokens=4,
-)  # fmt: skip
+    d_model=1024,
+    nhead=8,
+    num_encoder_layers=3,
+    dim_feedforward=1024,
+    dropout=0.1,
+    activation="relu",
+    normalize_before=False,
+    pos_embed_len=33,
+    input_dim=36,
+    num_tokens=4,
+)
 _RESAMPLER_DEFAULTS = dict(dim=1024, depth=8, dim_head=64, heads=16, embedding_dim=1024, output_dim=1024, ff_mult=4)
 # The released model: default_config's UNet dict updated with configs/Animate_X_infer.yaml
 # (docs/official_release.md §1.5).
 RELEASED_UNET_KWARGS: dict[str, Any] = dict(
-    in_dim=4, dim=320, y_dim=1024, context_dim=1024, out_dim=4, dim_mult=[1, 2, 4, 4], num_heads=8, head_dim=64,
-    num_res_blocks=2, attn_scales=[1.0, 0.5, 0.25], dropout=0.1, temporal_attention=True, temporal_attn_times=1,
-    use_checkpoint=True, use_fps_condition=False, use_sim_mask=False, num_tokens=4, no_hand=True, num=0,
-)  # fmt: skip
+    in_dim=4,
+    dim=320,
+    y_dim=1024,
+    context_dim=1024,
+    out_dim=4,
+    dim_mult=[1, 2, 4, 4],
+    num_heads=8,
+    head_dim=64,
+    num_res_blocks=2,
+    attn_scales=[1.0, 0.5, 0.25],
+    dropout=0.1,
+    temporal_attention=True,
+    temporal_attn_times=1,
+    use_checkpoint=True,
+    use_fps_condition=False,
+    use_sim_mask=False,
+    num_tokens=4,
+    no_hand=True,
+    num=0,
+)
 # Accepted and ignored: they have no effect on this architecture or are handled elsewhere.
 _IGNORED = {
-    "config", "y_dim", "hist_dim", "use_scale_shift_norm", "temporal_attn_times", "use_checkpoint", "use_sim_mask",
-    "training", "inpainting", "zero_y", "black_image_feature", "use_pose_transformer", "type",
-}  # fmt: skip
+    "config",
+    "y_dim",
+    "hist_dim",
+    "use_scale_shift_norm",
+    "temporal_attn_times",
+    "use_checkpoint",
+    "use_sim_mask",
+    "training",
+    "inpainting",
+    "zero_y",
+    "black_image_feature",
+    "use_pose_transformer",
+    "type",
+}
 
 
 def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
@@ -138,18 +193,25 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
     resampler.update(kwargs.pop("Resampler", {}) or {})
     unknown = set(kwargs) - set(_OFFICIAL_DEFAULTS) - _IGNORED
     if unknown:  # the official constructor swallows them in **kwargs
-        warnings.warn(f"config_from_official: official UNet argument(s) {sorted(unknown)} have no effect (the "
-                      "official constructor ignores unknown arguments too)", stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"config_from_official: official UNet argument(s) {sorted(unknown)} have no effect (the "
+            "official constructor ignores unknown arguments too)",
+            stacklevel=2,
+        )
     k = {**_OFFICIAL_DEFAULTS, **{key: v for key, v in kwargs.items() if key in _OFFICIAL_DEFAULTS}}
     for name, released in (("no_hand", True), ("num", 0)):
         if name in kwargs and k[name] != released:  # they size only the unconditional zero keypoints, no parameter
-            warnings.warn(f"config_from_official: {name}={k[name]!r} builds the same network as {name}={released!r}; "
-                          "the IPI reads the 18 body keypoints either way (the official unconditional branch would "
-                          "fail with it)", stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"config_from_official: {name}={k[name]!r} builds the same network as {name}={released!r}; "
+                "the IPI reads the 18 body keypoints either way (the official unconditional branch would "
+                "fail with it)",
+                stacklevel=2,
+            )
     unsupported = {
-        "use_fps_condition": (k["use_fps_condition"], False), "use_image_dataset": (k["use_image_dataset"], False),
+        "use_fps_condition": (k["use_fps_condition"], False),
+        "use_image_dataset": (k["use_image_dataset"], False),
         "pose_attention": (k["pose_attention"], True),
-    }  # fmt: skip
+    }
     for name, (got, supported) in unsupported.items():
         if got != supported:
             raise ValueError(
@@ -168,33 +230,52 @@ def config_from_official(kwargs: Mapping[str, Any]) -> DenoiserConfig:
         raise ValueError("config_from_official: only the released DwposeEncoder variant (relu, post-norm) is supported")
     seq_len = k["seq_len"] if k["seq_len"] is not None else dwpose["pos_embed_len"]
     ipi = ImplicitPoseIndicatorConfig(
-        enabled=True, residual_weight=float(k["our_weight"]), width=dwpose["d_model"],
-        num_query_tokens=dwpose["num_tokens"], num_keypoints=dwpose["input_dim"] // 2, max_frames=seq_len,
-        keypoint_heads=dwpose["nhead"], keypoint_layers=dwpose["num_encoder_layers"],
-        keypoint_ff_dim=dwpose["dim_feedforward"], keypoint_dropout=dwpose["dropout"],
-        extractor_depth=resampler["depth"], extractor_heads=resampler["heads"],
-        extractor_head_dim=resampler["dim_head"], extractor_ff_mult=resampler["ff_mult"],
-        clip_dim=resampler["embedding_dim"], keypoint_row_order="official",
-    )  # fmt: skip
+        enabled=True,
+        residual_weight=float(k["our_weight"]),
+        width=dwpose["d_model"],
+        num_query_tokens=dwpose["num_tokens"],
+        num_keypoints=dwpose["input_dim"] // 2,
+        max_frames=seq_len,
+        keypoint_heads=dwpose["nhead"],
+        keypoint_layers=dwpose["num_encoder_layers"],
+        keypoint_ff_dim=dwpose["dim_feedforward"],
+        keypoint_dropout=dwpose["dropout"],
+        extractor_depth=resampler["depth"],
+        extractor_heads=resampler["heads"],
+        extractor_head_dim=resampler["dim_head"],
+        extractor_ff_mult=resampler["ff_mult"],
+        clip_dim=resampler["embedding_dim"],
+        keypoint_row_order="official",
+    )
     dim = k["dim"]
     # The official constructor tests `scale in attn_scales` at each level's scale 1, 1/2, ...; entries that match no
     # level (deeper than the UNet, or not a power of 1/2) are simply never reached, so they are dropped here.
     reached = {1.0 / 2**i for i in range(len(k["dim_mult"]))}
     attn_scales = [float(s) for s in k["attn_scales"] if float(s) in reached]
     return DenoiserConfig(
-        latent_channels=k["in_dim"], concat_channels=k["concat_dim"], base_channels=dim,
+        latent_channels=k["in_dim"],
+        concat_channels=k["concat_dim"],
+        base_channels=dim,
         channel_mult=list(k["dim_mult"]),
-        num_res_blocks=k["num_res_blocks"], head_dim=k["head_dim"],
+        num_res_blocks=k["num_res_blocks"],
+        head_dim=k["head_dim"],
         first_temporal_heads=k["num_heads"] if k["num_heads"] else dim // 32,
-        attn_scales=attn_scales, temporal_attention=bool(k["temporal_attention"]),
-        context_dim=k["context_dim"], num_image_tokens=k["num_tokens"], dropout=k["dropout"],
+        attn_scales=attn_scales,
+        temporal_attention=bool(k["temporal_attention"]),
+        context_dim=k["context_dim"],
+        num_image_tokens=k["num_tokens"],
+        dropout=k["dropout"],
         adapter_depth=k["adapter_transformer_layers"],
         # The official DropPath leaves the reference slot and the IPI inputs of the all-dropped group alone.
-        condition_dropout=ConditionDropoutConfig(p_all_zero=k["p_all_zero"], p_all_keep=k["p_all_keep"],
-                                                 p_drop_each=k["misc_dropout"], all_dropped_loses_reference=False,
-                                                 all_dropped_loses_ipi=False),
+        condition_dropout=ConditionDropoutConfig(
+            p_all_zero=k["p_all_zero"],
+            p_all_keep=k["p_all_keep"],
+            p_drop_each=k["misc_dropout"],
+            all_dropped_loses_reference=False,
+            all_dropped_loses_ipi=False,
+        ),
         ipi=ipi,
-    )  # fmt: skip
+    )
 
 
 def load_official_state_dict(

@@ -120,7 +120,7 @@ class AnimateXDenoiser(nn.Module):
                     with_pose_attention=c.ipi.enabled,
                     placement=c.ipi.placement,
                     residual_weight=c.ipi.residual_weight,
-                )  # fmt: skip
+                )
             ]
             if c.temporal_attention:
                 layers.append(TemporalTransformer(ch, heads, c.head_dim))

@@ -63,16 +63,27 @@ class ClipConfig:
                 [h, w],
                 "Animate-X uses [768, 512]",
             )
-        _check(len(set(self.resolutions_px)) == len(self.resolutions_px), "clips.resolutions_px", "no duplicates",
-               self.resolutions_px)  # fmt: skip
+        _check(
+            len(set(self.resolutions_px)) == len(self.resolutions_px),
+            "clips.resolutions_px",
+            "no duplicates",
+            self.resolutions_px,
+        )
         _check(
             self.max_clips_per_video is None or self.max_clips_per_video >= 1,
-            "clips.max_clips_per_video", ">= 1 or null", self.max_clips_per_video,
-        )  # fmt: skip
-        _check(1 <= self.num_refs <= self.num_frames, "clips.num_refs", f"in [1, num_frames={self.num_frames}]",
-               self.num_refs)  # fmt: skip
-        _check(self.vfr_policy in ("reject", "timestamps"), "clips.vfr_policy", "'reject' or 'timestamps'",
-               self.vfr_policy)  # fmt: skip
+            "clips.max_clips_per_video",
+            ">= 1 or null",
+            self.max_clips_per_video,
+        )
+        _check(
+            1 <= self.num_refs <= self.num_frames,
+            "clips.num_refs",
+            f"in [1, num_frames={self.num_frames}]",
+            self.num_refs,
+        )
+        _check(
+            self.vfr_policy in ("reject", "timestamps"), "clips.vfr_policy", "'reject' or 'timestamps'", self.vfr_policy
+        )
 
     @property
     def stride(self) -> int:
@@ -122,16 +133,19 @@ class PoseConfig:
                 value = getattr(self, key)
                 _check(
                     value is not None and Path(value).expanduser().is_file(),
-                    f"pose.{key}", "the path of an existing ONNX file", value,
+                    f"pose.{key}",
+                    "the path of an existing ONNX file",
+                    value,
                     "point pose.det_model at yolox_l.onnx and pose.pose_model at dw-ll_ucoco_384.onnx (DWPose "
                     "release), or choose another pose.method",
-                )  # fmt: skip
+                )
         _check(self.device in ("auto", "cpu", "cuda"), "pose.device", "auto, cpu or cuda", self.device)
         _check(self.batch_size >= 1, "pose.batch_size", ">= 1", self.batch_size)
         _check(self.num_threads >= 0, "pose.num_threads", ">= 0", self.num_threads)
         _check(0 <= self.min_body_points <= 18, "pose.min_body_points", "in [0, 18]", self.min_body_points)
-        _check(0.0 <= self.min_person_fraction <= 1.0, "pose.min_person_fraction", "in [0, 1]",
-               self.min_person_fraction)  # fmt: skip
+        _check(
+            0.0 <= self.min_person_fraction <= 1.0, "pose.min_person_fraction", "in [0, 1]", self.min_person_fraction
+        )
 
 
 @dataclass

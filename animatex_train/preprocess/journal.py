@@ -68,18 +68,28 @@ class VideoOutcome:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "video": self.video, "video_id": self.video_id, "split": self.split, "source": self.source,
-            "licence": self.licence, "num_clips": self.num_clips, "num_frames": self.num_frames,
+            "video": self.video,
+            "video_id": self.video_id,
+            "split": self.split,
+            "source": self.source,
+            "licence": self.licence,
+            "num_clips": self.num_clips,
+            "num_frames": self.num_frames,
             "clip_rejects": [r.to_json() for r in self.clip_rejects],
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> VideoOutcome:
         return cls(
-            video=data["video"], video_id=data["video_id"], split=data["split"], source=data["source"],
-            licence=data["licence"], num_clips=int(data["num_clips"]), num_frames=int(data["num_frames"]),
+            video=data["video"],
+            video_id=data["video_id"],
+            split=data["split"],
+            source=data["source"],
+            licence=data["licence"],
+            num_clips=int(data["num_clips"]),
+            num_frames=int(data["num_frames"]),
             clip_rejects=[Reject.from_json(r) for r in data["clip_rejects"]],
-        )  # fmt: skip
+        )
 
 
 @dataclass

@@ -69,7 +69,7 @@ def merge_dataset(output_dir: str | Path, verify_hashes: bool = True) -> Dataset
             "vae": settings["encoders"]["vae"],
             "clip": settings["encoders"]["clip"],
             "pose": settings["pose"]["identity"],
-        },  # fmt: skip
+        },
         shards=shards,
         videos=videos,
         num_rejects=len(rejects),
@@ -88,8 +88,9 @@ def _collect(
 ) -> tuple[list[ShardEntry], list[VideoEntry], list[Reject]]:
     shards: list[ShardEntry] = []
     videos: list[VideoEntry] = []
-    rejects: list[Reject] = [Reject.from_json(r) for r in next(iter(states.values())).header["settings"].get(
-        "listing_rejects", [])]  # fmt: skip
+    rejects: list[Reject] = [
+        Reject.from_json(r) for r in next(iter(states.values())).header["settings"].get("listing_rejects", [])
+    ]
     problems = []
     for state in states.values():
         for record, outcomes in state.shards:
@@ -111,7 +112,7 @@ def _collect(
                         licence=outcome.licence,
                         num_clips=outcome.num_clips,
                         shard=record.path,
-                    )  # fmt: skip
+                    )
                 )
                 rejects.extend(outcome.clip_rejects)
         rejects.extend(state.rejects.values())
@@ -125,9 +126,10 @@ def _collect(
         problems.append("a sample key is in more than one shard")
     if problems:
         raise MergeError(
-            "the journaled shards do not match the files:\n  " + "\n  ".join(problems)
+            "the journaled shards do not match the files:\n  "
+            + "\n  ".join(problems)
             + "\nDelete the affected shards and the journal lines naming them, or rerun into a new output_dir."
-        )  # fmt: skip
+        )
     return (
         sorted(shards, key=lambda s: s.path),
         sorted(videos, key=lambda v: v.video),

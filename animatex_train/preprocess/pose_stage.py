@@ -93,18 +93,27 @@ def run_pose_stage(
             if estimator is None:
                 setup_start = time.perf_counter()
                 estimator = build_pose_provider(
-                    pose.method, det_model=pose.det_model, pose_model=pose.pose_model, device=pose.device,
-                    batch_size=pose.batch_size, num_threads=pose.num_threads, keep_face=pose.keep_face,
+                    pose.method,
+                    det_model=pose.det_model,
+                    pose_model=pose.pose_model,
+                    device=pose.device,
+                    batch_size=pose.batch_size,
+                    num_threads=pose.num_threads,
+                    keep_face=pose.keep_face,
                     mediapipe_model_complexity=pose.mediapipe_model_complexity,
-                )  # fmt: skip
+                )
                 summary.setup_seconds = time.perf_counter() - setup_start
             try:
                 info = probe_video(video.path)
                 plan = plan_video(
-                    info, num_frames=clips.num_frames, stride=clips.stride, fps=clips.fps,
-                    vfr_policy=clips.vfr_policy, max_clips=clips.max_clips_per_video,
+                    info,
+                    num_frames=clips.num_frames,
+                    stride=clips.stride,
+                    fps=clips.fps,
+                    vfr_policy=clips.vfr_policy,
+                    max_clips=clips.max_clips_per_video,
                     resolutions=clips.resolutions_px,
-                )  # fmt: skip
+                )
                 points = np.full((info.num_frames, NUM_POINTS, 2), MISSING, dtype=np.float32)
                 for position, _, rows in iter_clips(video.path, info, plan.clips, None, estimator, pose.batch_size):
                     points[plan.clips[position]] = rows

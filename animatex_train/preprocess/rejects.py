@@ -24,9 +24,19 @@ NO_CLIP_KEPT = "no_clip_kept"  # every clip of the video was rejected
 ERROR = "error"  # an unexpected exception while processing this video (traceback in the log)
 
 REASONS = (
-    MISSING, NOT_VIDEO, UNREADABLE, TRUNCATED, VARIABLE_FRAME_RATE, ROTATED, FPS_TOO_LOW, TOO_SHORT,
-    POSE_UNAVAILABLE, TOO_FEW_PERSON_FRAMES, NO_CLIP_KEPT, ERROR,
-)  # fmt: skip
+    MISSING,
+    NOT_VIDEO,
+    UNREADABLE,
+    TRUNCATED,
+    VARIABLE_FRAME_RATE,
+    ROTATED,
+    FPS_TOO_LOW,
+    TOO_SHORT,
+    POSE_UNAVAILABLE,
+    TOO_FEW_PERSON_FRAMES,
+    NO_CLIP_KEPT,
+    ERROR,
+)
 
 
 class VideoRejected(Exception):

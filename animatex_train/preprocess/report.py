@@ -54,21 +54,36 @@ class StageSummary:
     def to_json(self) -> dict[str, Any]:
         rate = max(self.seconds - self.setup_seconds, 1e-9)
         return {
-            "stage": self.stage, "rank": self.rank, "world_size": self.world_size, "videos": self.videos,
-            "skipped": self.skipped, "processed": self.processed, "rejected": self.rejected, "clips": self.clips,
-            "clip_rejects": self.clip_rejects, "frames": self.frames, "reasons": dict(sorted(self.reasons.items())),
-            "seconds": round(self.seconds, 3), "setup_seconds": round(self.setup_seconds, 3),
+            "stage": self.stage,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "videos": self.videos,
+            "skipped": self.skipped,
+            "processed": self.processed,
+            "rejected": self.rejected,
+            "clips": self.clips,
+            "clip_rejects": self.clip_rejects,
+            "frames": self.frames,
+            "reasons": dict(sorted(self.reasons.items())),
+            "seconds": round(self.seconds, 3),
+            "setup_seconds": round(self.setup_seconds, 3),
             "clips_per_s": round(self.clips / rate, 3),
             "frames_per_s": round(self.frames / rate, 3),
-        }  # fmt: skip
+        }
 
 
 def progress_bar(enabled: bool) -> Progress:
     """A rich progress display (a no-op when disabled)."""
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[note]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
 
 
 def print_summary(summary: StageSummary, console: Console | None = None) -> None:
@@ -79,8 +94,17 @@ def print_summary(summary: StageSummary, console: Console | None = None) -> None
     table = Table(title=f"prepare: stage {summary.stage}, rank {summary.rank}/{summary.world_size}")
     table.add_column("item")
     table.add_column("value", justify="right")
-    for key in ("videos", "skipped", "processed", "rejected", "clips", "clip_rejects", "frames", "seconds",
-                "setup_seconds"):  # fmt: skip
+    for key in (
+        "videos",
+        "skipped",
+        "processed",
+        "rejected",
+        "clips",
+        "clip_rejects",
+        "frames",
+        "seconds",
+        "setup_seconds",
+    ):
         table.add_row(key, str(data[key]))
     table.add_row("clips/s", f"{data['clips_per_s']:.2f} ({data['clips_per_s'] / cores:.2f} per core, {cores} cores)")
     table.add_row("frames/s", f"{data['frames_per_s']:.1f} ({data['frames_per_s'] / cores:.1f} per core)")

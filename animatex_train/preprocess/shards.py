@@ -84,10 +84,16 @@ class ShardRecord:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "path": self.path, "split": self.split, "num_samples": self.num_samples, "num_frames": self.num_frames,
-            "size_bytes": self.size_bytes, "sha256": self.sha256, "keys": self.keys,
-            "source_videos": self.source_videos, "resolutions": self.resolutions,
-        }  # fmt: skip
+            "path": self.path,
+            "split": self.split,
+            "num_samples": self.num_samples,
+            "num_frames": self.num_frames,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "keys": self.keys,
+            "source_videos": self.source_videos,
+            "resolutions": self.resolutions,
+        }
 
 
 class VideoStaging:

@@ -183,10 +183,17 @@ def _plan(video: VideoSource, config: PrepareConfig) -> VideoPlan:
 def _build_provider(config: PrepareConfig) -> PoseEstimator | PoseImporter:
     pose = config.pose
     return build_pose_provider(
-        pose.method, det_model=pose.det_model, pose_model=pose.pose_model, device=pose.device,
-        batch_size=pose.batch_size, num_threads=pose.num_threads, keep_face=pose.keep_face, pkl_dir=pose.pkl_dir,
-        sidecar_dir=config.sidecar_folder(), mediapipe_model_complexity=pose.mediapipe_model_complexity,
-    )  # fmt: skip
+        pose.method,
+        det_model=pose.det_model,
+        pose_model=pose.pose_model,
+        device=pose.device,
+        batch_size=pose.batch_size,
+        num_threads=pose.num_threads,
+        keep_face=pose.keep_face,
+        pkl_dir=pose.pkl_dir,
+        sidecar_dir=config.sidecar_folder(),
+        mediapipe_model_complexity=pose.mediapipe_model_complexity,
+    )
 
 
 def _reject(journal: RankJournal, summary: StageSummary, reject: Reject) -> None:

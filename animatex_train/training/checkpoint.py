@@ -229,9 +229,16 @@ class CrashSafeCheckpoint(Checkpoint):
             the last checkpoint's size times this factor.
     """
 
-    def __init__(self, dirpath: str | None = None, every_n_steps: int = 1000, keep_last: int = 2,
-                 save_on_train_end: bool = True, verify_hashes_on_resume: bool = True,
-                 on_save_error: Literal["stop", "continue"] = "stop", free_space_margin: float = 1.5):  # fmt: skip
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        every_n_steps: int = 1000,
+        keep_last: int = 2,
+        save_on_train_end: bool = True,
+        verify_hashes_on_resume: bool = True,
+        on_save_error: Literal["stop", "continue"] = "stop",
+        free_space_margin: float = 1.5,
+    ):
         if keep_last < 2:
             raise ValueError(
                 f"CrashSafeCheckpoint.keep_last must be >= 2 (a fallback if the newest is damaged), got {keep_last}"
@@ -241,8 +248,10 @@ class CrashSafeCheckpoint(Checkpoint):
         if on_save_error not in SAVE_ERROR_POLICIES:
             raise ValueError(f"checkpoint.on_save_error must be one of {SAVE_ERROR_POLICIES}, got {on_save_error!r}")
         if free_space_margin < 1:
-            raise ValueError(f"checkpoint.free_space_margin must be >= 1 (a factor on the last checkpoint's size), "
-                             f"got {free_space_margin}")  # fmt: skip
+            raise ValueError(
+                f"checkpoint.free_space_margin must be >= 1 (a factor on the last checkpoint's size), "
+                f"got {free_space_margin}"
+            )
         self.on_save_error = on_save_error
         self.free_space_margin = free_space_margin
         self._failed_ranks: list[int] = []
@@ -297,8 +306,12 @@ class CrashSafeCheckpoint(Checkpoint):
             error = attempt_write(lambda: commit_checkpoint(tmp, final, step, self.keep_last))
             if error is None:
                 log.info("checkpoint committed: %s", final)
-                warn_if_short(root, checkpoint_bytes(final), self.free_space_margin,
-                              f"after the checkpoint save at step {step} (for the next one)")  # fmt: skip
+                warn_if_short(
+                    root,
+                    checkpoint_bytes(final),
+                    self.free_space_margin,
+                    f"after the checkpoint save at step {step} (for the next one)",
+                )
         if self._failed_anywhere(trainer, error):
             return self._abort(trainer, step, tmp, final, existed, error, last_bytes, previous)
         strategy.barrier("checkpoint:committed")
@@ -317,20 +330,39 @@ class CrashSafeCheckpoint(Checkpoint):
         self._failed_ranks = [rank for rank, flag in enumerate(flags.tolist()) if flag]
         return bool(self._failed_ranks)
 
-    def _abort(self, trainer: pl.Trainer, step: int, tmp: Path, final: Path, existed: bool,
-               error: BaseException | None, last_bytes: int, previous: Path | None) -> None:  # fmt: skip
+    def _abort(
+        self,
+        trainer: pl.Trainer,
+        step: int,
+        tmp: Path,
+        final: Path,
+        existed: bool,
+        error: BaseException | None,
+        last_bytes: int,
+        previous: Path | None,
+    ) -> None:
         message = None
         if trainer.is_global_zero:
-            message = failure_message(step, tmp, error, self._failed_ranks, last_bytes, self.free_space_margin,
-                                      previous.parent if previous is not None else None)  # fmt: skip
+            message = failure_message(
+                step,
+                tmp,
+                error,
+                self._failed_ranks,
+                last_bytes,
+                self.free_space_margin,
+                previous.parent if previous is not None else None,
+            )
             remove_partial(tmp, final, existed)
         message = trainer.strategy.broadcast(message, src=0)  # every rank reports and acts on the same text
         trainer.strategy.barrier("checkpoint:aborted")
         self.save_requested = False
         if self.on_save_error == "stop":
             raise CheckpointSaveError(message)
-        log.warning("rank %d: %s; training goes on (checkpoint.on_save_error: continue), the next save tries again",
-                    trainer.global_rank, message)  # fmt: skip
+        log.warning(
+            "rank %d: %s; training goes on (checkpoint.on_save_error: continue), the next save tries again",
+            trainer.global_rank,
+            message,
+        )
         return None
 
     def state_dict(self) -> dict:

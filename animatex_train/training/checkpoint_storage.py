@@ -81,9 +81,16 @@ def space_shortfall(root: Path, last_bytes: int, margin: float) -> tuple[int, in
 def warn_if_short(root: Path, last_bytes: int, margin: float, when: str) -> None:
     short = space_shortfall(root, last_bytes, margin)
     if short is not None:
-        log.warning("%s: %s has %d bytes free, a checkpoint needs about %d (the last one's %d bytes x "
-                    "checkpoint.free_space_margin %.2f); free space or the save may fail", when, root, short[1],
-                    short[0], last_bytes, margin)  # fmt: skip
+        log.warning(
+            "%s: %s has %d bytes free, a checkpoint needs about %d (the last one's %d bytes x "
+            "checkpoint.free_space_margin %.2f); free space or the save may fail",
+            when,
+            root,
+            short[1],
+            short[0],
+            last_bytes,
+            margin,
+        )
 
 
 def remove_partial(tmp: Path, final: Path, existed_before: bool) -> None:
@@ -93,13 +100,22 @@ def remove_partial(tmp: Path, final: Path, existed_before: bool) -> None:
         shutil.rmtree(final, ignore_errors=True)
 
 
-def failure_message(step: int, tmp: Path, error: BaseException | None, failed_ranks: list[int], last_bytes: int,
-                    margin: float, previous: Path | None) -> str:  # fmt: skip
+def failure_message(
+    step: int,
+    tmp: Path,
+    error: BaseException | None,
+    failed_ranks: list[int],
+    last_bytes: int,
+    margin: float,
+    previous: Path | None,
+) -> str:
     """``what, where, how to fix`` of an aborted save (built on rank 0, broadcast so every rank says the same)."""
     needed = int(last_bytes * margin) if last_bytes else tree_bytes(tmp)
     need_text = f"about {needed:,} bytes" if last_bytes else f"more than the {needed:,} bytes written before it failed"
     cause = f"{type(error).__name__}: {error}" if error is not None else "a write error on another rank"
     kept = f"the previous checkpoint {previous} is intact" if previous is not None else "no earlier checkpoint exists"
-    return (f"checkpoint save at step {step} failed on rank(s) {failed_ranks} ({cause}) writing {tmp}; a checkpoint "
-            f"needs {need_text}, {free_bytes(tmp.parent):,} bytes are free there; nothing was committed and {kept}. "
-            "Free space (or move checkpoint.dirpath) and rerun to resume")  # fmt: skip
+    return (
+        f"checkpoint save at step {step} failed on rank(s) {failed_ranks} ({cause}) writing {tmp}; a checkpoint "
+        f"needs {need_text}, {free_bytes(tmp.parent):,} bytes are free there; nothing was committed and {kept}. "
+        "Free space (or move checkpoint.dirpath) and rerun to resume"
+    )

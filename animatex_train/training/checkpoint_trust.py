@@ -12,7 +12,7 @@ the optimizer partitions), FSDP full files and sharded folders, ``export``, ``mo
   The checkpoints this project writes hold nothing else, so resuming and evaluating them needs no flag, and
   the "our own run directory" exemption the design allows is not needed at all;
 * **full unpickling only with an explicit trust flag** (``--trust_checkpoint true`` for the Lightning
-  subcommands, ``--trust-checkpoint`` for ``export`` / ``animate``), and only for a local path;
+  subcommands, ``--trust_checkpoint`` for ``export`` / ``animate``), and only for a local path;
 * **a remote URL is never fully unpickled**, trust flag or not.
 
 Libraries that call ``torch.load(weights_only=False)`` themselves (DeepSpeed's checkpoint engine), default
@@ -54,12 +54,16 @@ def refusal_message(source: str | Path, error: BaseException, flag: str | None) 
     (None where there is none: weights files are only ever read weights-only)."""
     reason = str(error).strip().splitlines()
     # PyTorch's refusal is a page of advice; its first line after "Weights only load failed" names the object.
-    detail = next((line.strip() for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0] if reason
-                  else type(error).__name__)  # fmt: skip
+    detail = next(
+        (line.strip() for line in reason if "GLOBAL" in line or "Unsupported" in line),
+        reason[0] if reason else type(error).__name__,
+    )
     detail = detail.removeprefix("WeightsUnpickler error: ").split(" was not an allowed global")[0]
     if flag is None:
-        return (f"checkpoint {source} holds objects other than tensors and plain containers ({detail}); it is never "
-                "unpickled: pass a .safetensors file or a plain state dict of tensors")
+        return (
+            f"checkpoint {source} holds objects other than tensors and plain containers ({detail}); it is never "
+            "unpickled: pass a .safetensors file or a plain state dict of tensors"
+        )
     fix = (
         "a remote checkpoint is never unpickled beyond tensors: use one saved by this project, or download it, "
         f"inspect it and pass the local path with {flag}"
@@ -115,8 +119,13 @@ def _restricted_pickle_module() -> types.SimpleNamespace:
     def load(file, **_: Any) -> Any:
         return _MetadataUnpickler(file).load()
 
-    return types.SimpleNamespace(load=load, loads=lambda data, **_: load(io.BytesIO(data)), dump=pickle.dump,
-                                 dumps=pickle.dumps, UnpicklingError=pickle.UnpicklingError)  # fmt: skip
+    return types.SimpleNamespace(
+        load=load,
+        loads=lambda data, **_: load(io.BytesIO(data)),
+        dump=pickle.dump,
+        dumps=pickle.dumps,
+        UnpicklingError=pickle.UnpicklingError,
+    )
 
 
 def _weights_only_lazy_load(filename: Any) -> Any:
@@ -136,8 +145,9 @@ def _patched(owner: Any, name: str, value: Any) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def restricted_loading(source: str | Path, trust: bool = False,
-                       flag: str | None = "--trust_checkpoint") -> Iterator[None]:  # fmt: skip
+def restricted_loading(
+    source: str | Path, trust: bool = False, flag: str | None = "--trust_checkpoint"
+) -> Iterator[None]:
     """Inside: every ``torch.load`` (whoever calls it), Lightning's FSDP lazy loader and DCP metadata reads are
     weights-only, unless ``trust`` and ``source`` is local. A refusal becomes ``CheckpointRefusedError``
     naming ``source`` and ``flag``.
@@ -185,8 +195,9 @@ def restricted_loading(source: str | Path, trust: bool = False,
             raise CheckpointRefusedError(refusal_message(source, error, flag)) from error
 
 
-def load_checkpoint_file(path: str | Path, trust: bool = False, flag: str | None = "--trust-checkpoint",
-                         **kwargs: Any) -> Any:  # fmt: skip
+def load_checkpoint_file(
+    path: str | Path, trust: bool = False, flag: str | None = "--trust_checkpoint", **kwargs: Any
+) -> Any:
     """``torch.load`` of one file under the policy (``map_location`` defaults to the CPU)."""
     kwargs.setdefault("map_location", "cpu")
     kwargs["weights_only"] = not trust

@@ -17,12 +17,16 @@ from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 
 # (start of the message, why it is harmless for this project)
 HARMLESS_WARNINGS: tuple[tuple[str, str], ...] = (
-    ("`isinstance(treespec, LeafSpec)` is deprecated",
-     "lightning 2.6.6's _pytree helper on torch >= 2.10; nothing to change on our side until lightning is bumped"),
-    ("Your `IterableDataset` has `__len__` defined.",
-     "ShardStreamLoader's length is exact by design: every rank and worker follows the same epoch plan "
-     "(data/loading/loader.py)"),
-)  # fmt: skip
+    (
+        "`isinstance(treespec, LeafSpec)` is deprecated",
+        "lightning 2.6.6's _pytree helper on torch >= 2.10; nothing to change on our side until lightning is bumped",
+    ),
+    (
+        "Your `IterableDataset` has `__len__` defined.",
+        "ShardStreamLoader's length is exact by design: every rank and worker follows the same epoch plan "
+        "(data/loading/loader.py)",
+    ),
+)
 SRUN_HINT = "The `srun` command is available on your system but is not used."
 # Lightning's info lines that say nothing about the run: advertisements for its hosted services, and the note that
 # our own model summary (ParameterSummary below) replaces its default one.
@@ -72,9 +76,15 @@ class ParameterSummary(RichModelSummary):
     """
 
     @staticmethod
-    def summarize(summary_data: list[tuple[str, list[str]]], total_parameters: int, trainable_parameters: int,
-                  model_size: float, total_training_modes: dict[str, int], total_flops: int,
-                  **summarize_kwargs: Any) -> None:  # fmt: skip
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
         from lightning.pytorch.utilities.model_summary.model_summary import (
             get_formatted_model_size,
             get_human_readable_count,

@@ -10,7 +10,7 @@ nothing. Under ZeRO-3 the weights are partitioned: every rank gathers each chunk
 (``deepspeed.zero.GatheredParameters``, a collective) and rank 0 averages it; raise ``update_every_n_steps``
 there. Validation sampling swaps the EMA in on every rank (``swapped_in``): under ZeRO-3 rank 0 writes the
 gathered chunks and DeepSpeed re-partitions them (``modifier_rank=0``); each rank keeps a copy of its own
-partition to restore afterwards. FSDP's sharded modes are refused (``training/strategy.py``).
+partition to restore afterwards. FSDP's sharded modes are refused (``training/strategy_fsdp.py``).
 
 A step the numerics guard skipped (``pl_module.step_skipped``) changed no weight and is not an EMA update.
 """
@@ -153,8 +153,9 @@ class EMA(pl.Callback):
                 if self.config.on_cpu and weights[0].device.type != "cpu":
                     # One flat device-to-host copy per chunk (one per tensor would be ~2,100 per step).
                     flat = torch.cat([w.reshape(-1).float() for w in weights]).cpu()
-                    weights = [v.view_as(s) for v, s in zip(flat.split([s.numel() for s in shadows]), shadows,
-                                                            strict=True)]  # fmt: skip
+                    weights = [
+                        v.view_as(s) for v, s in zip(flat.split([s.numel() for s in shadows]), shadows, strict=True)
+                    ]
                 elif weights[0].device.type == "cpu" and weights[0].dtype != torch.float32:
                     # Host weights in bf16: converting a whole chunk at once allocates (and page-faults) 256 MiB
                     # per chunk, 1.7x slower than converting tensor by tensor (benchmarks/ema_update.py).
@@ -194,8 +195,11 @@ class EMA(pl.Callback):
                     (param.ds_tensor if partitioned else param).copy_(backup[name])
 
     def state_dict(self) -> dict:
-        return {"shadow": {k: v.cpu() for k, v in self.shadow.items()}, "num_updates": self.num_updates,
-                "last_step": getattr(self, "_last_step", -1)}  # fmt: skip
+        return {
+            "shadow": {k: v.cpu() for k, v in self.shadow.items()},
+            "num_updates": self.num_updates,
+            "last_step": getattr(self, "_last_step", -1),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         # Every rank reads the checkpoint; only the holder keeps the weights (setup ran before the restore).

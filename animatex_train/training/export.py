@@ -7,7 +7,7 @@ sizes, sha256), then read without executing code:
 
 the project's one loading policy (``training/checkpoint_trust.py``): a single-file ``state.ckpt`` and a
 DeepSpeed folder (through DeepSpeed's own ``zero_to_fp32`` reconstruction) are read with PyTorch's
-restricted unpickler plus an allowlist of DeepSpeed's plain state holders. ``--trust-checkpoint`` lifts
+restricted unpickler plus an allowlist of DeepSpeed's plain state holders. ``--trust_checkpoint`` lifts
 the restriction, for your own run directories only.
 
 The output holds the denoiser's state dict under our key names (buffers included), EMA weights from the
@@ -18,7 +18,6 @@ which the official inference code and ``model.init.checkpoint`` both load.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -90,7 +89,7 @@ def resolve_checkpoint(path: str | Path, check_hashes: bool = True) -> Path:
 def _policy(source: Path, trust: bool):
     """``checkpoint_trust``'s policy, its refusal reported as an ``ExportError``."""
     try:
-        with restricted_loading(source, trust, flag="--trust-checkpoint"):
+        with restricted_loading(source, trust, flag="--trust_checkpoint"):
             yield
     except CheckpointRefusedError as error:
         raise ExportError(str(error)) from error
@@ -145,8 +144,11 @@ def read_denoiser_weights(state: str | Path, weights: str = "ema", trust: bool =
         module_state = checkpoint.get("state_dict")
         if module_state is None:
             raise ExportError(f"{state} has no 'state_dict'; it is not a Lightning checkpoint of this project")
-    raw = {k[len(PREFIX) :]: v.float() if v.is_floating_point() else v
-           for k, v in module_state.items() if k.startswith(PREFIX)}  # fmt: skip
+    raw = {
+        k[len(PREFIX) :]: v.float() if v.is_floating_point() else v
+        for k, v in module_state.items()
+        if k.startswith(PREFIX)
+    }
     if not raw:
         raise ExportError(f"{state} holds no '{PREFIX}*' weights; it is not a checkpoint of AnimateXSystem")
     config = (checkpoint.get("hyper_parameters") or {}).get("config") or {}
@@ -166,8 +168,10 @@ def read_denoiser_weights(state: str | Path, weights: str = "ema", trust: bool =
             )
         unknown = sorted(set(ema["shadow"]) - set(raw))
         if unknown:
-            raise ExportError(f"{state}: EMA weights {unknown[:3]} are not denoiser parameters (an EMA "
-                              "kept under FSDP, or a damaged checkpoint); export with --weights raw")
+            raise ExportError(
+                f"{state}: EMA weights {unknown[:3]} are not denoiser parameters (an EMA "
+                "kept under FSDP, or a damaged checkpoint); export with --weights raw"
+            )
         reshaped = sorted(k for k, v in ema["shadow"].items() if v.shape != raw[k].shape)
         if reshaped:
             raise ExportError(
@@ -193,9 +197,15 @@ def _atomic(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def export_weights(checkpoint: str | Path, output: str | Path, weights: str = "ema", dtype: str = "fp32",
-                   official: str | Path | None = None, trust: bool = False,
-                   check_hashes: bool = True) -> DenoiserWeights:  # fmt: skip
+def export_weights(
+    checkpoint: str | Path,
+    output: str | Path,
+    weights: str = "ema",
+    dtype: str = "fp32",
+    official: str | Path | None = None,
+    trust: bool = False,
+    check_hashes: bool = True,
+) -> DenoiserWeights:
     """Verify ``checkpoint``, then write the denoiser's weights to ``output`` (and ``official``). See the module doc."""
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -208,36 +218,3 @@ def export_weights(checkpoint: str | Path, output: str | Path, weights: str = "e
         official_state = official_layout(tensors)
         _atomic(Path(official), lambda tmp: torch.save(official_state, tmp))
     return result
-
-
-def export_main(argv: list[str]) -> int:
-    """``animatex-train export CHECKPOINT --output OUT.safetensors [--weights ema|raw] [--dtype fp32|bf16] ...``."""
-    parser = argparse.ArgumentParser(
-        prog="animatex-train export",
-        description="Export the denoiser of a verified checkpoint as safetensors (and the official .pth layout).",
-    )
-    parser.add_argument("checkpoint", help="a run's checkpoints/ folder (newest complete), a step-<N> folder or its "
-                                           "state.ckpt (a file, or a DeepSpeed ZeRO folder)")  # fmt: skip
-    parser.add_argument("--output", "-o", required=True, help="the .safetensors file to write")
-    parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
-                        help="EMA weights (default) or the raw trained weights")  # fmt: skip
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="tensor dtype of the outputs")
-    parser.add_argument("--official", metavar="PTH", help="also write the official animate-x.pth layout here")
-    parser.add_argument("--trust-checkpoint", action="store_true",
-                        help="unpickle without restrictions (only for checkpoints from your own runs)")  # fmt: skip
-    parser.add_argument("--skip-hashes", action="store_true",
-                        help="verify sizes and markers but not sha256 (faster on very large checkpoints)")  # fmt: skip
-    args = parser.parse_args(argv)
-    if not args.output.endswith(".safetensors"):
-        parser.error(f"--output must end with .safetensors, got {args.output}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        result = export_weights(args.checkpoint, args.output, args.weights, args.dtype, args.official,
-                                args.trust_checkpoint, not args.skip_hashes)  # fmt: skip
-    except (ExportError, FileNotFoundError) as error:
-        print(f"animatex-train export: error: {error}", file=sys.stderr)
-        return 2
-    params = sum(v.numel() for v in result.state.values())
-    print(f"exported {result.weights} weights of step {result.step} ({len(result.state)} tensors, {params:,} values, "
-          f"{args.dtype}) from {result.source} to {args.output}" + (f" and {args.official}" if args.official else ""))
-    return 0

@@ -29,8 +29,9 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import GradClipAlgorithmType
 
 
-def clip_and_measure(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, clip_val: float | None,
-                     algorithm: str | None) -> torch.Tensor | None:  # fmt: skip
+def clip_and_measure(
+    trainer: pl.Trainer, optimizer: torch.optim.Optimizer, clip_val: float | None, algorithm: str | None
+) -> torch.Tensor | None:
     """Clip the gradients as ``trainer.gradient_clip_*`` asks and return their global L2 norm before clipping.
 
     Call after backward, before the optimizer step (Lightning's ``configure_gradient_clipping`` hook).

@@ -1,8 +1,9 @@
-"""A stalled rank becomes an error that names it, and does not outlive the others (RELIABILITY.md F24, G10).
+"""A stalled rank becomes an error that names it, and does not outlive the others (docs/reliability.md F24).
 
 When one rank stalls (a hung filesystem, a deadlock in a worker, a stopped process), the others fail at their
 next collective after the process-group timeout (``distributed.timeout_s``) with gloo/NCCL's "timed out", which
-names no rank; under Lightning's own launcher the stuck rank then kept running, orphaned (RELIABILITY_PROBE.md D4).
+names no rank; under Lightning's own launcher the stuck rank then kept running, orphaned (docs/reliability.md,
+probe D4).
 
 ``RankHeartbeat`` (on in every multi-process run) has every rank record the last step it finished in
 ``<run>/heartbeat/rank-<N>`` (a few bytes per step). When a run fails on a rank, it compares the records and
@@ -73,10 +74,13 @@ class RankHeartbeat(pl.Callback):
         if not behind:
             return  # every rank level: not a stall (a failure every rank sees, a preemption): each rank ends itself
         now = time.time()
-        described = ", ".join(f"rank {r} (last finished step {records[r][0]}, {now - records[r][1]:.0f} s ago)"
-                              for r in behind)  # fmt: skip
-        note = (f"stalled: {described}; the others reached step {max(s for s, _ in records.values())}. "
-                f"Where it hangs: py-spy dump --pid <its pid>; per-rank records in {self._dir}")
+        described = ", ".join(
+            f"rank {r} (last finished step {records[r][0]}, {now - records[r][1]:.0f} s ago)" for r in behind
+        )
+        note = (
+            f"stalled: {described}; the others reached step {max(s for s, _ in records.values())}. "
+            f"Where it hangs: py-spy dump --pid <its pid>; per-rank records in {self._dir}"
+        )
         exception.add_note(note)
         log.error("rank %d: %s", trainer.global_rank, note)
         launcher = getattr(trainer.strategy, "launcher", None)

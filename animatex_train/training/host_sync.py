@@ -33,15 +33,52 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 _T = torch.Tensor
-_READS = {_T.item, _T.tolist, _T.numpy, _T.__bool__, _T.__float__, _T.__int__, _T.__index__, _T.__complex__,
-          _T.__format__, _T.__repr__, _T.__array__}  # fmt: skip
-_DYNAMIC_SHAPE = {torch.nonzero, _T.nonzero, torch.argwhere, _T.argwhere, torch.masked_select, _T.masked_select,
-                  torch.unique, _T.unique, torch.unique_consecutive, _T.unique_consecutive, torch.bincount,
-                  _T.bincount}  # fmt: skip
+_READS = {
+    _T.item,
+    _T.tolist,
+    _T.numpy,
+    _T.__bool__,
+    _T.__float__,
+    _T.__int__,
+    _T.__index__,
+    _T.__complex__,
+    _T.__format__,
+    _T.__repr__,
+    _T.__array__,
+}
+_DYNAMIC_SHAPE = {
+    torch.nonzero,
+    _T.nonzero,
+    torch.argwhere,
+    _T.argwhere,
+    torch.masked_select,
+    _T.masked_select,
+    torch.unique,
+    _T.unique,
+    torch.unique_consecutive,
+    _T.unique_consecutive,
+    torch.bincount,
+    _T.bincount,
+}
 _MASK_INDEXING = {_T.__getitem__, _T.__setitem__, _T.index_put_, _T.index_put}
-_FACTORIES = {torch.tensor, torch.as_tensor, torch.zeros, torch.ones, torch.empty, torch.full, torch.rand,
-              torch.randn, torch.randint, torch.randperm, torch.arange, torch.linspace, torch.logspace, torch.eye,
-              torch.scalar_tensor, torch.from_numpy}  # fmt: skip
+_FACTORIES = {
+    torch.tensor,
+    torch.as_tensor,
+    torch.zeros,
+    torch.ones,
+    torch.empty,
+    torch.full,
+    torch.rand,
+    torch.randn,
+    torch.randint,
+    torch.randperm,
+    torch.arange,
+    torch.linspace,
+    torch.logspace,
+    torch.eye,
+    torch.scalar_tensor,
+    torch.from_numpy,
+}
 _FROM_HOST_DATA = {torch.tensor, torch.as_tensor}  # with a device: built on the host, then copied (blocking)
 _HERE = str(Path(__file__).resolve())
 _TORCH_DIR = str(Path(torch.__file__).resolve().parent)
@@ -139,8 +176,11 @@ class HostSyncCounter(TorchFunctionMode):
             return "where(condition)" if self._on_device(args[0] if args else kwargs["condition"]) else None
         if func in _MASK_INDEXING:
             index = args[1] if len(args) > 1 else kwargs.get("indices")
-            return "boolean-mask indexing" if any(t.dtype == torch.bool and self._on_device(t)
-                                                   for t in _tensors(index)) else None  # fmt: skip
+            return (
+                "boolean-mask indexing"
+                if any(t.dtype == torch.bool and self._on_device(t) for t in _tensors(index))
+                else None
+            )
         if func is _T.cpu or (func is _T.to and _target_device(args[1:], kwargs) == "cpu"):
             return "device-to-host copy" if self._on_device(args[0]) else None
         if func in (_T.to, _T.cuda):
@@ -156,8 +196,9 @@ class HostSyncCounter(TorchFunctionMode):
             return None
         if func in _FROM_HOST_DATA and kwargs.get("device") not in (None, "cpu"):
             data = args[0] if args else kwargs.get("data")
-            return f"{name}(data, device=...)" if not (isinstance(data, torch.Tensor) and self._on_device(data)) \
-                else None  # fmt: skip
+            return (
+                f"{name}(data, device=...)" if not (isinstance(data, torch.Tensor) and self._on_device(data)) else None
+            )
         return None
 
     def _output_on_host(self, func, args: tuple, kwargs: dict) -> bool:
@@ -206,8 +247,11 @@ def _call_site() -> str:
         filename = str(Path(frame.filename).resolve())
         if filename != _HERE and not filename.startswith(_TORCH_DIR):
             parts = Path(filename).parts
-            short = "/".join(parts[-3:]) if "site-packages" not in parts else "/".join(
-                parts[parts.index("site-packages") + 1 :])  # fmt: skip
+            short = (
+                "/".join(parts[-3:])
+                if "site-packages" not in parts
+                else "/".join(parts[parts.index("site-packages") + 1 :])
+            )
             return f"{short}:{frame.lineno} ({frame.name})"
     return "?"
 
@@ -248,8 +292,9 @@ class StepSyncProbe(pl.Callback):
         if self._counter is not None:
             self._start, self._counter.recording = self._counter.count, True
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         if self._counter is None:
             return
         self._counter.recording = False

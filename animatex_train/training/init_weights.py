@@ -74,5 +74,9 @@ def load_initial_weights(model: AnimateXDenoiser, config: InitConfig) -> None:
         missing, unexpected = result.missing_keys, result.unexpected_keys
     log.info("loaded %s (%d missing, %d unexpected keys)", config.checkpoint, len(missing), len(unexpected))
     if missing:
-        log.warning("keys not in %s kept their initialisation: %s%s", config.checkpoint, missing[:5],
-                    " ..." if len(missing) > 5 else "")  # fmt: skip
+        log.warning(
+            "keys not in %s kept their initialisation: %s%s",
+            config.checkpoint,
+            missing[:5],
+            " ..." if len(missing) > 5 else "",
+        )

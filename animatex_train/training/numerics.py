@@ -114,8 +114,13 @@ class NumericsGuard:
         self._window = row if self._window is None else self._window + row
         self._window_keys.extend(keys)
 
-    def settle(self, grad_norm: torch.Tensor | float | None, step: int, rank: int, scaler_overflow_ok: bool = False,
-               ) -> Verdict:  # fmt: skip
+    def settle(
+        self,
+        grad_norm: torch.Tensor | float | None,
+        step: int,
+        rank: int,
+        scaler_overflow_ok: bool = False,
+    ) -> Verdict:
         """Decide the optimizer step from the window of every rank and the global gradient norm; resets the window.
 
         Every rank must call it (it gathers). One host sync: the gathered windows and the norm are read together.
@@ -178,13 +183,22 @@ class NumericsGuard:
     def _watch_spike(self, value: float, step: int) -> None:
         window = self.recent_losses
         if len(window) == window.maxlen and value > self.config.spike_factor * max(window):
-            log.warning("loss spike at step %d: %.4g > %g x the maximum %.4g of the last %d steps", step, value,
-                        self.config.spike_factor, max(window), len(window))  # fmt: skip
+            log.warning(
+                "loss spike at step %d: %.4g > %g x the maximum %.4g of the last %d steps",
+                step,
+                value,
+                self.config.spike_factor,
+                max(window),
+                len(window),
+            )
         window.append(value)
 
     def state_dict(self) -> dict:
-        return {"recent_losses": list(self.recent_losses), "skipped_steps": list(self.skipped_steps),
-                "num_skipped": self.num_skipped}  # fmt: skip
+        return {
+            "recent_losses": list(self.recent_losses),
+            "skipped_steps": list(self.skipped_steps),
+            "num_skipped": self.num_skipped,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.recent_losses.clear()  # replace (not add to) whatever this guard saw before

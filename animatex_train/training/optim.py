@@ -84,8 +84,9 @@ def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimi
     fused = config.fused
     if fused is None:
         fused = any(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay,
-                             fused=fused or None)  # fmt: skip
+    return torch.optim.AdamW(
+        groups, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay, fused=fused or None
+    )
 
 
 def lr_multiplier(step: int, config: OptimConfig, total_steps: int | None) -> float:

@@ -70,8 +70,11 @@ def apply_performance_levers(denoiser: torch.nn.Module, config: PerformanceConfi
     dynamo.recompile_limit = max(dynamo.recompile_limit, _RECOMPILE_LIMIT)
     blocks = outermost_blocks(denoiser)
     for block in blocks:
-        block.compile(backend=config.compile_backend, mode=None if config.compile_backend != "inductor"
-                      else config.compile_mode, dynamic=False)  # fmt: skip
+        block.compile(
+            backend=config.compile_backend,
+            mode=None if config.compile_backend != "inductor" else config.compile_mode,
+            dynamic=False,
+        )
     return len(blocks)
 
 
@@ -96,9 +99,14 @@ class PerformanceLevers(pl.Callback):
     Args: the fields of ``PerformanceConfig`` (each a ``performance.<name>`` key of the CLI).
     """
 
-    def __init__(self, attention: AttentionBackend = "auto", compile_blocks: bool = False,
-                 compile_mode: str = "default", compile_backend: str = "inductor",
-                 channels_last: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        attention: AttentionBackend = "auto",
+        compile_blocks: bool = False,
+        compile_mode: str = "default",
+        compile_backend: str = "inductor",
+        channels_last: bool = False,
+    ):
         self.config = PerformanceConfig(attention, compile_blocks, compile_mode, compile_backend, channels_last)
         self._previous_backend: AttentionBackend | None = None
 

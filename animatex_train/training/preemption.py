@@ -90,8 +90,13 @@ def requeue_slurm_job(job_id: str, scontrol: str = "scontrol", timeout_s: float 
         log.error("could not requeue Slurm job %s (%s); resubmit the same job script to resume", job_id, error)
         return False
     if result.returncode != 0:
-        log.error("`%s` failed with exit code %d: %s; resubmit the same job script to resume (was it submitted "
-                  "with --requeue?)", " ".join(argv), result.returncode, result.stderr.strip())  # fmt: skip
+        log.error(
+            "`%s` failed with exit code %d: %s; resubmit the same job script to resume (was it submitted "
+            "with --requeue?)",
+            " ".join(argv),
+            result.returncode,
+            result.stderr.strip(),
+        )
         return False
     log.warning("requeued Slurm job %s; it resumes from the checkpoint when it restarts", job_id)
     return True
@@ -112,9 +117,15 @@ class PreemptionHandler(pl.Callback):
         requeue_timeout_s: how long ``scontrol`` may take.
     """
 
-    def __init__(self, requeue_signals: list[str] | None = None, stop_signals: list[str] | None = None,
-                 exit_code: int | None = None, requeue: bool = True, scontrol: str = "scontrol",
-                 requeue_timeout_s: float = 60.0):  # fmt: skip
+    def __init__(
+        self,
+        requeue_signals: list[str] | None = None,
+        stop_signals: list[str] | None = None,
+        exit_code: int | None = None,
+        requeue: bool = True,
+        scontrol: str = "scontrol",
+        requeue_timeout_s: float = 60.0,
+    ):
         self.requeue_signals = _parse_signals(["SIGUSR1"] if requeue_signals is None else requeue_signals, "requeue")
         self.stop_signals = _parse_signals(["SIGTERM"] if stop_signals is None else stop_signals, "stop")
         overlap = set(self.requeue_signals) & set(self.stop_signals)
@@ -184,8 +195,11 @@ class PreemptionHandler(pl.Callback):
         if step == self._last_checked_step:
             return  # no optimizer step since the last check (gradient accumulation, a skipped step)
         self._last_checked_step = step
-        local = torch.tensor([int(sig in self._received) for sig in self._signals], dtype=torch.int32,
-                             device=trainer.strategy.root_device)  # fmt: skip
+        local = torch.tensor(
+            [int(sig in self._received) for sig in self._signals],
+            dtype=torch.int32,
+            device=trainer.strategy.root_device,
+        )
         agreed = trainer.strategy.reduce(local, reduce_op="max") if trainer.world_size > 1 else local
         received = [sig for sig, flag in zip(self._signals, agreed.tolist(), strict=True) if flag]
         if not received:
@@ -197,9 +211,14 @@ class PreemptionHandler(pl.Callback):
         checkpoint = self._checkpoint_callback(trainer)
         committed = checkpoint.last_saved_step == step or checkpoint.save(trainer) is not None
         code = 128 + signum if self.exit_code is None else self.exit_code
-        log.warning("rank %d: %s received; checkpoint at step %d %s, stopping with exit code %d",
-                    trainer.global_rank, signal.Signals(signum).name, step,
-                    "committed" if committed else "NOT saved (the save failed; see above)", code)  # fmt: skip
+        log.warning(
+            "rank %d: %s received; checkpoint at step %d %s, stopping with exit code %d",
+            trainer.global_rank,
+            signal.Signals(signum).name,
+            step,
+            "committed" if committed else "NOT saved (the save failed; see above)",
+            code,
+        )
         self._armed = False
         raise Preempted(code, signum, requeue)
 
@@ -301,7 +320,7 @@ class ElasticRestartError(RuntimeError):
 def refuse_elastic_restarts(environ: dict[str, str] | os._Environ | None = None) -> None:
     """Refuse torchrun's elastic restarts before anything starts.
 
-    Measured (RELIABILITY_PROBE.md D7, torch 2.13 / lightning 2.6): workers relaunched by torchrun after a failure
+    Measured (docs/reliability.md, probe D7, torch 2.13 / lightning 2.6): workers relaunched by torchrun after a failure
     hang in process-group initialisation or fail to reach the previous attempt's ports, so the run never resumes.
     The supported restart path is the Slurm requeue, or simply rerunning the command: every run resumes from the
     newest complete checkpoint of its run directory, at the exact data position.

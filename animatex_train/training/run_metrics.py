@@ -41,14 +41,21 @@ class RunMetrics(pl.Callback):
             self._append(trainer, "validation")
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._append(trainer, "fit_end", wall_s=round(time.perf_counter() - self._started, 3),
-                     max_steps=trainer.max_steps)  # fmt: skip
+        self._append(
+            trainer, "fit_end", wall_s=round(time.perf_counter() - self._started, 3), max_steps=trainer.max_steps
+        )
 
     def _append(self, trainer: pl.Trainer, event: str, **extra: Any) -> None:
         if not trainer.is_global_zero:
             return
-        record = {"event": event, "step": trainer.global_step, "epoch": trainer.current_epoch, "time": time.time(),
-                  **extra, "metrics": scalar_metrics(trainer.callback_metrics)}  # fmt: skip
+        record = {
+            "event": event,
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "time": time.time(),
+            **extra,
+            "metrics": scalar_metrics(trainer.callback_metrics),
+        }
         path = Path(self.dirpath or trainer.default_root_dir) / METRICS_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:

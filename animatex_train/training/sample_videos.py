@@ -44,8 +44,10 @@ class ValidationConfig:
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
-            raise ValueError(f"model.validation.num_samples must be >= 1, got {self.num_samples}; "
-                             "to render no clip set model.validation.sample_clips: false")  # fmt: skip
+            raise ValueError(
+                f"model.validation.num_samples must be >= 1, got {self.num_samples}; "
+                "to render no clip set model.validation.sample_clips: false"
+            )
         if self.fps <= 0:
             raise ValueError(f"model.validation.fps must be > 0, got {self.fps}")
 
@@ -60,8 +62,15 @@ class SampleVideoLogger(pl.Callback):
     def __init__(self, config: ValidationConfig):
         self.config = config
 
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs,
+        batch,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not self.config.sample_clips or batch_idx != 0 or dataloader_idx != 0:
             return
         n = min(self.config.num_samples, batch.batch_size)
@@ -69,8 +78,9 @@ class SampleVideoLogger(pl.Callback):
         if trainer.global_rank == 0:
             self._write(trainer, pl_module, batch, generated.numpy(), truth.numpy())
 
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, generated: np.ndarray,
-               truth: np.ndarray) -> None:  # fmt: skip
+    def _write(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, generated: np.ndarray, truth: np.ndarray
+    ) -> None:
         from animatex_train.data.format.video import side_by_side, write_mp4, write_strip
 
         out_dir = Path(self.config.output_dir or Path(trainer.default_root_dir) / "samples")
@@ -84,8 +94,12 @@ class SampleVideoLogger(pl.Callback):
             write_strip(stem.with_suffix(".png"), [ref, poses[i], generated[i], truth[i]])
             for logger in trainer.loggers:
                 if hasattr(logger, "log_video"):
-                    logger.log_video("val/sample", [str(stem.with_suffix(".mp4"))], step=trainer.global_step,
-                                     caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"])  # fmt: skip
+                    logger.log_video(
+                        "val/sample",
+                        [str(stem.with_suffix(".mp4"))],
+                        step=trainer.global_step,
+                        caption=[f"{batch.keys[i]}: ref | pose | generated | ground truth"],
+                    )
         log.info("validation samples written to %s", out_dir)
 
 

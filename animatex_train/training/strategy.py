@@ -1,6 +1,6 @@
 """Distributed strategies, chosen by a cluster overlay (``trainer.strategy: {class_path, init_args}``).
 
-Parallelism is applied from outside the model (STYLE.md rule 3). Three Lightning strategies, each with
+Parallelism is applied from outside the model, which stays a plain ``nn.Module``. Three Lightning strategies, each with
 typed, documented arguments and one extra switch, ``activation_checkpointing``, which recomputes the
 denoiser's blocks (``training/activation_checkpointing.py``) before the strategy wraps the module:
 
@@ -15,10 +15,8 @@ denoiser's blocks (``training/activation_checkpointing.py``) before the strategy
   overrides apply (docs/dependencies.md §2, measured with lightning 2.6.6 / deepspeed 0.19.8): skip the
   CUDA-only check, skip the device-index check (CPU devices have no index) and hand DeepSpeed device rank 0
   instead of None. They touch Lightning internals, hence the pinned lightning version.
-* ``AnimateXFSDPStrategy``: Lightning's FSDP (FSDP1) wrapping each denoiser block as one unit, with
-  gradient-norm clipping through FSDP (Lightning's FSDP plugin refuses it) and the batch as the loader made it.
-  On CPU it passes ``device_id=cpu`` and gathers full state dicts without "offloading" to the CPU (both
-  measured to fail otherwise). The EMA callback is refused under sharding (it would average flattened shards).
+* ``AnimateXFSDPStrategy`` (``training/strategy_fsdp.py``): Lightning's FSDP (FSDP1) wrapping each denoiser
+  block as one unit.
 
 The frozen VAE and CLIP are held outside the module registry (``system.py``), so no strategy sees them:
 they are never in the optimizer, the DDP buckets, the ZeRO partitions or the checkpoints.
@@ -26,7 +24,6 @@ they are never in the optimizer, the DDP buckets, the ZeRO partitions or the che
 
 from __future__ import annotations
 
-import functools
 import logging
 import warnings
 from datetime import timedelta
@@ -36,8 +33,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.plugins.precision import DeepSpeedPrecision, FSDPPrecision
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.plugins.precision import DeepSpeedPrecision
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning_utilities.core.apply_func import apply_to_collection
 
@@ -45,19 +42,18 @@ from animatex_train.data.loading.batch import Batch
 from animatex_train.training.activation_checkpointing import apply_activation_checkpointing, outermost_blocks
 
 log = logging.getLogger(__name__)
-_Sharding = Literal["FULL_SHARD", "SHARD_GRAD_OP", "NO_SHARD", "HYBRID_SHARD"]
 # The collective timeout of every strategy and of ``distributed.timeout_s`` (training/preemption.py, which says why
 # 600 s): a stuck rank fails the run instead of hanging it.
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def _timeout(timeout_s: float, owner: str) -> timedelta:
+def timeout_delta(timeout_s: float, owner: str) -> timedelta:
     if timeout_s <= 0:
         raise ValueError(f"{owner}: timeout_s must be > 0 seconds, got {timeout_s}")
     return timedelta(seconds=timeout_s)
 
 
-def _denoiser(module: pl.LightningModule) -> torch.nn.Module:
+def denoiser_of(module: pl.LightningModule) -> torch.nn.Module:
     denoiser = getattr(module, "denoiser", None)
     if denoiser is None:
         raise TypeError(
@@ -67,8 +63,8 @@ def _denoiser(module: pl.LightningModule) -> torch.nn.Module:
     return denoiser
 
 
-def _checkpoint_activations(module: pl.LightningModule) -> None:
-    count = apply_activation_checkpointing(_denoiser(module))
+def checkpoint_denoiser_activations(module: pl.LightningModule) -> None:
+    count = apply_activation_checkpointing(denoiser_of(module))
     rank_zero_info(f"activation checkpointing: {count} denoiser blocks recompute their activations in backward")
 
 
@@ -88,18 +84,26 @@ class AnimateXDDPStrategy(DDPStrategy):
         gradient_as_bucket_view: let gradients alias DDP's buckets (saves one gradient copy).
     """
 
-    def __init__(self, activation_checkpointing: bool = False, process_group_backend: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, find_unused_parameters: bool = False,
-                 gradient_as_bucket_view: bool = True):  # fmt: skip
-        timeout = _timeout(timeout_s, "AnimateXDDPStrategy")
-        super().__init__(process_group_backend=process_group_backend, timeout=timeout,
-                         find_unused_parameters=find_unused_parameters,
-                         gradient_as_bucket_view=gradient_as_bucket_view)  # fmt: skip
+    def __init__(
+        self,
+        activation_checkpointing: bool = False,
+        process_group_backend: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        find_unused_parameters: bool = False,
+        gradient_as_bucket_view: bool = True,
+    ):
+        timeout = timeout_delta(timeout_s, "AnimateXDDPStrategy")
+        super().__init__(
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            find_unused_parameters=find_unused_parameters,
+            gradient_as_bucket_view=gradient_as_bucket_view,
+        )
         self.activation_checkpointing = activation_checkpointing
 
     def setup(self, trainer: pl.Trainer) -> None:
         if self.activation_checkpointing:
-            _checkpoint_activations(self.lightning_module)
+            checkpoint_denoiser_activations(self.lightning_module)
         super().setup(trainer)
 
 
@@ -126,12 +130,23 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
         logging_level: DeepSpeed's logger level (``logging.WARN`` = 30).
     """
 
-    def __init__(self, stage: Literal[1, 2, 3] = 2, offload_optimizer: bool = False, offload_parameters: bool = False,
-                 exclude_frozen_parameters: bool = True, activation_checkpointing: bool = False,
-                 zero3_leaf_blocks: bool = True, overlap_comm: bool = True, contiguous_gradients: bool = True,
-                 allgather_bucket_size: int = 200_000_000, reduce_bucket_size: int = 200_000_000,
-                 pin_memory: bool = False, process_group_backend: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, logging_level: int = logging.WARN):  # fmt: skip
+    def __init__(
+        self,
+        stage: Literal[1, 2, 3] = 2,
+        offload_optimizer: bool = False,
+        offload_parameters: bool = False,
+        exclude_frozen_parameters: bool = True,
+        activation_checkpointing: bool = False,
+        zero3_leaf_blocks: bool = True,
+        overlap_comm: bool = True,
+        contiguous_gradients: bool = True,
+        allgather_bucket_size: int = 200_000_000,
+        reduce_bucket_size: int = 200_000_000,
+        pin_memory: bool = False,
+        process_group_backend: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        logging_level: int = logging.WARN,
+    ):
         if stage not in (1, 2, 3):
             raise ValueError(f"AnimateXDeepSpeedStrategy: stage must be 1, 2 or 3, got {stage!r}")
         if offload_parameters and stage != 3:
@@ -140,12 +155,19 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
                 "only partitioned, and so only offloadable, under ZeRO-3; use offload_optimizer with stages 1-2"
             )
         super().__init__(
-            stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters,
-            exclude_frozen_parameters=exclude_frozen_parameters, overlap_comm=overlap_comm,
-            contiguous_gradients=contiguous_gradients, allgather_bucket_size=allgather_bucket_size,
-            reduce_bucket_size=reduce_bucket_size, pin_memory=pin_memory, process_group_backend=process_group_backend,
-            timeout=_timeout(timeout_s, "AnimateXDeepSpeedStrategy"), logging_level=logging_level,
-        )  # fmt: skip
+            stage=stage,
+            offload_optimizer=offload_optimizer,
+            offload_parameters=offload_parameters,
+            exclude_frozen_parameters=exclude_frozen_parameters,
+            overlap_comm=overlap_comm,
+            contiguous_gradients=contiguous_gradients,
+            allgather_bucket_size=allgather_bucket_size,
+            reduce_bucket_size=reduce_bucket_size,
+            pin_memory=pin_memory,
+            process_group_backend=process_group_backend,
+            timeout=timeout_delta(timeout_s, "AnimateXDeepSpeedStrategy"),
+            logging_level=logging_level,
+        )
         self.stage = stage
         self.offload_optimizer = offload_optimizer
         self.activation_checkpointing = activation_checkpointing
@@ -184,15 +206,15 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
         if type(self.precision_plugin) is DeepSpeedPrecision:
             self.precision_plugin = _DeepSpeedBatchAsLoaded(self.precision_plugin.precision)
         if self.activation_checkpointing:
-            _checkpoint_activations(self.lightning_module)
+            checkpoint_denoiser_activations(self.lightning_module)
         if self.precision_plugin.precision != "32-true":
             # DeepSpeed's bf16/fp16 modes convert the module itself (no autocast); the step builds some inputs in
             # float32 (pixel conditions, noisy latents), which must meet the weights in their dtype.
-            _denoiser(self.lightning_module).register_forward_pre_hook(_inputs_to_weight_dtype, with_kwargs=True)
+            denoiser_of(self.lightning_module).register_forward_pre_hook(_inputs_to_weight_dtype, with_kwargs=True)
         if self.stage == 3 and self.zero3_leaf_blocks:
             from deepspeed.utils import set_z3_leaf_module
 
-            for block in outermost_blocks(_denoiser(self.lightning_module)):
+            for block in outermost_blocks(denoiser_of(self.lightning_module)):
                 set_z3_leaf_module(block, True)
         super().setup(trainer)
 
@@ -216,7 +238,7 @@ class AnimateXDeepSpeedStrategy(DeepSpeedStrategy):
         return optimizer, scheduler_config
 
 
-class _BatchAsLoaded:
+class BatchAsLoaded:
     """Mixin for precision plugins: Lightning's DeepSpeed and FSDP precisions convert every floating-point tensor
     of the batch to their input dtype before the step (DeepSpeed bf16: the posterior's mean and std, hence the
     diffusion target, the CLIP features and the keypoint coordinates; fp32: the fp16 posterior widened), which DDP
@@ -227,7 +249,7 @@ class _BatchAsLoaded:
         return data if isinstance(data, Batch) else super().convert_input(data)
 
 
-class _DeepSpeedBatchAsLoaded(_BatchAsLoaded, DeepSpeedPrecision):
+class _DeepSpeedBatchAsLoaded(BatchAsLoaded, DeepSpeedPrecision):
     """Lightning's DeepSpeed precision, the ``Batch`` left as loaded."""
 
 
@@ -262,122 +284,12 @@ def _to_cpu_adam(optimizer: torch.optim.Optimizer, scheduler_config) -> torch.op
         raise ValueError("offload_optimizer: DeepSpeedCPUAdam is used without amsgrad; set amsgrad off")
     converted = DeepSpeedCPUAdam(
         [dict(group) for group in optimizer.param_groups],  # keeps names, per-group lr and the scheduler's initial_lr
-        lr=defaults["lr"], betas=defaults["betas"], eps=defaults["eps"], weight_decay=defaults["weight_decay"],
+        lr=defaults["lr"],
+        betas=defaults["betas"],
+        eps=defaults["eps"],
+        weight_decay=defaults["weight_decay"],
         adamw_mode=True,
-    )  # fmt: skip
+    )
     if scheduler_config is not None:
         scheduler_config.scheduler.optimizer = converted  # LambdaLR reads and writes optimizer.param_groups
     return converted
-
-
-class AnimateXFSDPStrategy(FSDPStrategy):
-    """Lightning's FSDP (FSDP1) with one FSDP unit per denoiser block, usable on CPU (gloo) too.
-
-    Args:
-        sharding_strategy: ``FULL_SHARD`` (ZeRO-3-like), ``SHARD_GRAD_OP`` (ZeRO-2-like), ``NO_SHARD`` (DDP-like)
-            or ``HYBRID_SHARD`` (full shard within a node, replicate across nodes).
-        wrap_blocks: make each outermost checkpointable denoiser block its own FSDP unit (parameters are gathered
-            block by block); false: the whole module is one unit (the full model is gathered at once).
-        activation_checkpointing: recompute the denoiser blocks' activations in backward.
-        cpu_offload: keep sharded parameters (and their gradients) in host memory.
-        state_dict_type: ``full`` (one file, written by rank 0) or ``sharded`` (a directory of shards).
-        process_group_backend: None picks by device (CUDA: nccl, CPU: gloo).
-        timeout_s: collective timeout in seconds.
-    """
-
-    def __init__(self, sharding_strategy: _Sharding = "FULL_SHARD",
-                 wrap_blocks: bool = True, activation_checkpointing: bool = False, cpu_offload: bool = False,
-                 state_dict_type: Literal["full", "sharded"] = "full", process_group_backend: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S):  # fmt: skip
-        super().__init__(sharding_strategy=sharding_strategy, cpu_offload=cpu_offload, state_dict_type=state_dict_type,
-                         process_group_backend=process_group_backend,
-                         timeout=_timeout(timeout_s, "AnimateXFSDPStrategy"))  # fmt: skip
-        self.wrap_blocks = wrap_blocks
-        self.activation_checkpointing = activation_checkpointing
-
-    def setup(self, trainer: pl.Trainer) -> None:
-        _refuse_sharded_ema(trainer, self.sharding_strategy.name)
-        plugin = self.precision_plugin
-        if type(plugin) is FSDPPrecision:  # trainer.gradient_clip_val works under FSDP too (see the class below)
-            self.precision_plugin = _FSDPNormClipping(plugin.precision, plugin.scaler, self)
-        if self.activation_checkpointing:
-            _checkpoint_activations(self.lightning_module)
-        if self.wrap_blocks:
-            from torch.distributed.fsdp.wrap import CustomPolicy
-
-            unit_ids = frozenset(id(b) for b in outermost_blocks(_denoiser(self.lightning_module)))
-            self.kwargs["auto_wrap_policy"] = CustomPolicy(functools.partial(_is_unit, unit_ids))
-        super().setup(trainer)
-
-    def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.root_device.type != "cpu":
-            return super()._setup_model(model)
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        # Lightning passes device_id=root_device.index (None on CPU), which FSDP refuses without an accelerator.
-        wrapped = FullyShardedDataParallel(
-            module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-            sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs,
-        )  # fmt: skip
-        self.kwargs.pop("auto_wrap_policy", None)  # already applied; Lightning would warn that it is ignored
-        return super()._setup_model(wrapped)
-
-    def lightning_module_state_dict(self) -> dict:
-        if self.root_device.type != "cpu" or self._state_dict_type != "full":
-            return super().lightning_module_state_dict()
-        with self._cpu_full_state_dict_context():
-            return self.model.state_dict()
-
-    def optimizer_state(self, optimizer: torch.optim.Optimizer) -> dict:
-        if self.root_device.type != "cpu" or self._state_dict_type != "full":
-            return super().optimizer_state(optimizer)
-        from torch.distributed.fsdp import FullyShardedDataParallel, OptimStateKeyType
-
-        optimizer = getattr(optimizer, "_optimizer", optimizer)  # a LightningOptimizer wraps the real one
-        with self._cpu_full_state_dict_context():
-            state = FullyShardedDataParallel.optim_state_dict(self.model, optimizer)
-            if self.global_rank == 0:
-                state = FullyShardedDataParallel.rekey_optim_state_dict(state, OptimStateKeyType.PARAM_ID, self.model)
-            return state
-
-    def _cpu_full_state_dict_context(self):
-        """Lightning gathers full state dicts with ``offload_to_cpu=True``; with parameters already on the CPU,
-        FSDP's "offloaded" copy aliases the unsharded buffer it then frees, and cloning it segfaults (measured,
-        torch 2.13). On CPU nothing needs offloading."""
-        from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        return FSDP.state_dict_type(self.model, StateDictType.FULL_STATE_DICT,
-                                    FullStateDictConfig(offload_to_cpu=False, rank0_only=True),
-                                    FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=True))  # fmt: skip
-
-
-def _refuse_sharded_ema(trainer: pl.Trainer, sharding: str) -> None:
-    from animatex_train.training.ema import EMA
-
-    if sharding == "NO_SHARD" or not any(isinstance(c, EMA) and c.config.enabled for c in trainer.callbacks):
-        return
-    # Under FSDP each rank's parameters are flattened views of its shard: the EMA callback would average and save
-    # rank 0's shard with flattened shapes (measured), a checkpoint nothing can use. Fail before training instead.
-    raise ValueError(
-        f"model.ema is not supported with AnimateXFSDPStrategy(sharding_strategy={sharding}): the EMA callback keeps a "
-        "copy of each rank's flattened parameter shard, not of the weights. Use AnimateXDeepSpeedStrategy (ZeRO-2/3 "
-        "keep a full EMA), sharding_strategy: NO_SHARD, or model.ema.enabled: false"
-    )
-
-
-class _FSDPNormClipping(_BatchAsLoaded, FSDPPrecision):
-    """Lightning's FSDP precision plugin refuses ``gradient_clip_algorithm='norm'``: the norm of sharded gradients
-    needs a collective, which FSDP's own ``clip_grad_norm_`` performs. Clip through it (``AnimateXSystem`` clips in
-    its own hook, ``training/grad_norm.py``; this serves other modules). The ``Batch`` is left as loaded."""
-
-    def __init__(self, precision, scaler, strategy: AnimateXFSDPStrategy):
-        super().__init__(precision, scaler)
-        self._strategy = strategy
-
-    def clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
-        self._strategy.model.clip_grad_norm_(clip_val)
-
-
-def _is_unit(unit_ids: frozenset[int], module: torch.nn.Module) -> bool:
-    return id(module) in unit_ids

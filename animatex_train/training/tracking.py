@@ -96,8 +96,9 @@ def is_secret_key(key: object) -> bool:
 def secret_values(environ: Mapping[str, str] | None = None) -> list[str]:
     """Values of environment variables whose names look secret (``WANDB_API_KEY``, ``HF_TOKEN``, ...)."""
     env = os.environ if environ is None else environ
-    return sorted({v for k, v in env.items() if is_secret_key(k) and len(v) >= _MIN_SECRET_LENGTH}, key=len,
-                  reverse=True)  # fmt: skip
+    return sorted(
+        {v for k, v in env.items() if is_secret_key(k) and len(v) >= _MIN_SECRET_LENGTH}, key=len, reverse=True
+    )
 
 
 def redact(value: Any, secrets: list[str] | None = None) -> Any:
@@ -131,8 +132,9 @@ def has_wandb_credentials(environ: Mapping[str, str] | None = None, netrc_file: 
     return bool(entry and entry[2])
 
 
-def resolve_mode(config: TrackingConfig, environ: Mapping[str, str] | None = None,
-                 netrc_file: str | None = None) -> str:  # fmt: skip
+def resolve_mode(
+    config: TrackingConfig, environ: Mapping[str, str] | None = None, netrc_file: str | None = None
+) -> str:
     """``online``, ``offline`` or ``disabled`` for this process."""
     if config.mode != "auto":
         return config.mode
@@ -168,8 +170,9 @@ def git_commit(repo: str | Path | None = None) -> str | None:
     """The commit the code runs from (None outside a git checkout); ``git rev-parse`` reads, never writes."""
     root = Path(repo) if repo else Path(animatex_train.__file__).resolve().parents[1]
     try:
-        result = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=False)  # fmt: skip
+        result = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     sha = result.stdout.strip()
@@ -197,9 +200,17 @@ class AnimateXWandbLogger(WandbLogger):
         import wandb  # imported by Lightning's logger anyway; not at module import
 
         settings = wandb.Settings(quiet=not sys.stderr.isatty())
-        super().__init__(save_dir=str(run_dir), project=config.project, entity=config.entity, group=text["group"],
-                         name=text["name"], tags=text["tags"] or None, notes=text["notes"], mode=mode,
-                         settings=settings)  # fmt: skip
+        super().__init__(
+            save_dir=str(run_dir),
+            project=config.project,
+            entity=config.entity,
+            group=text["group"],
+            name=text["name"],
+            tags=text["tags"] or None,
+            notes=text["notes"],
+            mode=mode,
+            settings=settings,
+        )
         self._wandb_init.pop("anonymous", None)  # deprecated in wandb; Lightning always passes it
         self.run_dir = Path(run_dir)
 

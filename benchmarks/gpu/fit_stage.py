@@ -34,11 +34,23 @@ def dataset_commands(root: Path, dry_run: bool) -> list[list[str]]:
     videos, data = root / "videos", root / "data"
     return [
         cli("synth", "--out", str(videos), "--config", str(BENCH / f"dataset_{kind}.yaml")),
-        cli("prepare", "--config", str(BENCH / f"prepare_{kind}.yaml"), "--videos", str(videos), "--metadata",
-            str(videos / "metadata.jsonl"), "--output_dir", str(data), "--progress", "false",
-            "--encoders.num_threads", "1" if dry_run else "8"),
-        cli("anchor-pool", "--shards", str(data), "--output", str(data / "anchors.npy"), "--num-anchors", "16"),
-    ]  # fmt: skip
+        cli(
+            "prepare",
+            "--config",
+            str(BENCH / f"prepare_{kind}.yaml"),
+            "--videos",
+            str(videos),
+            "--metadata",
+            str(videos / "metadata.jsonl"),
+            "--output_dir",
+            str(data),
+            "--progress",
+            "false",
+            "--encoders.num_threads",
+            "1" if dry_run else "8",
+        ),
+        cli("anchor-pool", "--shards", str(data), "--output", str(data / "anchors.npy"), "--num_anchors", "16"),
+    ]
 
 
 def start_dataset(root: Path, dry_run: bool, log_path: Path) -> subprocess.Popen:
@@ -53,8 +65,9 @@ def _quote(arg: str) -> str:
     return "'" + arg.replace("'", "'\\''") + "'"
 
 
-def fit_command(root: Path, run_dir: Path, steps: int, dry_run: bool, peak_tflops: float | None,
-                extra: list[str]) -> list[str]:  # fmt: skip
+def fit_command(
+    root: Path, run_dir: Path, steps: int, dry_run: bool, peak_tflops: float | None, extra: list[str]
+) -> list[str]:
     data = root / "data"
     manifest = data / "manifest.json"
     log_every = 2 if dry_run else 5
@@ -62,26 +75,71 @@ def fit_command(root: Path, run_dir: Path, steps: int, dry_run: bool, peak_tflop
         configs = ["--config", str(REPO / "recipes/debug/tiny_cpu.yaml")]
         model = ["--data.num_workers", "1", "--model.sampler.num_steps", "2"]
     else:
-        configs = ["--config", str(REPO / "recipes/train/animatex_paper.yaml"),
-                   "--config", str(REPO / "recipes/cluster/gpu1_zero2.yaml")]  # fmt: skip
+        configs = [
+            "--config",
+            str(REPO / "recipes/train/animatex_paper.yaml"),
+            "--config",
+            str(REPO / "recipes/cluster/gpu1_zero2.yaml"),
+        ]
         model = [
-            "--model.init.checkpoint", "null", "--model.vae.checkpoint", "null", "--model.vae.tiny", "true",
-            "--model.clip.checkpoint", "null", "--model.clip.tiny", "true", "--model.clip.tiny_embed_dim", "1024",
-            "--model.denoiser.ipi.keypoint_row_order", "per_sample",
-            "--trainer.accumulate_grad_batches", "1", "--model.sampler.num_steps", "10",
-        ]  # fmt: skip
+            "--model.init.checkpoint",
+            "null",
+            "--model.vae.checkpoint",
+            "null",
+            "--model.vae.tiny",
+            "true",
+            "--model.clip.checkpoint",
+            "null",
+            "--model.clip.tiny",
+            "true",
+            "--model.clip.tiny_embed_dim",
+            "1024",
+            "--model.denoiser.ipi.keypoint_row_order",
+            "per_sample",
+            "--trainer.accumulate_grad_batches",
+            "1",
+            "--model.sampler.num_steps",
+            "10",
+        ]
     return cli(
-        "fit", *configs, *model,
-        "--data.train", f"[{{manifest: {manifest}}}]", "--data.val", f"[{{manifest: {manifest}, split: val}}]",
-        "--data.anchor_pool", str(data / "anchors.npy"), "--model.empty_prompt_cache", str(data / "zero_y.safetensors"),
-        "--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(steps),
-        "--trainer.val_check_interval", str(steps), "--trainer.limit_val_batches", "1",
-        "--trainer.log_every_n_steps", str(log_every), "--throughput.log_every_n_steps", str(log_every),
+        "fit",
+        *configs,
+        *model,
+        "--data.train",
+        f"[{{manifest: {manifest}}}]",
+        "--data.val",
+        f"[{{manifest: {manifest}, split: val}}]",
+        "--data.anchor_pool",
+        str(data / "anchors.npy"),
+        "--model.empty_prompt_cache",
+        str(data / "zero_y.safetensors"),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(steps),
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.log_every_n_steps",
+        str(log_every),
+        "--throughput.log_every_n_steps",
+        str(log_every),
         *(["--throughput.peak_tflops", f"{peak_tflops:.1f}"] if peak_tflops else []),
-        "--checkpoint.every_n_steps", str(steps), "--tracking.mode", "disabled",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", str(run_dir),
-        "--trainer.logger.name", "csv", "--trainer.enable_progress_bar", "false", *extra,
-    )  # fmt: skip
+        "--checkpoint.every_n_steps",
+        str(steps),
+        "--tracking.mode",
+        "disabled",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(run_dir),
+        "--trainer.logger.name",
+        "csv",
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    )
 
 
 def run_logged(command: list[str], log_path: Path, timeout_s: float) -> dict:
@@ -91,8 +149,9 @@ def run_logged(command: list[str], log_path: Path, timeout_s: float) -> dict:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         try:
-            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, timeout=max(1.0, timeout_s),
-                                  cwd=REPO).returncode  # fmt: skip
+            code = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, timeout=max(1.0, timeout_s), cwd=REPO
+            ).returncode
             timed_out = False
         except subprocess.TimeoutExpired:
             code, timed_out = None, True
@@ -124,12 +183,16 @@ def summarise_fit(run_dir: Path, log_path: Path) -> dict:
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*") if (p / "COMPLETE").exists())
     samples = sorted(p.name for p in (run_dir / "samples").glob("*.mp4")) if (run_dir / "samples").exists() else []
     return {
-        "samples_per_s": mean("perf/samples_per_s"), "mfu": mean("perf/mfu"),
-        "tflops_per_device": mean("perf/tflops_per_device"), "data_wait_fraction": mean("perf/data_wait_fraction"),
+        "samples_per_s": mean("perf/samples_per_s"),
+        "mfu": mean("perf/mfu"),
+        "tflops_per_device": mean("perf/tflops_per_device"),
+        "data_wait_fraction": mean("perf/data_wait_fraction"),
         "peak_memory_gib": max((r.get("perf/peak_memory_gib", 0.0) for r in perf), default=None),
-        "intervals": perf, "losses": losses[-10:], "val_loss": next((r["val/loss"] for r in rows if "val/loss" in r),
-                                                                     None),
-        "checkpoints": checkpoints, "sample_videos": samples,
+        "intervals": perf,
+        "losses": losses[-10:],
+        "val_loss": next((r["val/loss"] for r in rows if "val/loss" in r), None),
+        "checkpoints": checkpoints,
+        "sample_videos": samples,
         "resumed_from": re.findall(r"resuming from (\S+)", text),
         "errors": [line for line in text.splitlines() if re.search(r"Error|Traceback", line)][-8:],
-    }  # fmt: skip
+    }

@@ -79,24 +79,53 @@ class Report:
 
 
 def environment() -> dict:
-    info = {"python": sys.version.split()[0], "platform": platform.platform(), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "cpus": os.cpu_count()}  # fmt: skip
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cpus": os.cpu_count(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_gib=props.total_memory / 2**30, sms=props.multi_processor_count,
-                    capability=f"{props.major}.{props.minor}")  # fmt: skip
-        info["sdpa_enabled"] = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
-                                for name in ("flash", "mem_efficient", "cudnn", "math")}  # fmt: skip
+        info.update(
+            gpu=props.name,
+            gpu_memory_gib=props.total_memory / 2**30,
+            sms=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+        )
+        info["sdpa_enabled"] = {
+            name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")()
+            for name in ("flash", "mem_efficient", "cudnn", "math")
+        }
         try:
-            info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.sm,"
-                                                 "clocks.max.sm,power.limit,temperature.gpu", "--format=csv"],
-                                                capture_output=True, text=True, timeout=20).stdout  # fmt: skip
+            info["nvidia_smi"] = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.limit,temperature.gpu",
+                    "--format=csv",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout
         except (OSError, subprocess.TimeoutExpired) as error:
             info["nvidia_smi"] = str(error)
     from importlib.metadata import PackageNotFoundError, version
 
-    for package in ("lightning", "deepspeed", "diffusers", "open_clip_torch", "webdataset", "jsonargparse", "av",
-                    "flash_attn", "numpy", "triton"):  # fmt: skip
+    for package in (
+        "lightning",
+        "deepspeed",
+        "diffusers",
+        "open_clip_torch",
+        "webdataset",
+        "jsonargparse",
+        "av",
+        "flash_attn",
+        "numpy",
+        "triton",
+    ):
         try:
             info[package] = version(package)
         except PackageNotFoundError:
@@ -104,8 +133,14 @@ def environment() -> dict:
     return info
 
 
-def step_matrix(bench: step_bench.StepBench, configs: list[tuple[int, str]], steps: int, warmup: int,
-                peak: float | None, deadline: float) -> list[dict]:  # fmt: skip
+def step_matrix(
+    bench: step_bench.StepBench,
+    configs: list[tuple[int, str]],
+    steps: int,
+    warmup: int,
+    peak: float | None,
+    deadline: float,
+) -> list[dict]:
     """Each (micro-batch, attention) configuration; an out-of-memory or unsupported kernel is a row, not a stop."""
     rows = []
     for batch, attention in configs:
@@ -163,20 +198,27 @@ def main() -> int:
         configs = [(1, k) for k in kernels] + ([] if dry else [(2, k) for k in kernels[:2]] + [(4, kernels[0])])
         steps, warmup = (1, 1) if dry else (4, 2)
         rows = step_matrix(bench, configs, steps, warmup, peak_tflops, time.perf_counter() + (60 if dry else 170))
-        return {"params": bench.params, "forward_tflops_per_sample": bench.forward_flops / 1e12,
-                "build_s": bench.build_s, "rows": rows}  # fmt: skip
+        return {
+            "params": bench.params,
+            "forward_tflops_per_sample": bench.forward_flops / 1e12,
+            "build_s": bench.build_s,
+            "rows": rows,
+        }
 
     steps = None if "steps" in skip else report.stage("steps", 60 if dry else 200, steps_stage)
     best = _best_row(steps)
     if best and "profile" not in skip:
-        report.stage("profile", 15 if dry else 30,
-                     lambda: bench_holder["bench"].profile(best["batch"], best["attention"]))  # fmt: skip
+        report.stage(
+            "profile", 15 if dry else 30, lambda: bench_holder["bench"].profile(best["batch"], best["attention"])
+        )
     if best and not dry and "channels_last" not in skip:
+
         def channels_last() -> dict:
             bench = bench_holder["bench"]
             to_channels_last(bench.model)
-            return step_matrix(bench, [(best["batch"], best["attention"])], 3, 2, peak_tflops,
-                               time.perf_counter() + 60)[0]  # fmt: skip
+            return step_matrix(
+                bench, [(best["batch"], best["attention"])], 3, 2, peak_tflops, time.perf_counter() + 60
+            )[0]
 
         report.stage("channels_last", 45, channels_last)
     bench_holder.clear()  # free the benchmark model before the fit builds its own
@@ -184,21 +226,37 @@ def main() -> int:
         torch.cuda.empty_cache()
 
     if dataset is not None:
-        report.stage("dataset", 0, lambda: {"returncode": dataset.wait(timeout=max(1.0, report.left())),
-                                             "log_tail": data_log.read_text(errors="replace")[-1500:]})  # fmt: skip
+        report.stage(
+            "dataset",
+            0,
+            lambda: {
+                "returncode": dataset.wait(timeout=max(1.0, report.left())),
+                "log_tail": data_log.read_text(errors="replace")[-1500:],
+            },
+        )
     run_dir, fit_log = work / "fit", args.out / "fit.log"
     extra = ["--performance.attention", best["attention"]] if best and not dry else []
     if dataset is not None and dataset.returncode == 0:
+
         def fit() -> dict:
             command = fit_stage.fit_command(data_root, run_dir, args.fit_steps, dry, peak_tflops, extra)
-            return {**fit_stage.run_logged(command, fit_log, report.left() - 30),
-                    **fit_stage.summarise_fit(run_dir, fit_log)}  # fmt: skip
+            return {
+                **fit_stage.run_logged(command, fit_log, report.left() - 30),
+                **fit_stage.summarise_fit(run_dir, fit_log),
+            }
 
         fitted = report.stage("fit", 90 if dry else 200, fit)
         if fitted and fitted.get("returncode") == 0:
+
             def resume() -> dict:
-                command = fit_stage.fit_command(data_root, run_dir, args.fit_steps + 2, dry, peak_tflops,
-                                                [*extra, "--trainer.log_every_n_steps", "1"])  # fmt: skip
+                command = fit_stage.fit_command(
+                    data_root,
+                    run_dir,
+                    args.fit_steps + 2,
+                    dry,
+                    peak_tflops,
+                    [*extra, "--trainer.log_every_n_steps", "1"],
+                )
                 command += ["--checkpoint.save_on_train_end", "false", "--checkpoint.every_n_steps", "0"]
                 result = fit_stage.run_logged(command, fit_log, report.left() - 20)  # (a second 33 GB save won't fit)
                 losses = fit_stage.summarise_fit(run_dir, fit_log)["losses"]
@@ -208,15 +266,36 @@ def main() -> int:
 
             report.stage("resume", 40 if dry else 90, resume)
     if "gpu_tests" not in skip:
-        report.stage("gpu_tests", 20 if dry else 60, lambda: fit_stage.run_logged(
-            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
-            args.out / "gpu_tests.log", min(report.left() - 10, 240)) | {
-            "tail": (args.out / "gpu_tests.log").read_text(errors="replace")[-1200:]})  # fmt: skip
+        report.stage(
+            "gpu_tests",
+            20 if dry else 60,
+            lambda: (
+                fit_stage.run_logged(
+                    [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
+                    args.out / "gpu_tests.log",
+                    min(report.left() - 10, 240),
+                )
+                | {"tail": (args.out / "gpu_tests.log").read_text(errors="replace")[-1200:]}
+            ),
+        )
     if best and "compile" not in skip:
+
         def compiled() -> dict:
-            command = [sys.executable, str(Path(__file__).parent / "step_bench.py"), "--batch", str(best["batch"]),
-                       "--attention", best["attention"], "--compile-blocks", "--steps", "3", "--warmup", "2",
-                       *(["--tiny"] if dry else []), *(["--peak-tflops", str(peak_tflops)] if peak_tflops else [])]
+            command = [
+                sys.executable,
+                str(Path(__file__).parent / "step_bench.py"),
+                "--batch",
+                str(best["batch"]),
+                "--attention",
+                best["attention"],
+                "--compile-blocks",
+                "--steps",
+                "3",
+                "--warmup",
+                "2",
+                *(["--tiny"] if dry else []),
+                *(["--peak-tflops", str(peak_tflops)] if peak_tflops else []),
+            ]
             log = args.out / "compile.log"
             result = fit_stage.run_logged(command, log, report.left() - 5)
             lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith("RESULT ")]
@@ -246,8 +325,10 @@ def print_summary(data: dict) -> None:
     for r in rows + [stages.get("channels_last", {}).get("result") or {}]:
         if "ms_per_step" in r:
             mfu = f"{r['mfu']:.3f}" if r.get("mfu") is not None else "-"
-            print(f"{r['batch']:>3} {r['attention']:<15} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.3f} "
-                  f"{mfu:>6} {r.get('peak_memory_gib', 0):>9.1f}")  # fmt: skip
+            print(
+                f"{r['batch']:>3} {r['attention']:<15} {r['ms_per_step']:>9.1f} {r['samples_per_s']:>10.3f} "
+                f"{mfu:>6} {r.get('peak_memory_gib', 0):>9.1f}"
+            )
         elif r:
             print(f"{r.get('batch', '?'):>3} {r.get('attention', '?'):<15} {r.get('error') or r.get('skipped')}")
     for name in ("fit", "resume", "gpu_tests", "compile", "dataset", "profile"):
@@ -255,9 +336,20 @@ def print_summary(data: dict) -> None:
         if entry is None:
             continue
         result = entry.get("result") or {}
-        brief = {k: result.get(k) for k in ("returncode", "samples_per_s", "mfu", "data_wait_fraction",
-                                            "peak_memory_gib", "ms_per_step", "steps_after_resume", "timed_out")
-                 if k in result}  # fmt: skip
+        brief = {
+            k: result.get(k)
+            for k in (
+                "returncode",
+                "samples_per_s",
+                "mfu",
+                "data_wait_fraction",
+                "peak_memory_gib",
+                "ms_per_step",
+                "steps_after_resume",
+                "timed_out",
+            )
+            if k in result
+        }
         print(f"{name}: {entry.get('error') or entry.get('skipped') or brief} ({entry.get('seconds', 0):.0f} s)")
     print(f"elapsed: {data.get('elapsed_s', 0):.0f} s")
 

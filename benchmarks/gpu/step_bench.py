@@ -81,8 +81,13 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, repeats: int = 10) -
     """Dense bf16 matmul rate on random data (4 rotating input sets), median of ``repeats`` timed products."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     g = torch.Generator(device=device).manual_seed(0)
-    pairs = [(torch.randn(n, n, device=device, dtype=dtype, generator=g),
-              torch.randn(n, n, device=device, dtype=dtype, generator=g)) for _ in range(4)]  # fmt: skip
+    pairs = [
+        (
+            torch.randn(n, n, device=device, dtype=dtype, generator=g),
+            torch.randn(n, n, device=device, dtype=dtype, generator=g),
+        )
+        for _ in range(4)
+    ]
     for a, b in pairs[:3]:
         a @ b  # noqa: B018 - warm-up (handles, clocks)
     times = []
@@ -121,8 +126,9 @@ def make_inputs(config: DenoiserConfig, clip: ClipShape, batch: int, device: tor
 class StepBench:
     """One denoiser + AdamW on ``device``, stepped at any micro-batch and attention kernel."""
 
-    def __init__(self, device: torch.device, tiny: bool, checkpointing: bool = True,
-                 performance: PerformanceConfig | None = None):  # fmt: skip
+    def __init__(
+        self, device: torch.device, tiny: bool, checkpointing: bool = True, performance: PerformanceConfig | None = None
+    ):
         self.device = device
         self.config = denoiser_config(tiny)
         self.clip = TINY_CLIP if tiny else PAPER_CLIP
@@ -136,8 +142,9 @@ class StepBench:
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, fused=fused or None)
         self.autocast = torch.bfloat16 if device.type == "cuda" else None
-        self.forward_flops = count_forward_flops(self.config, self.clip.frames, self.clip.height,
-                                                 self.clip.width).forward_flops  # fmt: skip
+        self.forward_flops = count_forward_flops(
+            self.config, self.clip.frames, self.clip.height, self.clip.width
+        ).forward_flops
         self.params = sum(p.numel() for p in self.model.parameters())
 
     def step(self, inputs) -> None:
@@ -169,14 +176,22 @@ class StepBench:
         ms = statistics.median(times)
         model_tflops = 3 * self.forward_flops * batch / (ms * 1e-3) / 1e12
         result = {
-            "batch": batch, "attention": attention, "ms_per_step": ms, "ms_all": times, "warmup_s": warmup_s,
-            "samples_per_s": batch / (ms * 1e-3), "model_tflops_per_s": model_tflops,
+            "batch": batch,
+            "attention": attention,
+            "ms_per_step": ms,
+            "ms_all": times,
+            "warmup_s": warmup_s,
+            "samples_per_s": batch / (ms * 1e-3),
+            "model_tflops_per_s": model_tflops,
             "mfu": model_tflops / peak_tflops if peak_tflops else None,
-        }  # fmt: skip
+        }
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
-            result.update(peak_memory_gib=peak / 2**30, step_memory_gib=(peak - before) / 2**30,
-                          reserved_gib=torch.cuda.max_memory_reserved(self.device) / 2**30)  # fmt: skip
+            result.update(
+                peak_memory_gib=peak / 2**30,
+                step_memory_gib=(peak - before) / 2**30,
+                reserved_gib=torch.cuda.max_memory_reserved(self.device) / 2**30,
+            )
         return result
 
     def profile(self, batch: int, attention: str, top: int = 25) -> dict:
@@ -199,11 +214,15 @@ class StepBench:
         for e in kernel_events:
             families[_family(e.key)] = families.get(_family(e.key), 0.0) + _device_time(e) / total
         return {
-            "batch": batch, "attention": attention, "device_time_ms": total / 1e3,
-            "top": [{"kernel": e.key[:140], "ms": _device_time(e) / 1e3, "share": _device_time(e) / total,
-                     "calls": e.count} for e in rows[:top]],
+            "batch": batch,
+            "attention": attention,
+            "device_time_ms": total / 1e3,
+            "top": [
+                {"kernel": e.key[:140], "ms": _device_time(e) / 1e3, "share": _device_time(e) / total, "calls": e.count}
+                for e in rows[:top]
+            ],
             "families": dict(sorted(families.items(), key=lambda kv: -kv[1])),
-        }  # fmt: skip
+        }
 
 
 def _device_time(event) -> float:
@@ -245,8 +264,12 @@ def main() -> None:
     start = time.perf_counter()
     bench = StepBench(device, args.tiny, performance=performance)
     result = bench.measure(args.batch, args.attention, args.steps, args.warmup, args.peak_tflops)
-    result.update(compile_blocks=args.compile_blocks, channels_last=args.channels_last,
-                  compiled_blocks=bench.compiled_blocks, total_s=time.perf_counter() - start)  # fmt: skip
+    result.update(
+        compile_blocks=args.compile_blocks,
+        channels_last=args.channels_last,
+        compiled_blocks=bench.compiled_blocks,
+        total_s=time.perf_counter() - start,
+    )
     print("RESULT " + json.dumps(result))
 
 

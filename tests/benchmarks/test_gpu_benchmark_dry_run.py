@@ -22,8 +22,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_dry_run_reports_every_stage(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", "benchmarks/gpu/run.sh", "--dry-run", "--skip", "compile", "--budget-s", "500"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu/run.sh", "--dry-run", "--skip", "compile", "--budget-s", "500"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "==== summary ====" in result.stdout
     stages = json.loads((out / "gpu_report.json").read_text())["stages"]

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from animatex_train.cli.anchor_pool import main as anchor_pool_main
 from animatex_train.data.epi.anchor_pool import (
     AnchorPool,
     AnchorPoolError,
-    anchor_pool_main,
     build_anchor_pool,
     is_full_body,
     iter_shard_poses,
-)  # fmt: skip
+)
 from animatex_train.data.epi.preview import demo_pose_sequence
 from animatex_train.data.format.keypoints import BODY, PoseSequence, visible
 from animatex_train.data.format.schema import ClipMeta
@@ -129,9 +129,18 @@ def _write_shard(path: Path, clips: list[tuple[str, str, PoseSequence]]) -> None
         for video_id, split, pose in clips:
             key = f"{video_id}-c00000"
             height, width = pose.frame_size
-            meta = ClipMeta(video_id=video_id, clip_index=0, frame_indices=list(range(pose.num_frames)), fps=8.0,
-                            source_fps=30.0, height=height, width=width, ref_frames=[0], pose_source="synthetic",
-                            split=split)  # fmt: skip
+            meta = ClipMeta(
+                video_id=video_id,
+                clip_index=0,
+                frame_indices=list(range(pose.num_frames)),
+                fps=8.0,
+                source_fps=30.0,
+                height=height,
+                width=width,
+                ref_frames=[0],
+                pose_source="synthetic",
+                split=split,
+            )
             _add(tar, f"{key}.meta.json", json.dumps(asdict(meta)).encode())
             _add(tar, f"{key}.ref0.jpg", b"not decoded")
             _add(tar, f"{key}.clip.pyd", b"\x80\x04 never unpickled")
@@ -148,10 +157,20 @@ def test_cli_builds_a_pool_from_shards(tmp_path, capsys):
     assert keys == ["vid0-c00000", "vid1-c00000", "vid2-c00000"]
     anchors = tmp_path / "anthro.json"
     anchors.write_text(json.dumps(demo_pose_sequence(1, seed=7).body[0].tolist()))
-    code = anchor_pool_main([
-        "--shards", str(tmp_path), "--output", str(tmp_path / "out" / "pool.npy"), "--num-anchors", "10",
-        "--seed", "3", "--add", str(anchors),
-    ])  # fmt: skip
+    code = anchor_pool_main(
+        [
+            "--shards",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out" / "pool.npy"),
+            "--num_anchors",
+            "10",
+            "--seed",
+            "3",
+            "--add",
+            str(anchors),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     pool = AnchorPool.load(tmp_path / "out" / "pool.npy")
     sources = sorted(p.split("#")[0] for p in pool.provenance[:-1])

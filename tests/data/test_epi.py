@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from animatex_train.cli.epi_preview import main as epi_preview_main
 from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError
-from animatex_train.data.epi.preview import demo_pose_sequence, epi_preview_main, render_preview_grid
+from animatex_train.data.epi.preview import demo_pose_sequence, render_preview_grid
 from animatex_train.data.epi.realign import realign_to_anchor
 from animatex_train.data.epi.transform import EPIConfig, EPITransform, apply_epi, sample_epi_plan
 from animatex_train.data.format.keypoints import KeypointError, PoseSequence
@@ -169,11 +170,18 @@ def test_bad_keypoints_raise_naming_the_sample(clip, anchors):
     body = clip.body.copy()
     body[0, 1] = (np.inf, 0.5)
     with pytest.raises(KeypointError, match="sample 'vid9-c00002' body: non-finite"):
-        apply_epi(PoseSequence(body, clip.feet, clip.hands, None, clip.frame_size), anchors, EPIConfig(), 0, 0,
-                  "vid9-c00002")  # fmt: skip
+        apply_epi(
+            PoseSequence(body, clip.feet, clip.hands, None, clip.frame_size), anchors, EPIConfig(), 0, 0, "vid9-c00002"
+        )
     with pytest.raises(KeypointError, match="sample 'vid9-c00002': feet keypoints must have shape"):
-        apply_epi(PoseSequence(clip.body, clip.feet[:, :1], clip.hands, None, clip.frame_size), anchors, EPIConfig(),
-                  0, 0, "vid9-c00002")  # fmt: skip
+        apply_epi(
+            PoseSequence(clip.body, clip.feet[:, :1], clip.hands, None, clip.frame_size),
+            anchors,
+            EPIConfig(),
+            0,
+            0,
+            "vid9-c00002",
+        )
 
 
 def test_preview_grid(clip, anchors, tmp_path):
@@ -184,8 +192,12 @@ def test_preview_grid(clip, anchors, tmp_path):
         for column in range(6):
             tile = grid[24 + row * 96 + 16 : 24 + (row + 1) * 96, column * 64 + 1 : (column + 1) * 64]
             assert tile.any(), (row, column)  # every tile shows a pose
-    assert epi_preview_main(["--demo", "--output", str(tmp_path / "epi.png"), "--num-samples", "2",
-                             "--tile-size", "96", "64"]) == 0  # fmt: skip
+    assert (
+        epi_preview_main(
+            ["--demo", "--output", str(tmp_path / "epi.png"), "--num_samples", "2", "--tile_size", "96", "64"]
+        )
+        == 0
+    )
     from PIL import Image
 
     with Image.open(tmp_path / "epi.png") as image:

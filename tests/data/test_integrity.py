@@ -1,4 +1,4 @@
-"""Data integrity faults a user meets (RELIABILITY.md F14-F16, RELIABILITY_PROBE.md D5, D9, D12, D15).
+"""Data integrity faults a user meets (docs/reliability.md F14-F16, docs/reliability.md probe D5, D9, D12, D15).
 
 * an unreadable shard fails the pre-flight check like a missing one (not placeholders every epoch);
 * a latent or CLIP member of another dtype than the schema's float16 is rejected, naming key and member;
@@ -18,7 +18,7 @@ import pytest
 from support.shards import make_record, write_shards
 from support.tiny_dataset import REPO_ROOT, build_tiny_dataset
 
-from animatex_train.data.epi.anchor_pool import anchor_pool_main
+from animatex_train.cli.anchor_pool import main as anchor_pool_main
 from animatex_train.data.format.manifest import DatasetManifest, ManifestError
 from animatex_train.data.format.schema import LATENT_STD, SampleError, decode_clip, encode_clip
 
@@ -64,10 +64,23 @@ def test_anchor_pool_names_a_truncated_shard(tmp_path, capsys):
 
 def test_prepare_refuses_an_abbreviated_flag(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "animatex_train", "prepare", "--clips.num_frame", "8", "--videos",
-         str(REPO_ROOT / "tests" / "fixtures" / "videos"), "--output_dir", str(tmp_path / "out")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "animatex_train",
+            "prepare",
+            "--clips.num_frame",
+            "8",
+            "--videos",
+            str(REPO_ROOT / "tests" / "fixtures" / "videos"),
+            "--output_dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--clips.num_frame" in errors[0] and "Traceback" not in proc.stderr
@@ -91,8 +104,9 @@ def test_foreign_and_duplicate_groups_are_skipped_by_key_and_nothing_else_is_los
     foreign = {"__key__": "../../../outside", "meta.json": b"{}"}
     duplicate = dict(samples[0])  # not adjacent: adjacent members of one key are one group (WebDataset's rule)
     shard = tmp_path / "evil.tar"
-    write_tar(shard, [foreign, samples[0], samples[1], duplicate, {"__key__": "stray", "x.txt": b"1"},
-                      samples[2], samples[3]])  # fmt: skip
+    write_tar(
+        shard, [foreign, samples[0], samples[1], duplicate, {"__key__": "stray", "x.txt": b"1"}, samples[2], samples[3]]
+    )
     keys = tuple(f"e000-c{c:05d}" for c in range(4))
     index = index_of((ShardInfo(str(shard), keys, (6,) * 4, 32, 32),))
     layout = Layout(world_size=1, workers=1, batch_size=2, shuffle_buffer=4, seed=0)

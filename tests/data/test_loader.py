@@ -26,8 +26,9 @@ from animatex_train.data.loading.stream import ShardStream, StreamSettings
 WINDOW = WindowConfig(num_frames=4)
 
 
-def loader(index: DataIndex, rank: int = 0, world: int = 1, workers: int = 0, batch: int = 2, buffer: int = 4,
-           seed: int = 0) -> ShardStreamLoader:  # fmt: skip
+def loader(
+    index: DataIndex, rank: int = 0, world: int = 1, workers: int = 0, batch: int = 2, buffer: int = 4, seed: int = 0
+) -> ShardStreamLoader:
     layout = Layout(world_size=world, workers=max(1, workers), batch_size=batch, shuffle_buffer=buffer, seed=seed)
     return ShardStreamLoader(ShardStream(StreamSettings(index, layout, rank, WINDOW, clip_dim=8)), num_workers=workers)
 
@@ -210,7 +211,7 @@ def test_tar_members_are_never_extracted(tmp_path):
 
 def test_batch_is_one_buffer_across_processes_and_expands_pose_labels():
     from animatex_train.data.loading.batch import allocate_batch, clear_row
-    from animatex_train.data.pose.render import POSE_PALETTE
+    from animatex_train.data.pose.style import POSE_PALETTE
 
     for shared in (True, False):  # a worker's batch lives in shared memory
         batch = allocate_batch(2, 3, (16, 8), clip_dim=4, shared=shared)

@@ -153,8 +153,9 @@ def test_bad_input_raises_naming_the_sample(driving, anchor):
     body = driving.body.copy()
     body[2, 4] = (np.nan, 0.3)
     with pytest.raises(KeypointError, match="clip-42 body: non-finite"):
-        realign_to_anchor(PoseSequence(body, driving.feet, driving.hands, None, driving.frame_size), anchor,
-                          name="clip-42")  # fmt: skip
+        realign_to_anchor(
+            PoseSequence(body, driving.feet, driving.hands, None, driving.frame_size), anchor, name="clip-42"
+        )
     wrong = PoseSequence(driving.body, driving.feet, driving.hands[:, :1], None, driving.frame_size)
     with pytest.raises(KeypointError, match="clip-42: hands keypoints must have shape"):
         realign_to_anchor(wrong, anchor, name="clip-42")

@@ -101,7 +101,7 @@ def test_other_resolution_scales_positions_not_strokes():
 
 def _reference_render(pose: PoseSequence, frame: int) -> np.ndarray:
     """Straightforward re-statement of the official steps: limbs at full colour, canvas * 0.6, dots, hands."""
-    from animatex_train.data.pose.render import CANVAS_COLOURS, HAND_EDGES, LIMBS
+    from animatex_train.data.pose.style import CANVAS_COLOURS, HAND_EDGES, LIMBS
 
     height, width = pose.frame_size
     canvas = np.zeros((height, width, 3), np.uint8)
@@ -193,7 +193,8 @@ def test_border_dots_are_clipped_like_opencv(frame_size):
 
 @pytest.mark.parametrize("frame_size", [(768, 512), (96, 64)])
 def test_labels_through_the_palette_are_the_rgb_images(frame_size):
-    from animatex_train.data.pose.render import POSE_PALETTE, render_pose_labels
+    from animatex_train.data.pose.render import render_pose_labels
+    from animatex_train.data.pose.style import POSE_PALETTE
 
     moving = demo_pose_sequence(8, frame_size, seed=4, shape_jitter=0.3)
     for pose in (moving, _edge_pose(frame_size)):

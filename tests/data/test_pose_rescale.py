@@ -16,7 +16,7 @@ from animatex_train.data.epi.rescale import (
     apply_rescale_plan,
     drop_parts,
     sample_rescale_plan,
-)  # fmt: skip
+)
 from animatex_train.data.format.keypoints import BODY, KeypointError, PoseSequence, visible
 from animatex_train.data.pose.skeleton import BONES, HAND_WRIST, JOINT_PARENT, LEFT_TOES, RIGHT_TOES
 

@@ -10,17 +10,17 @@ import av
 import numpy as np
 import pytest
 
+from animatex_train.cli.synth import main as synthetic_main
 from animatex_train.data.format.keypoints import BODY, PoseSequence, visible
-from animatex_train.data.synthetic.characters import BODY_STYLES
 from animatex_train.data.synthetic.dataset import (
     LICENCE,
     METADATA_FILE,
     SyntheticDatasetConfig,
     design_clip,
     render_clip,
-    synthetic_main,
     write_synthetic_dataset,
 )
+from animatex_train.data.synthetic.proportions import BODY_STYLES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIZE = (256, 192)
@@ -146,9 +146,15 @@ def test_written_dataset_is_reproducible_and_decodable(tmp_path):
         with av.open(str(video)) as container:
             decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
         assert decoded.shape == (config.num_frames, config.height_px, config.width_px, 3)
-        frames, pose = render_clip(styles[index], config.video_seed(index), config.num_frames,
-                                   (config.height_px, config.width_px), config.fps, config.hand_hide_rate,
-                                   config.face_hide_rate)  # fmt: skip
+        frames, pose = render_clip(
+            styles[index],
+            config.video_seed(index),
+            config.num_frames,
+            (config.height_px, config.width_px),
+            config.fps,
+            config.hand_hide_rate,
+            config.face_hide_rate,
+        )
         assert np.abs(decoded.astype(int) - frames).mean() < 6.0  # right colour matrix, no frame shifted
         sidecar = np.load(video.with_name(video.stem + ".pose.npy"), allow_pickle=False)
         assert sidecar.shape == (config.num_frames, 130, 2) and sidecar.dtype == np.float32
@@ -188,8 +194,8 @@ def test_cli_writes_the_dataset(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("num_frames: 6\nheight_px: 64\nwidth_px: 64\nstyles: [teapot]\n")
     out = tmp_path / "out"
-    status = synthetic_main(["--out", str(out), "--config", str(recipe), "--num-videos", "2", "--num-val-videos", "1"])
+    status = synthetic_main(["--out", str(out), "--config", str(recipe), "--num_videos", "2", "--num_val_videos", "1"])
     assert status == 0 and "wrote 2 videos" in capsys.readouterr().out
     assert sorted(path.name for path in out.glob("*.mp4")) == ["synth_0000.mp4", "synth_0001.mp4"]
-    assert synthetic_main(["--out", str(out), "--config", str(recipe), "--num-videos", "1"]) == 2
+    assert synthetic_main(["--out", str(out), "--config", str(recipe), "--num_videos", "1"]) == 2
     assert "num_val_videos" in capsys.readouterr().err

@@ -13,9 +13,16 @@ from animatex_train.data.loading.datamodule import DataConfigError, DatasetSourc
 
 
 def _module(manifest, workers: int) -> VideoDataModule:
-    return VideoDataModule(train=[DatasetSource(str(manifest))], val=[DatasetSource(str(manifest), split="val")],
-                           batch_size=1, num_workers=workers, num_frames=8, epi={"apply_prob": 0.0},
-                           pin_memory=False, shuffle_buffer=2)  # fmt: skip
+    return VideoDataModule(
+        train=[DatasetSource(str(manifest))],
+        val=[DatasetSource(str(manifest), split="val")],
+        batch_size=1,
+        num_workers=workers,
+        num_frames=8,
+        epi={"apply_prob": 0.0},
+        pin_memory=False,
+        shuffle_buffer=2,
+    )
 
 
 def test_validation_loader_lowers_workers_to_what_the_split_can_fill(tmp_path):

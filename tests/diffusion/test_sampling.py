@@ -183,8 +183,9 @@ def test_eta_changes_the_result_only_through_step_noise(diffusion: GaussianDiffu
     assert (out_1 - x0).abs().max().item() < 0.3
 
 
-def test_progress_bar_counts_every_step_and_changes_nothing(diffusion: GaussianDiffusion,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_progress_bar_counts_every_step_and_changes_nothing(
+    diffusion: GaussianDiffusion, capsys: pytest.CaptureFixture[str]
+) -> None:
     sampler = DDIMSampler(diffusion, SamplerConfig(num_steps=2, guidance_scale=1.0))
     quiet = sampler.sample(lambda xt, t: xt, None, SHAPE, torch.Generator().manual_seed(0))
     capsys.readouterr()
@@ -196,9 +197,12 @@ def test_progress_bar_counts_every_step_and_changes_nothing(diffusion: GaussianD
 
 def _diffusers_scheduler(diffusion: GaussianDiffusion, spacing: str, alpha_to_one: bool) -> DDIMScheduler:
     return DDIMScheduler(
-        trained_betas=diffusion.betas.numpy(), prediction_type="v_prediction", set_alpha_to_one=alpha_to_one,
-        clip_sample=False, timestep_spacing=spacing,
-    )  # fmt: skip
+        trained_betas=diffusion.betas.numpy(),
+        prediction_type="v_prediction",
+        set_alpha_to_one=alpha_to_one,
+        clip_sample=False,
+        timestep_spacing=spacing,
+    )
 
 
 @pytest.mark.parametrize("num_steps", [1, 7, 30, 50, 333])
@@ -217,17 +221,25 @@ def _field(xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("spacing", "final_alpha", "eta"),
-    [("official", "alpha_0", 0.0), ("official", "one", 0.0), ("trailing", "alpha_0", 0.0), ("trailing", "one", 0.0),
-     ("trailing", "alpha_0", 1.0), ("official", "one", 0.5)],
-)  # fmt: skip
+    [
+        ("official", "alpha_0", 0.0),
+        ("official", "one", 0.0),
+        ("trailing", "alpha_0", 0.0),
+        ("trailing", "one", 0.0),
+        ("trailing", "alpha_0", 1.0),
+        ("official", "one", 0.5),
+    ],
+)
 def test_whole_loop_matches_diffusers(diffusion: GaussianDiffusion, spacing: str, final_alpha: str, eta: float) -> None:
     """Our loop against diffusers' DDIMScheduler.step run over the same grid with the same v function."""
     num_steps = 10
-    config = SamplerConfig(num_steps=num_steps, guidance_scale=1.0, timestep_spacing=spacing,
-                           final_alpha=final_alpha, eta=eta)  # fmt: skip
+    config = SamplerConfig(
+        num_steps=num_steps, guidance_scale=1.0, timestep_spacing=spacing, final_alpha=final_alpha, eta=eta
+    )
     sampler = DDIMSampler(diffusion, config)
-    scheduler = _diffusers_scheduler(diffusion, "trailing" if spacing == "trailing" else "leading",
-                                     final_alpha == "one")  # fmt: skip
+    scheduler = _diffusers_scheduler(
+        diffusion, "trailing" if spacing == "trailing" else "leading", final_alpha == "one"
+    )
     scheduler.set_timesteps(num_steps)  # sets T // n; the official grid itself is not a diffusers spacing
     x_start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
     ours = sampler.sample(_field, None, SHAPE, torch.Generator().manual_seed(9), noise=x_start)
@@ -243,8 +255,9 @@ def test_whole_loop_matches_diffusers(diffusion: GaussianDiffusion, spacing: str
 def test_final_alpha_one_returns_the_x0_prediction(diffusion: GaussianDiffusion) -> None:
     x0 = torch.randn(SHAPE, dtype=torch.float64)
     config = SamplerConfig(guidance_scale=1.0, final_alpha="one")
-    out = DDIMSampler(diffusion, config).sample(_oracle(diffusion, x0), None, SHAPE, noise=torch.randn(SHAPE,
-                                                dtype=torch.float64), dtype=torch.float64)  # fmt: skip
+    out = DDIMSampler(diffusion, config).sample(
+        _oracle(diffusion, x0), None, SHAPE, noise=torch.randn(SHAPE, dtype=torch.float64), dtype=torch.float64
+    )
     torch.testing.assert_close(out, x0)  # no sqrt(1 - alpha_bar_0) eps term left, unlike the official last step
 
 

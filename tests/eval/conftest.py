@@ -24,8 +24,11 @@ def random_weight_file(tmp_path_factory):
         key = (str(fixture), kind)
         if key not in _WEIGHTS:
             recipes = load_json(fixture)["random_weights"]
-            state = (random_vgg16_state(recipes["lpips_vgg16_trunk"]) if kind == "vgg16"
-                     else random_fid_inception_state(recipes["pytorch_fid_inception"]))
+            state = (
+                random_vgg16_state(recipes["lpips_vgg16_trunk"])
+                if kind == "vgg16"
+                else random_fid_inception_state(recipes["pytorch_fid_inception"])
+            )
             path = tmp_path_factory.mktemp(f"{fixture.name}_{kind}") / f"{kind}.pth"
             torch.save(state, path)
             _WEIGHTS[key] = path

@@ -68,8 +68,10 @@ def random_fid_inception_state(recipe: dict) -> dict[str, torch.Tensor]:
     import pytorch_fid.inception as fid_inception
 
     torch.manual_seed(recipe["seed"])
-    with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch("torchvision.models.inception.Inception3.load_state_dict", lambda *a, **k: None):
+    with (
+        mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch("torchvision.models.inception.Inception3.load_state_dict", lambda *a, **k: None),
+    ):
         net = fid_inception.fid_inception_v3()
     scale = recipe.get("conv_weight_scale", math.sqrt(6.0))
     state = {k: (v * scale if k.endswith("conv.weight") else v) for k, v in net.state_dict().items()}

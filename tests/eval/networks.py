@@ -14,8 +14,9 @@ def _he_scaled(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v * math.sqrt(6.0) if v.ndim == 5 else v for k, v in state.items()}
 
 
-def write_random_metric_weights(folder: Path, seed: int = 0,
-                                only: tuple[str, ...] = ("fid_inception", "vgg16", "i3d", "r3d50")) -> dict[str, Path]:
+def write_random_metric_weights(
+    folder: Path, seed: int = 0, only: tuple[str, ...] = ("fid_inception", "vgg16", "i3d", "r3d50")
+) -> dict[str, Path]:
     """``{fid_inception, vgg16, i3d, r3d50} -> path`` of seeded random weights. Convolution weights of the Inception
     and of the two 3D networks are scaled by sqrt(6) (He variance), as the reference fixtures do: with PyTorch's
     default init and eval-mode BatchNorm their features are input-independent (I3D logits differ by ~5e-8 between
@@ -28,8 +29,10 @@ def write_random_metric_weights(folder: Path, seed: int = 0,
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None), \
-            mock.patch("torchvision.models.inception.Inception3.load_state_dict", lambda *a, **k: None):
+    with (
+        mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None),
+        mock.patch("torchvision.models.inception.Inception3.load_state_dict", lambda *a, **k: None),
+    ):
         inception = fid_inception.fid_inception_v3().state_dict()
     states = {
         "fid_inception": {k: v * math.sqrt(6.0) if k.endswith("conv.weight") else v for k, v in inception.items()},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from animatex_train.launch.ablate import ablate_main
+from animatex_train.cli.ablate import main as ablate_main
 
 
 def _write_eval(run_dir, protocol, psnr):

@@ -21,14 +21,17 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_metrics_are_pure():
-    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.split(".")[0] in FORBIDDEN)
-                 for p in (PACKAGE / "eval" / "metrics").rglob("*.py")}
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.split(".")[0] in FORBIDDEN)
+        for p in (PACKAGE / "eval" / "metrics").rglob("*.py")
+    }
     assert not {k: v for k, v in offenders.items() if v}
 
 
 def test_training_side_does_not_import_the_evaluation():
     files = [PACKAGE / "system.py", *(PACKAGE / "training").rglob("*.py")]
-    offenders = {str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p)
-                                                     if m.startswith("animatex_train.eval"))
-                 for p in files}
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(m for m in _imports(p) if m.startswith("animatex_train.eval"))
+        for p in files
+    }
     assert not {k: v for k, v in offenders.items() if v}

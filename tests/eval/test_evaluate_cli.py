@@ -25,23 +25,45 @@ def setup(tmp_path_factory):
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("evaluate")
-    config = SyntheticDatasetConfig(num_videos=3, num_val_videos=2, num_frames=16, height_px=64, width_px=64,
-                                    styles=("teapot", "human", "fox"))
+    config = SyntheticDatasetConfig(
+        num_videos=3, num_val_videos=2, num_frames=16, height_px=64, width_px=64, styles=("teapot", "human", "fox")
+    )
     write_synthetic_dataset(root / "videos", config)
     model = AnimateXDenoiser(tiny_denoiser_config()).eval()
     checkpoint = root / "tiny.safetensors"
     from dataclasses import asdict
 
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint),
-              metadata={"animatex.denoiser_config": json.dumps(asdict(model.config)), "format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(checkpoint),
+        metadata={"animatex.denoiser_config": json.dumps(asdict(model.config)), "format": "pt"},
+    )
     return root, checkpoint, write_random_metric_weights(root / "metric_weights")
 
 
 def _args(root: Path, checkpoint: Path, weights: dict, recipe: str, out: Path) -> list[str]:
-    return ["evaluate", "--recipe", str(REPO / "recipes" / "eval" / recipe), "--test-set", str(root / "videos"),
-            "-o", str(out), "--checkpoint", str(checkpoint), "--tiny", "--steps", "2", "--device", "cpu",
-            "--no-progress", "--set", "animate.inputs.size=[64,64]", "--set", "metrics.frechet_method=eigh",
-            *(f"--weights.{k}={v}" for k, v in weights.items())]  # fmt: skip
+    return [
+        "evaluate",
+        "--recipe",
+        str(REPO / "recipes" / "eval" / recipe),
+        "--test_set",
+        str(root / "videos"),
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(checkpoint),
+        "--tiny",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no_progress",
+        "--set",
+        "animate.inputs.size=[64,64]",
+        "--set",
+        "metrics.frechet_method=eigh",
+        *(f"--weights.{k}={v}" for k, v in weights.items()),
+    ]
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -64,8 +86,12 @@ def test_self_driven_writes_metrics_json_table_and_wandb(setup, tmp_path, monkey
     assert report["counts"]["frame_pairs"] == 32 and report["counts"]["fid_vid_clips"] == {"gen": 2, "real": 2}
     assert [row["id"] for row in report["per_video"]] == ["synth_0001", "synth_0002"]
     assert all(row["n"] == 16 and "psnr_star" in row for row in report["per_video"])
-    assert report["checkpoint"]["sha256"] and set(report["metric_weights"]) == {"fid_inception", "vgg16", "i3d",
-                                                                                 "r3d50"}
+    assert report["checkpoint"]["sha256"] and set(report["metric_weights"]) == {
+        "fid_inception",
+        "vgg16",
+        "i3d",
+        "r3d50",
+    }
     assert report["protocol"]["protocol"] == "self_driven"
     table = (tmp_path / "metrics.md").read_text()
     assert "| PSNR*↑ | SSIM↑ | L1↓ | LPIPS↓ | FID↓ | FID-VID↓ | FVD↓ |" in table

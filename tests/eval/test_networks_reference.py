@@ -93,8 +93,7 @@ def test_fid_features_match_pytorch_fid(fixture, random_weight_file):
             checked += 1
     spec = _smallest_fid_case(fixture, data)
     files = sorted((fixture / spec["paths"][0]).iterdir())
-    theirs = get_activations(files, network.net, batch_size=len(files), dims=spec["dims"], device="cpu",
-                             num_workers=0)
+    theirs = get_activations(files, network.net, batch_size=len(files), dims=spec["dims"], device="cpu", num_workers=0)
     ours = network(torch.from_numpy(np.stack([read_rgb(f) for f in files]))).numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
     assert checked > 0 or not any("gen_pool3_tensor" in v for v in _fid_cases(data).values())
@@ -107,7 +106,9 @@ def test_fid_value_matches_pytorch_fid(fixture, random_weight_file):
     pytorch-fid's number to 1e-4. Slow (a 2048-d sqrtm takes tens of seconds on 2 cores)."""
     data = load_json(fixture)
     spec = _smallest_fid_case(fixture, data)
-    suite = MetricSuite(MetricsConfig(metrics=["fid"], fid_batch_size=spec["batch_size"]),
-                        WeightPaths(fid_inception=str(random_weight_file(fixture, "fid_inception"))))
+    suite = MetricSuite(
+        MetricsConfig(metrics=["fid"], fid_batch_size=spec["batch_size"]),
+        WeightPaths(fid_inception=str(random_weight_file(fixture, "fid_inception"))),
+    )
     score_folders(suite, fixture / spec["paths"][0], fixture / spec["paths"][1], progress=False)
     assert suite.compute()["metrics"]["fid"] == pytest.approx(spec["fid"], rel=1e-4)

@@ -43,8 +43,7 @@ def _batch(keys: list[str], valid: list[bool], seed: int) -> SimpleNamespace:
     truth = torch.from_numpy(rng.integers(0, 256, (len(keys), 3, 32, 32, 3), dtype=np.uint8))
     noise = torch.from_numpy(rng.integers(-40, 41, truth.shape))
     generated = (truth.int() + noise).clamp(0, 255).to(torch.uint8)
-    return SimpleNamespace(keys=keys, valid=torch.tensor(valid), batch_size=len(keys), truth=truth,
-                           generated=generated)  # fmt: skip
+    return SimpleNamespace(keys=keys, valid=torch.tensor(valid), batch_size=len(keys), truth=truth, generated=generated)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +57,11 @@ def test_scores_the_first_batches_like_evaluate_and_skips_placeholders(weights):
     module = _Module()
     trainer = SimpleNamespace(sanity_checking=False, callbacks=[callback], strategy=SimpleNamespace(model=None))
     callback.setup(trainer, module, "fit")
-    batches = [_batch(["a", "b", "c"], [True, True, True], 0), _batch(["d", "e", "f"], [True, False, True], 1),
-               _batch(["g", "h", "i"], [True, True, True], 2)]  # fmt: skip
+    batches = [
+        _batch(["a", "b", "c"], [True, True, True], 0),
+        _batch(["d", "e", "f"], [True, False, True], 1),
+        _batch(["g", "h", "i"], [True, True, True], 2),
+    ]
 
     def validation(sanity: bool = False) -> None:
         trainer.sanity_checking = sanity
@@ -76,14 +78,19 @@ def test_scores_the_first_batches_like_evaluate_and_skips_placeholders(weights):
     scored = [(b, i) for b in batches[:2] for i in range(2) if b.valid[i]]
     pairs = [(b.generated[i, t].numpy(), b.truth[i, t].numpy()) for b, i in scored for t in range(3)]
     lpips = DiscoLPIPS(weights["vgg16"])
-    expected = {"eval/psnr_star": np.mean([psnr_star(g, t) for g, t in pairs]),
-                "eval/ssim": np.mean([ssim_disco(g, t) for g, t in pairs]),
-                "eval/l1": np.mean([l1_disco(g, t) for g, t in pairs]),
-                "eval/lpips": np.mean([float(lpips(torch.from_numpy(g)[None], torch.from_numpy(t)[None])[0])
-                                       for g, t in pairs])}  # fmt: skip
+    expected = {
+        "eval/psnr_star": np.mean([psnr_star(g, t) for g, t in pairs]),
+        "eval/ssim": np.mean([ssim_disco(g, t) for g, t in pairs]),
+        "eval/l1": np.mean([l1_disco(g, t) for g, t in pairs]),
+        "eval/lpips": np.mean(
+            [float(lpips(torch.from_numpy(g)[None], torch.from_numpy(t)[None])[0]) for g, t in pairs]
+        ),
+    }
     inception = callback.suite.frames.network
-    features = {side: inception(torch.from_numpy(np.stack([p[k] for p in pairs]))).double().numpy()
-                for k, side in ((0, "gen"), (1, "real"))}  # fmt: skip
+    features = {
+        side: inception(torch.from_numpy(np.stack([p[k] for p in pairs]))).double().numpy()
+        for k, side in ((0, "gen"), (1, "real"))
+    }
     expected["eval/fid"] = frechet_from_features(features["gen"], features["real"], "eigh")
     (logged,) = module.logged
     assert logged.keys() == expected.keys()
@@ -110,13 +117,28 @@ def test_logs_the_metrics_during_a_real_fit(weights, tmp_path):
     data, run = tmp_path / "data", tmp_path / "run"
     build_tiny_dataset(data, num_train_shards=1, per_shard=2, frames=6, size=(32, 32))
     overlay = tmp_path / "evaluation.yaml"
-    evaluation = {"class_path": "animatex_train.eval.callback.TrainingEvaluation",
-                  "init_args": {"num_batches": 1, "samples_per_batch": 1, "weights": weights,
-                                "metrics": ["psnr_star", "l1", "lpips", "fid"]}}  # fmt: skip
+    evaluation = {
+        "class_path": "animatex_train.eval.callback.TrainingEvaluation",
+        "init_args": {
+            "num_batches": 1,
+            "samples_per_batch": 1,
+            "weights": weights,
+            "metrics": ["psnr_star", "l1", "lpips", "fid"],
+        },
+    }
     run_metrics = {"class_path": "animatex_train.training.run_metrics.RunMetrics"}  # writes metrics.jsonl
     overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [evaluation, run_metrics]}}))
-    args = [*fit_args(data, run, max_steps=2, validate=True), "--config", str(overlay), "--data.num_frames", "4",
-            "--trainer.limit_val_batches", "1", "--model.validation.sample_clips", "false"]  # fmt: skip
+    args = [
+        *fit_args(data, run, max_steps=2, validate=True),
+        "--config",
+        str(overlay),
+        "--data.num_frames",
+        "4",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.validation.sample_clips",
+        "false",
+    ]
     run_fit(args, fit_env(), timeout_s=300)
     records = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
     validation = [r["metrics"] for r in records if r.get("event") == "validation"][-1]

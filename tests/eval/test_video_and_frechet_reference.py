@@ -39,8 +39,9 @@ def test_windows_and_preprocessed_clips_match_disco(fixture):
                 assert skipped == expected["skipped_messages"]
                 assert len(windows) == expected["n_samples"]
                 for sample in expected["samples"]:
-                    frames = np.stack([resize_bicubic_float(read_rgb(folder / n), expected["img_size"])
-                                       for n in sample["window"]])
+                    frames = np.stack(
+                        [resize_bicubic_float(read_rgb(folder / n), expected["img_size"]) for n in sample["window"]]
+                    )
                     ours = NORMALISE[metric](frames).unsqueeze(0)  # (1, 3, 16, S, S), DisCo's network input
                     assert list(ours.shape) == sample["network_input_shape"]
                     exact = torch.from_numpy(stored[sample["exact_frame0_tensor"]])
@@ -55,8 +56,12 @@ def test_windows_and_preprocessed_clips_match_disco(fixture):
                     assert ours.max().item() == pytest.approx(sample["max"], abs=1e-4)
                     compared += 1
     assert compared > 0 or all(
-        not s[side][m]["samples"] for s in data["video_preprocessing"].values() if isinstance(s, dict)
-        for side in ("gen", "gt") for m in s[side])
+        not s[side][m]["samples"]
+        for s in data["video_preprocessing"].values()
+        if isinstance(s, dict)
+        for side in ("gen", "gt")
+        for m in s[side]
+    )
 
 
 @pytest.mark.parametrize("method", ["sqrtm", "eigh"])

@@ -19,15 +19,23 @@ class DtypeProbe(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.seen is None:
-            self.seen = {"device": str(batch.latent_mean.device),
-                         "batch": {f.name: str(getattr(batch, f.name).dtype) for f in fields(batch)
-                                   if isinstance(getattr(batch, f.name), torch.Tensor)}}  # fmt: skip
+            self.seen = {
+                "device": str(batch.latent_mean.device),
+                "batch": {
+                    f.name: str(getattr(batch, f.name).dtype)
+                    for f in fields(batch)
+                    if isinstance(getattr(batch, f.name), torch.Tensor)
+                },
+            }
 
     def on_train_end(self, trainer, pl_module) -> None:
         from deepspeed.utils import safe_get_full_fp32_param
 
-        master = {n: safe_get_full_fp32_param(p).detach().cpu().contiguous()
-                  for n, p in pl_module.denoiser.named_parameters() if p.requires_grad}  # fmt: skip
+        master = {
+            n: safe_get_full_fp32_param(p).detach().cpu().contiguous()
+            for n, p in pl_module.denoiser.named_parameters()
+            if p.requires_grad
+        }
         if trainer.is_global_zero:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             self.out.write_text(json.dumps(self.seen))

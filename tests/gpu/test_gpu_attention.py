@@ -16,8 +16,9 @@ from animatex_train.models.config import tiny_denoiser_config
 from animatex_train.models.unet import AnimateXDenoiser
 
 pytestmark = pytest.mark.gpu
-KERNELS = ["sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "math"] + (["flash_attn"] if attn.HAS_FLASH_ATTN
-                                                                            else [])  # fmt: skip
+KERNELS = ["sdpa", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "math"] + (
+    ["flash_attn"] if attn.HAS_FLASH_ATTN else []
+)
 # (b, s_q, s_k, heads, d): spatial self-attention of level 1 at 768x512 (48x32 tokens, 10 heads), temporal attention
 # over 33 frames at level 0 (6,144 sequences per sample, 5 heads), cross-attention to the 81 context tokens.
 SHAPES = {"spatial": (4, 1536, 1536, 10, 64), "temporal": (12288, 33, 33, 5, 64), "cross": (8, 1536, 81, 5, 64)}

@@ -25,8 +25,15 @@ PROBES = Path(__file__).resolve().parent
 
 
 def _batches(manifest: Path, pin: bool, n: int = 3) -> list:
-    module = VideoDataModule(train=[DatasetSource(str(manifest))], batch_size=2, num_workers=1, num_frames=8,
-                             epi={"apply_prob": 0.0}, pin_memory=pin, shuffle_buffer=4)  # fmt: skip
+    module = VideoDataModule(
+        train=[DatasetSource(str(manifest))],
+        batch_size=2,
+        num_workers=1,
+        num_frames=8,
+        epi={"apply_prob": 0.0},
+        pin_memory=pin,
+        shuffle_buffer=4,
+    )
     batches = []
     for batch in module.train_dataloader():
         batches.append(batch)
@@ -55,10 +62,22 @@ def test_zero2_bf16_fit_keeps_batch_dtypes_and_exports_its_checkpoint(tmp_path):
     build_tiny_dataset(data)
     run_dir = tmp_path / "run"
     probe = f"--trainer.callbacks+={{class_path: gpu_probe.DtypeProbe, init_args: {{out: {run_dir / 'dtypes.json'}}}}}"
-    args = [*fit_args(data, run_dir, max_steps=2, every_n_steps=2), "--trainer.accelerator", "gpu",
-            "--trainer.devices", "1", "--trainer.precision", "bf16-mixed", "--data.pin_memory", "true",
-            "--trainer.strategy", "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
-            "--trainer.strategy.stage", "2", probe]  # fmt: skip
+    args = [
+        *fit_args(data, run_dir, max_steps=2, every_n_steps=2),
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.precision",
+        "bf16-mixed",
+        "--data.pin_memory",
+        "true",
+        "--trainer.strategy",
+        "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
+        "--trainer.strategy.stage",
+        "2",
+        probe,
+    ]
     env = fit_env(PROBES)
     env.pop("DS_ACCELERATOR", None)  # DeepSpeed picks CUDA here
     run_fit(args, env, timeout_s=400)

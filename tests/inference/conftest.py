@@ -59,16 +59,25 @@ def weights(tmp_path_factory) -> SimpleNamespace:
     model_config.write_text(yaml.safe_dump({"denoiser": json.loads(json.dumps(config))}))
     # A training checkpoint: raw weights plus EMA shadow weights that differ (EMA is the default to load).
     ema = {k: v + 0.01 for k, v in state.items() if v.is_floating_point() and "pos_table" not in k}
-    checkpoint = {"state_dict": {f"denoiser.{k}": v for k, v in state.items()}, "global_step": 4,
-                  "hyper_parameters": {"config": {"denoiser": config}},
-                  "callbacks": {"EMA": {"shadow": ema, "num_updates": 4}}}  # fmt: skip
+    checkpoint = {
+        "state_dict": {f"denoiser.{k}": v for k, v in state.items()},
+        "global_step": 4,
+        "hyper_parameters": {"config": {"denoiser": config}},
+        "callbacks": {"EMA": {"shadow": ema, "num_updates": 4}},
+    }
     runs = root / "run" / "checkpoints"
     tmp = runs / (step_dir_name(4) + ".tmp")
     tmp.mkdir(parents=True)
     torch.save(checkpoint, tmp / STATE)
     commit_checkpoint(tmp, runs / step_dir_name(4), 4, keep_last=2)
-    return SimpleNamespace(model=model, export=export, official=official, model_config=model_config,
-                           training=runs, ema_state={**state, **ema})  # fmt: skip
+    return SimpleNamespace(
+        model=model,
+        export=export,
+        official=official,
+        model_config=model_config,
+        training=runs,
+        ema_state={**state, **ema},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -80,12 +89,13 @@ def dwpose(tmp_path_factory) -> tuple[Path, Path]:
 def fast_settings(weights, dwpose) -> AnimateSettings:
     """Small and quick: 64 x 64, 2 DDIM steps, our export, tiny encoders, DWPose stand-ins, no progress bars."""
     return AnimateSettings(
-        weights=WeightsSettings(checkpoint=str(weights.export), tiny=True, dwpose_det=str(dwpose[0]),
-                                dwpose_pose=str(dwpose[1])),
+        weights=WeightsSettings(
+            checkpoint=str(weights.export), tiny=True, dwpose_det=str(dwpose[0]), dwpose_pose=str(dwpose[1])
+        ),
         inputs=InputSettings(size=(64, 64), frames=4),
         sampling=SamplingSettings(sampler=SamplerConfig(num_steps=2), device="cpu"),
         output=OutputSettings(progress=False),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +108,7 @@ def models(fast_settings):
 
 def with_changes(settings: AnimateSettings, **sections) -> AnimateSettings:
     """``settings`` with ``inputs={...}``/``sampling={...}``/``output={...}`` fields replaced."""
-    changed = {name: replace(getattr(settings, name), **fields) for name, fields in sections.items()
-               if name != "mode"}  # fmt: skip
+    changed = {name: replace(getattr(settings, name), **fields) for name, fields in sections.items() if name != "mode"}
     if "mode" in sections:
         changed["mode"] = sections["mode"]
     return replace(settings, **changed)
@@ -108,5 +117,6 @@ def with_changes(settings: AnimateSettings, **sections) -> AnimateSettings:
 @pytest.fixture(scope="session")
 def inf() -> SimpleNamespace:
     """Helpers for the test modules (imported with --import-mode=importlib, they cannot import conftest)."""
-    return SimpleNamespace(MEDIA=MEDIA, VIDEOS=VIDEOS, REPO=REPO, with_changes=with_changes,
-                           randomized_denoiser=randomized_denoiser)  # fmt: skip
+    return SimpleNamespace(
+        MEDIA=MEDIA, VIDEOS=VIDEOS, REPO=REPO, with_changes=with_changes, randomized_denoiser=randomized_denoiser
+    )

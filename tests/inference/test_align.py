@@ -28,9 +28,14 @@ def assert_same_pose(a: PoseSequence, b: PoseSequence, atol: float = 1e-6) -> No
 def moving_driver(**overrides) -> PoseSequence:
     """A differently built person in a landscape video, walking and swinging its limbs."""
     settings = dict(
-        num_frames=5, size=DRIVING_SIZE, neck=(600.0, 160.0), scale=0.8, wiggle=0.25, travel=(12.0, 2.0),
+        num_frames=5,
+        size=DRIVING_SIZE,
+        neck=(600.0, 160.0),
+        scale=0.8,
+        wiggle=0.25,
+        travel=(12.0, 2.0),
         lengths={"right_knee": 1.3, "left_knee": 1.3, "right_elbow": 0.7, "left_elbow": 0.7, "nose": 0.8},
-    )  # fmt: skip
+    )
     return person(**{**settings, **overrides})
 
 
@@ -80,8 +85,14 @@ def test_missing_and_coincident_joints_give_finite_output(mode):
         assert not (visible(getattr(aligned, part)) & ~visible(getattr(driving, part))).any(), part  # missing stays
     assert all(np.isfinite(v) for v in report.scales.values())
     if mode == "unianimate":
-        expected = {"global_sx", "right_hip->right_knee", "nose->left_eye", "left_shoulder->left_elbow",
-                    "right_elbow->right_wrist", "right_eye->right_ear"}  # fmt: skip
+        expected = {
+            "global_sx",
+            "right_hip->right_knee",
+            "nose->left_eye",
+            "left_shoulder->left_elbow",
+            "right_elbow->right_wrist",
+            "right_eye->right_ear",
+        }
         assert set(report.guarded) >= expected
         assert report.global_scale[0] == report.global_scale[1]  # sx fell back to sy
         assert "the ratio would be 0" in report.guarded["right_elbow->right_wrist"]
@@ -118,8 +129,20 @@ def test_unianimate_gives_the_align_frame_the_reference_bone_lengths():
 
 def test_musepose_gives_the_align_frame_the_reference_scales():
     # Left and right differ in the reference; the driver is symmetric, so each side gets the L/R mean.
-    ref = person(1, lengths={"nose": 1.3, "left_elbow": 1.3, "right_wrist": 0.8, "left_knee": 0.9, "right_ankle": 1.2,
-                             "left_hip": 1.1, "right_hip": 1.1, "right_ear": 1.4, "left_ear": 1.4})  # fmt: skip
+    ref = person(
+        1,
+        lengths={
+            "nose": 1.3,
+            "left_elbow": 1.3,
+            "right_wrist": 0.8,
+            "left_knee": 0.9,
+            "right_ankle": 1.2,
+            "left_hip": 1.1,
+            "right_hip": 1.1,
+            "right_ear": 1.4,
+            "left_ear": 1.4,
+        },
+    )
     driving = moving_driver()
     aligned, report = align_poses(ref, driving, "musepose", align_frame=3)
     assert not report.guarded and report.points_outside_frame == 0
@@ -191,9 +214,9 @@ def test_manual_scale_and_offset_after_the_mode():
     ("kwargs", "flag"),
     [
         (dict(mode="openpose"), "--align"),
-        (dict(align_frame=5), "--align-frame"),
-        (dict(scale=(1.0, 0.0)), "--pose-scale"),
-        (dict(offset=(float("nan"), 0.0)), "--pose-offset"),
+        (dict(align_frame=5), "--align_frame"),
+        (dict(scale=(1.0, 0.0)), "--pose_scale"),
+        (dict(offset=(float("nan"), 0.0)), "--pose_offset"),
     ],
 )
 def test_bad_flags_are_named(kwargs, flag):
@@ -206,7 +229,7 @@ def test_fallback_for_a_reference_without_a_usable_pose():
     driving = moving_driver()
     empty = PoseSequence.empty(1, REF_SIZE)
     mode, message = fallback_mode(empty, driving, "unianimate")
-    assert mode == "none" and "--align unianimate" in message and "--ref-keypoints" in message
+    assert mode == "none" and "--align unianimate" in message and "--ref_keypoints" in message
     # three points (nose, neck, a hip) cannot carry per-bone ratios, but can fit the linear map
     thin = PoseSequence.empty(1, REF_SIZE)
     full = person(1)
@@ -217,7 +240,7 @@ def test_fallback_for_a_reference_without_a_usable_pose():
     assert fallback_mode(thin, driving, "musepose")[0] == "linear"
     aligned, report = align_poses(thin, driving, "musepose")
     assert report.requested_mode == "musepose" and report.mode == "linear" and report.linear is not None
-    assert "--ref-keypoints" in report.warnings[0]
+    assert "--ref_keypoints" in report.warnings[0]
     validate_pose(aligned, "aligned")
     assert fallback_mode(None, driving, "linear")[0] == "none"
     assert fallback_mode(person(1), driving, "unianimate") == ("unianimate", None)

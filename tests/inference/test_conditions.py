@@ -40,8 +40,16 @@ def test_masked_sample_equals_the_unconditional_branch_bitwise(inf):
     x, t = torch.randn(1, 4, 3, 8, 8), torch.tensor([700])
     conditions = clip_conditions(_inputs(), ref_mode="both")
     zero = torch.zeros(1)
-    masked = DenoiserConditions(**{**vars(conditions), "local_image_keep": zero, "ref_latent_keep": zero,
-                                   "ipi_keep": zero, "image_keep": zero, "pose_images_keep": zero})  # fmt: skip
+    masked = DenoiserConditions(
+        **{
+            **vars(conditions),
+            "local_image_keep": zero,
+            "ref_latent_keep": zero,
+            "ipi_keep": zero,
+            "image_keep": zero,
+            "pose_images_keep": zero,
+        }
+    )
     with torch.no_grad():
         assert torch.equal(model(x, t, masked), model(x, t, None))
         assert not torch.equal(model(x, t, conditions), model(x, t, None))

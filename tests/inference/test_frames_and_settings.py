@@ -21,8 +21,16 @@ from animatex_train.preprocess.video import VideoInfo
 def _info(num_frames: int, fps: float = 24.0, times: np.ndarray | None = None) -> VideoInfo:
     if times is None:
         times = np.arange(num_frames) / fps
-    return VideoInfo(num_frames=num_frames, fps=Fraction(str(fps)), height=64, width=48, frame_times=times,
-                     pts=tuple(range(num_frames)), variable_frame_rate=False, codec="test")  # fmt: skip
+    return VideoInfo(
+        num_frames=num_frames,
+        fps=Fraction(str(fps)),
+        height=64,
+        width=48,
+        frame_times=times,
+        pts=tuple(range(num_frames)),
+        variable_frame_rate=False,
+        codec="test",
+    )
 
 
 def test_stride_start_and_output_rate():
@@ -62,25 +70,31 @@ def test_start_beyond_the_video_names_the_flag():
         plan_frames(_info(24), start=5.0)
 
 
-@pytest.mark.parametrize(("build", "flag"), [
-    (lambda: InputSettings(size=(700, 512)), "--size"),
-    (lambda: InputSettings(stride=2, target_fps=8), "--stride/--target-fps"),
-    (lambda: InputSettings(ref_fit="zoom"), "--ref-fit"),
-    (lambda: InputSettings(align="magic"), "--align"),
-    (lambda: SamplingSettings(window=8, overlap=8), "--overlap"),
-    (lambda: SamplingSettings(noise_prior=1200), "--noise-prior"),
-    (lambda: WeightsSettings(checkpoint=None), "--checkpoint"),
-    (lambda: WeightsSettings(tiny=True, dwpose_det="a.onnx"), "--dwpose-det/--dwpose-pose"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("build", "flag"),
+    [
+        (lambda: InputSettings(size=(700, 512)), "--size"),
+        (lambda: InputSettings(stride=2, target_fps=8), "--stride/--target_fps"),
+        (lambda: InputSettings(ref_fit="zoom"), "--ref_fit"),
+        (lambda: InputSettings(align="magic"), "--align"),
+        (lambda: SamplingSettings(window=8, overlap=8), "--overlap"),
+        (lambda: SamplingSettings(noise_prior=1200), "--noise_prior"),
+        (lambda: WeightsSettings(checkpoint=None), "--checkpoint"),
+        (lambda: WeightsSettings(tiny=True, dwpose_det="a.onnx"), "--dwpose_det/--dwpose_pose"),
+    ],
+)
 def test_errors_name_the_flag(build, flag):
     with pytest.raises(ValueError, match=flag.replace("/", "/")):
         build()
 
 
 def test_official_mode_resolves_to_the_released_values():
-    settings = AnimateSettings(mode="official", weights=WeightsSettings(tiny=True),
-                               inputs=InputSettings(size=(512, 768), ref_fit="crop", align="unianimate"),
-                               sampling=SamplingSettings(window=16, cfg_batch="on", noise_prior=939))  # fmt: skip
+    settings = AnimateSettings(
+        mode="official",
+        weights=WeightsSettings(tiny=True),
+        inputs=InputSettings(size=(512, 768), ref_fit="crop", align="unianimate"),
+        sampling=SamplingSettings(window=16, cfg_batch="on", noise_prior=939),
+    )
     resolved = settings.resolved()
     assert resolved.inputs.size == (768, 512) and resolved.inputs.ref_fit == "stretch"
     assert resolved.inputs.align == "none" and resolved.inputs.ref_keypoints == "driving0"

@@ -17,8 +17,11 @@ def test_no_module_level_import_of_the_training_stack():
     for path in PACKAGE.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in tree.body:  # module level only: weights.py imports training/export lazily, for checkpoints
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])  # fmt: skip
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            )
             bad = [n for n in names if n.split(".")[0] in FORBIDDEN or n.startswith("animatex_train.training")]
             if bad:
                 offenders[path.name] = bad
@@ -28,7 +31,7 @@ def test_no_module_level_import_of_the_training_stack():
 def test_loading_an_export_and_planning_loads_no_training_stack(weights):
     code = (
         "import sys; from animatex_train.inference.weights import load_denoiser; "
-        "import animatex_train.inference.pipeline, animatex_train.inference.cli, animatex_train.inference.batch; "
+        "import animatex_train.inference.pipeline, animatex_train.cli.animate, animatex_train.inference.batch; "
         f"load_denoiser({str(weights.export)!r}); "
         f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))"
     )

@@ -44,11 +44,15 @@ def _diffusion(meta: dict) -> GaussianDiffusion:
     cfg = meta["config"]["cfg.Diffusion (as passed to DIFFUSION.build)"]
     schedule = cfg["schedule_param"]
     assert cfg["schedule"] == "linear_sd" and cfg["mean_type"] == "v"
-    return GaussianDiffusion(DiffusionConfig(
-        num_train_timesteps=schedule["num_timesteps"], beta_start=schedule["init_beta"],
-        beta_end=schedule["last_beta"], zero_terminal_snr=schedule["zero_terminal_snr"],
-        offset_noise_strength=cfg["noise_strength"],
-    ))  # fmt: skip
+    return GaussianDiffusion(
+        DiffusionConfig(
+            num_train_timesteps=schedule["num_timesteps"],
+            beta_start=schedule["init_beta"],
+            beta_end=schedule["last_beta"],
+            zero_terminal_snr=schedule["zero_terminal_snr"],
+            offset_noise_strength=cfg["noise_strength"],
+        )
+    )
 
 
 def _clip_inputs(tensors: dict) -> ClipInputs:
@@ -80,8 +84,15 @@ def test_official_mode_reproduces_the_official_sampling_loop(fixture):
 
     record = SamplingRecord()
     with torch.no_grad():
-        x0 = generate_latents(model_fn, conditions, tensors["input.x_T"].clone(), _diffusion(meta), sampler,
-                              cfg_batch="off", record=record)  # fmt: skip
+        x0 = generate_latents(
+            model_fn,
+            conditions,
+            tensors["input.x_T"].clone(),
+            _diffusion(meta),
+            sampler,
+            cfg_batch="off",
+            record=record,
+        )
     expected_t = meta["timesteps"]
     assert record.timesteps == expected_t
     assert calls == [(t, unconditional) for t in expected_t for unconditional in (False, True)]  # cond first
@@ -105,8 +116,9 @@ def test_first_step_matches(fixture):
         assert float((ours - reference).abs().max()) <= 1e-5 * max(1.0, float(reference.abs().max())), name
     from animatex_train.diffusion.sampling import DDIMSampler
 
-    ddim = DDIMSampler(_diffusion(meta), SamplerConfig(num_steps=call["ddim_timesteps"],
-                                                       guidance_scale=call["guide_scale"]))  # fmt: skip
+    ddim = DDIMSampler(
+        _diffusion(meta), SamplerConfig(num_steps=call["ddim_timesteps"], guidance_scale=call["guide_scale"])
+    )
     after = ddim.step(x_t, t, ddim.guide(v_c, v_u))
     reference = tensors["output.x_after_step1"]
     assert float((after - reference).abs().max()) / float(reference.abs().max()) <= 1e-5
@@ -123,8 +135,10 @@ def test_steps_along_the_official_trajectory(fixture, position):
     call = meta["config"]["sampler_call"]
     timesteps, trajectory = meta["timesteps"], tensors["intermediate.trajectory"]
     k = {"second": 1, "middle": len(timesteps) // 2, "last": len(timesteps) - 1}[position]
-    ddim = DDIMSampler(_diffusion(meta), SamplerConfig(num_steps=call["ddim_timesteps"], eta=call["eta"],
-                                                       guidance_scale=call["guide_scale"]))  # fmt: skip
+    ddim = DDIMSampler(
+        _diffusion(meta),
+        SamplerConfig(num_steps=call["ddim_timesteps"], eta=call["eta"], guidance_scale=call["guide_scale"]),
+    )
     assert [int(t) for t in ddim.timesteps] == timesteps
     conditions = clip_conditions(_clip_inputs(tensors), repeat_local_image=True)
     x_t = trajectory[k - 1].clone()

@@ -36,8 +36,9 @@ def _probe(path) -> tuple[int, float, list[str]]:
 def test_one_second_clip_with_audio(inf, fast_settings, models, tmp_path):
     settings = inf.with_changes(fast_settings, inputs={"frames": None, "stride": 2})
     out = tmp_path / "one_second.mp4"
-    result = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", settings, models=models, output=out,
-                     seed=7)  # fmt: skip
+    result = animate(
+        inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", settings, models=models, output=out, seed=7
+    )
     assert result.frames.shape == (12, 64, 64, 3) and float(result.fps) == 12.0
     frames, duration, streams = _probe(out)
     assert frames == 12 and duration == pytest.approx(1.0, abs=0.05) and streams == ["video", "audio"]
@@ -63,8 +64,11 @@ def test_short_clip_holds_the_last_pose(inf, fast_settings, models, tmp_path):
 
 
 def test_rgba_landscape_canvas_and_layout(inf, fast_settings, models, tmp_path):
-    settings = inf.with_changes(fast_settings, inputs={"size": (64, 128), "bg": (0, 255, 0), "frames": 3},
-                                output={"layout": "ref-pose-result-source", "save_poses": True, "save_frames": True})
+    settings = inf.with_changes(
+        fast_settings,
+        inputs={"size": (64, 128), "bg": (0, 255, 0), "frames": 3},
+        output={"layout": "ref-pose-result-source", "save_poses": True, "save_frames": True},
+    )
     out = tmp_path / "rgba.mp4"
     result = animate(inf.MEDIA / "rgba.png", inf.MEDIA / "dance_1s.mp4", settings, models=models, output=out)
     assert result.frames.shape == (3, 64, 128, 3)
@@ -95,7 +99,7 @@ def test_landscape_reference_gets_a_landscape_canvas(inf, fast_settings, models)
 
 
 def test_official_mode_conditioning(inf, fast_settings, models):
-    """The released assembly (INFERENCE.md 1.3-1.4); its sampler is checked against the official loop elsewhere."""
+    """The released assembly (docs/inference.md); its sampler is checked against the official loop elsewhere."""
     settings = inf.with_changes(fast_settings, mode="official", inputs={"frames": 3, "stride": 2}).resolved()
     driving = open_driving(inf.MEDIA / "dance_1s.mp4")
     plan = plan_frames(driving.info, stride=2, frames=3, fps=settings.output.fps)
@@ -114,13 +118,18 @@ def test_official_mode_conditioning(inf, fast_settings, models):
 def test_cfg_batch_guidance_one_and_bf16(inf, fast_settings, models):
     base = inf.with_changes(fast_settings, inputs={"frames": 2})
     two_passes = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
-    batched = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
-                      inf.with_changes(base, sampling={"cfg_batch": "on"}), models=models)  # fmt: skip
+    batched = animate(
+        inf.MEDIA / "portrait.jpg",
+        inf.MEDIA / "dance_1s.mp4",
+        inf.with_changes(base, sampling={"cfg_batch": "on"}),
+        models=models,
+    )
     assert batched.meta["sampling"]["cfg_batched"] and batched.meta["sampling"]["network_calls"] == 2
     torch.testing.assert_close(batched.latents, two_passes.latents, rtol=1e-4, atol=1e-4)
     sampler = {"sampler": type(base.sampling.sampler)(num_steps=2, guidance_scale=1.0)}
-    unguided = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
-                       inf.with_changes(base, sampling=sampler), models=models)  # fmt: skip
+    unguided = animate(
+        inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", inf.with_changes(base, sampling=sampler), models=models
+    )
     assert unguided.meta["sampling"]["network_calls"] == 2  # no unconditional pass
     assert not torch.allclose(unguided.latents, two_passes.latents)
 
@@ -132,8 +141,12 @@ def test_bf16_on_cpu(inf, fast_settings, models):
     half = models_for(settings)
     assert next(half.net.parameters()).dtype == torch.bfloat16
     result = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", settings, models=half)
-    reference = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
-                        inf.with_changes(settings, sampling={"precision": None}), models=models)  # fmt: skip
+    reference = animate(
+        inf.MEDIA / "portrait.jpg",
+        inf.MEDIA / "dance_1s.mp4",
+        inf.with_changes(settings, sampling={"precision": None}),
+        models=models,
+    )
     assert result.meta["precision"] == "bf16" and result.latents.dtype == torch.float32
     assert torch.isfinite(result.latents).all()
     scale = float(reference.latents.abs().max())
@@ -159,10 +172,21 @@ def test_official_saved_layout_as_input(inf, fast_settings, models, tmp_path):
     Image.fromarray(np.full((h, w, 3), 200, np.uint8)).save(pose_dir / "ref_pose.jpg", quality=100)
     pkl = tmp_path / "saved_pkl" / "v.pkl"
     pkl.parent.mkdir()
-    pkl.write_bytes(pickle.dumps({"bodies": bodies, "faces": -np.ones((count, 68, 2), np.float32),
-                                  "hands": -np.ones((count, 2, 21, 2), np.float32), "size": (h, w, 3), "fps": 8}))
-    settings = inf.with_changes(fast_settings, inputs={"frames": 3, "stride": 2, "pkl": str(pkl),
-                                                       "pose_dir": str(pose_dir), "ref_fit": "stretch"})  # fmt: skip
+    pkl.write_bytes(
+        pickle.dumps(
+            {
+                "bodies": bodies,
+                "faces": -np.ones((count, 68, 2), np.float32),
+                "hands": -np.ones((count, 2, 21, 2), np.float32),
+                "size": (h, w, 3),
+                "fps": 8,
+            }
+        )
+    )
+    settings = inf.with_changes(
+        fast_settings,
+        inputs={"frames": 3, "stride": 2, "pkl": str(pkl), "pose_dir": str(pose_dir), "ref_fit": "stretch"},
+    )
     result = animate(inf.MEDIA / "portrait.jpg", frames_dir, settings, models=models)
     assert result.plan.indices.tolist() == [0, 2, 4] and float(result.fps) == 4.0
     assert [int(result.clip.pose_frames[k].mean().round()) for k in range(3)] == [0, 20, 40]  # the saved images
@@ -172,8 +196,9 @@ def test_official_saved_layout_as_input(inf, fast_settings, models, tmp_path):
 
 
 def test_hundred_frames_through_windows(inf, fast_settings, models, tmp_path):
-    settings = inf.with_changes(fast_settings, inputs={"frames": 100},
-                                sampling={"window": 32, "overlap": 8, "fusion": "triangular"})  # fmt: skip
+    settings = inf.with_changes(
+        fast_settings, inputs={"frames": 100}, sampling={"window": 32, "overlap": 8, "fusion": "triangular"}
+    )
     out = tmp_path / "long.mp4"
     seen: list[int] = []
     original = models.net.forward
@@ -201,9 +226,12 @@ def test_hundred_frames_through_windows(inf, fast_settings, models, tmp_path):
 def test_a_clip_within_one_window_is_the_single_pass_bitwise(inf, fast_settings, models, fusion):
     base = inf.with_changes(fast_settings, inputs={"frames": 6})
     single = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
-    windowed = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
-                       inf.with_changes(base, sampling={"window": 8, "overlap": 2, "fusion": fusion}),
-                       models=models)  # fmt: skip
+    windowed = animate(
+        inf.MEDIA / "portrait.jpg",
+        inf.MEDIA / "dance_1s.mp4",
+        inf.with_changes(base, sampling={"window": 8, "overlap": 2, "fusion": fusion}),
+        models=models,
+    )
     assert windowed.meta["sampling"]["windows"] == [list(range(6))]
     assert torch.equal(windowed.latents, single.latents) and np.array_equal(windowed.frames, single.frames)
 
@@ -212,9 +240,16 @@ def test_alignment_reaches_pose_images_and_ipi(inf, fast_settings, models, tmp_p
     base = inf.with_changes(fast_settings, inputs={"frames": 2})
     plain = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
     preview = tmp_path / "align.png"
-    aligned = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
-                      inf.with_changes(base, inputs={"frames": 2, "align": "unianimate", "pose_scale": (0.8, 0.8)},
-                                       output={"align_preview": str(preview)}), models=models)  # fmt: skip
+    aligned = animate(
+        inf.MEDIA / "portrait.jpg",
+        inf.MEDIA / "dance_1s.mp4",
+        inf.with_changes(
+            base,
+            inputs={"frames": 2, "align": "unianimate", "pose_scale": (0.8, 0.8)},
+            output={"align_preview": str(preview)},
+        ),
+        models=models,
+    )
     report = aligned.meta["conditioning"]["alignment"]
     assert report["requested_mode"] == "unianimate" and tuple(report["manual_scale"]) == (0.8, 0.8)
     assert not np.array_equal(aligned.clip.keypoints[1:], plain.clip.keypoints[1:])
@@ -228,6 +263,10 @@ def test_alignment_reaches_pose_images_and_ipi(inf, fast_settings, models, tmp_p
 def test_noise_prior_leaks_the_reference(inf, fast_settings, models):
     base = inf.with_changes(fast_settings, inputs={"frames": 2})
     plain = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4", base, models=models)
-    prior = animate(inf.MEDIA / "portrait.jpg", inf.MEDIA / "dance_1s.mp4",
-                    inf.with_changes(base, sampling={"noise_prior": 939}), models=models)  # fmt: skip
+    prior = animate(
+        inf.MEDIA / "portrait.jpg",
+        inf.MEDIA / "dance_1s.mp4",
+        inf.with_changes(base, sampling={"noise_prior": 939}),
+        models=models,
+    )
     assert prior.clip.inputs.ref_latent is not None and not torch.equal(prior.latents, plain.latents)

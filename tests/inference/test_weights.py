@@ -86,5 +86,5 @@ def test_checkpoint_errors_name_the_flag(tmp_path):
         load_denoiser(str(tmp_path / "nope.pth"))
     bare = tmp_path / "bare.safetensors"
     save_file({"x": torch.zeros(1)}, str(bare))
-    with pytest.raises(ValueError, match="--model-config"):
+    with pytest.raises(ValueError, match="--model_config"):
         load_denoiser(str(bare))

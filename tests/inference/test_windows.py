@@ -28,7 +28,7 @@ def spans(windows: list[list[int]]) -> list[tuple[int, int]]:
 @pytest.mark.parametrize(
     ("num_frames", "overlap", "expected"),
     [
-        (96, 8, [(0, 32), (24, 56), (48, 80), (64, 96)]),  # INFERENCE.md section 2
+        (96, 8, [(0, 32), (24, 56), (48, 80), (64, 96)]),  # UniAnimate's long mode (docs/inference.md)
         (100, 8, [(0, 32), (24, 56), (48, 80), (68, 100)]),  # starts 0, 24, 48, 72 (< 92); 72 snaps to 68
         (33, 8, [(0, 32), (1, 33)]),  # starts 0, 24 (< 25); 24 snaps to 1
         (33, 4, [(0, 32), (1, 33)]),  # starts 0, 28 (< 29)
@@ -46,8 +46,11 @@ def test_snap_schedule_follows_the_unianimate_rule(num_frames, overlap, expected
 
 def test_pad_schedule_tiles_and_holds_the_last_frame():
     assert window_schedule(100, 32, 8, tail="pad") == [
-        list(range(0, 32)), list(range(24, 56)), list(range(48, 80)), list(range(72, 100)) + [99] * 4,
-    ]  # fmt: skip
+        list(range(0, 32)),
+        list(range(24, 56)),
+        list(range(48, 80)),
+        list(range(72, 100)) + [99] * 4,
+    ]
     assert window_schedule(6, 4, 1, tail="pad") == [[0, 1, 2, 3], [3, 4, 5, 5]]
     assert window_schedule(96, 32, 8, tail="pad")[-1] == list(range(72, 96)) + [95] * 8
     assert window_schedule(20, 32, 8, tail="pad") == [list(range(20))]
@@ -220,7 +223,7 @@ def test_noise_prior_formula():
     eps, ref = torch.randn(1, 4, 5, 3, 3, generator=g), torch.randn(1, 4, 1, 3, 3, generator=g)
     off = torch.randn(1, 4, 5, 1, 1, generator=g)
     a = alphas[939].double()
-    assert abs(a.sqrt().item() - 0.030) < 5e-4  # INFERENCE.md section 2
+    assert abs(a.sqrt().item() - 0.030) < 5e-4  # UniAnimate's long mode (docs/inference.md)
     long = noise_prior(eps, ref, alphas, 939, off)
     expected = a.sqrt() * ref.double() + (1 - a).sqrt() * eps.double() + 0.1 * off.double()
     assert torch.allclose(long.double(), expected, rtol=0, atol=1e-6) and long.dtype == eps.dtype
@@ -229,5 +232,5 @@ def test_noise_prior_formula():
     assert torch.allclose(short.double(), a.sqrt() * ref + (1 - a).sqrt() * (eps + 0.1 * off).double(), atol=1e-6)
     no_offset = noise_prior(eps, ref, alphas, 939, torch.zeros(1, 4, 5, 1, 1))
     assert torch.equal(noise_prior(eps, ref, alphas, 939), no_offset)
-    with pytest.raises(ValueError, match="--noise-prior"):
+    with pytest.raises(ValueError, match="--noise_prior"):
         noise_prior(eps, ref, alphas, 1000)

@@ -13,9 +13,9 @@ import yaml
 from support.tiny_dataset import REPO_ROOT as REPO
 from support.tiny_dataset import TINY_RECIPE, build_tiny_dataset
 
-from animatex_train.data.epi.anchor_pool import anchor_pool_main
+from animatex_train.cli.ablate import main as ablate_main
+from animatex_train.cli.anchor_pool import main as anchor_pool_main
 from animatex_train.launch import local_campaign
-from animatex_train.launch.ablate import ablate_main
 from animatex_train.launch.campaign import BY_NAME, CAMPAIGN, CampaignError
 from animatex_train.launch.collate import collate, markdown_table, write_tables
 
@@ -50,7 +50,7 @@ def test_list_prints_every_ablation(capsys):
 
 
 def test_unknown_ablation_is_an_error(capsys):
-    assert ablate_main(["--only", "wo_ipi,wo_foo", "--recipe", str(TINY_RECIPE), "--dry-run"]) == 2
+    assert ablate_main(["--only", "wo_ipi,wo_foo", "--recipe", str(TINY_RECIPE), "--dry_run"]) == 2
     assert "wo_foo" in capsys.readouterr().err
 
 
@@ -62,12 +62,18 @@ def test_collate_reads_the_run_directories(tmp_path, capsys):
     ledger(full, {1: 1.0, 2: 0.6, 3: 0.4, 4: 9.0}, rank=1)
     ledger(full, {4: 0.4, 5: 0.2}, rank=0, session="s2")
     ledger(full, {4: 0.2, 5: 0.2}, rank=1, session="s2")
-    metrics(full, {"event": "validation", "step": 5, "metrics": {"val/loss": 0.5, "train/loss": 0.2}},
-            {"event": "fit_end", "step": 5, "max_steps": 5, "wall_s": 3.0, "metrics": {"val/loss": 0.5}})  # fmt: skip
+    metrics(
+        full,
+        {"event": "validation", "step": 5, "metrics": {"val/loss": 0.5, "train/loss": 0.2}},
+        {"event": "fit_end", "step": 5, "max_steps": 5, "wall_s": 3.0, "metrics": {"val/loss": 0.5}},
+    )
     state(full, status="finished", wall_s=12.5, max_steps=5)
     # wo_ipi: a Slurm run (no ablation.json from a local campaign) that finished; no ledger: the logged loss.
-    metrics(out / "wo_ipi", {"event": "validation", "step": 5, "metrics": {"val/loss": 0.75}},
-            {"event": "fit_end", "step": 5, "max_steps": 5, "wall_s": 7.0, "metrics": {"train/loss": 0.3}})  # fmt: skip
+    metrics(
+        out / "wo_ipi",
+        {"event": "validation", "step": 5, "metrics": {"val/loss": 0.75}},
+        {"event": "fit_end", "step": 5, "max_steps": 5, "wall_s": 7.0, "metrics": {"train/loss": 0.3}},
+    )
     # wo_epi: failed after two steps.
     ledger(out / "wo_epi", {1: 2.0, 2: 1.0})
     state(out / "wo_epi", status="failed", returncode=1, wall_s=4.0, error="RuntimeError: boom")
@@ -114,25 +120,34 @@ def test_a_failed_run_is_reported_and_the_others_continue(tmp_path, monkeypatch,
 
     monkeypatch.setattr(local_campaign, "run_fit", fake_run_fit)
     monkeypatch.setattr(local_campaign, "data_overrides", lambda *a: [])
-    argv = ["--local", "--recipe", str(TINY_RECIPE), "--only", "wo_ipi,wo_lq,wo_dq", "--max-steps", "2",
-            "--out", str(tmp_path)]  # fmt: skip
+    argv = [
+        "--local",
+        "--recipe",
+        str(TINY_RECIPE),
+        "--only",
+        "wo_ipi,wo_lq,wo_dq",
+        "--max_steps",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
     assert ablate_main(argv) == 1
     assert runs == ["wo_ipi", "wo_lq", "wo_dq"]
     rows = {r["name"]: r for r in csv.DictReader((tmp_path / "ablations.csv").open())}
     assert rows["wo_lq"]["status"] == "failed" and rows["wo_lq"]["error"] == "ValueError: model.ipi broke"
     assert rows["wo_ipi"]["status"] == rows["wo_dq"]["status"] == "finished"
     assert "failed: ValueError: model.ipi broke" in capsys.readouterr().out
-    # Rerunning runs only the failed one; a later --max-steps reruns (resumes) the finished ones too.
+    # Rerunning runs only the failed one; a later --max_steps reruns (resumes) the finished ones too.
     runs.clear()
     assert ablate_main(argv) == 1 and runs == ["wo_lq"]
     assert json.loads((tmp_path / "wo_lq" / "ablation.json").read_text())["attempts"] == 2
     runs.clear()
-    assert ablate_main([*argv[:-4], "--max-steps", "3", "--out", str(tmp_path)]) == 1
+    assert ablate_main([*argv[:-4], "--max_steps", "3", "--out", str(tmp_path)]) == 1
     assert runs == ["wo_ipi", "wo_lq", "wo_dq"]
 
 
 def test_eval_recipe_evaluates_each_finished_run_once(tmp_path, monkeypatch, capsys):
-    """``--eval-recipe``: every finished run is evaluated into ``<run>/eval`` (a failed run is not), the metrics table
+    """``--eval_recipe``: every finished run is evaluated into ``<run>/eval`` (a failed run is not), the metrics table
     is printed, a failed evaluation is recorded and retried on the next invocation, and Slurm campaigns refuse."""
     calls = []
     broken_eval = {"wo_lq"}
@@ -141,16 +156,31 @@ def test_eval_recipe_evaluates_each_finished_run_once(tmp_path, monkeypatch, cap
         log.parent.mkdir(parents=True, exist_ok=True)
         if "evaluate" in command:
             out_dir = Path(command[command.index("-o") + 1])
-            calls.append(("evaluate", out_dir.parent.name, command[command.index("--checkpoint") + 1],
-                          command[command.index("--recipe") + 1], command[-1]))  # fmt: skip
+            calls.append(
+                (
+                    "evaluate",
+                    out_dir.parent.name,
+                    command[command.index("--checkpoint") + 1],
+                    command[command.index("--recipe") + 1],
+                    command[-1],
+                )
+            )
             if out_dir.parent.name in broken_eval:
-                log.write_text("error: --test-set: no such file t.jsonl\n")
+                log.write_text("error: --test_set: no such file t.jsonl\n")
                 return 2
             out_dir.mkdir(parents=True)
-            values = {"psnr_star": 14.0, "ssim": 0.5, "l1": 1e-4, "lpips": 0.4, "fid": 30.0, "fid_vid": 40.0,
-                      "fvd": 500.0}  # fmt: skip
-            (out_dir / "metrics.json").write_text(json.dumps({"metrics": values,
-                                                              "protocol": {"protocol": "cross_driven"}}))  # fmt: skip
+            values = {
+                "psnr_star": 14.0,
+                "ssim": 0.5,
+                "l1": 1e-4,
+                "lpips": 0.4,
+                "fid": 30.0,
+                "fid_vid": 40.0,
+                "fvd": 500.0,
+            }
+            (out_dir / "metrics.json").write_text(
+                json.dumps({"metrics": values, "protocol": {"protocol": "cross_driven"}})
+            )
             return 0
         run_dir = Path(next(a for a in command if a.startswith("--trainer.default_root_dir=")).split("=", 1)[1])
         calls.append(("fit", run_dir.name))
@@ -162,16 +192,32 @@ def test_eval_recipe_evaluates_each_finished_run_once(tmp_path, monkeypatch, cap
     monkeypatch.setattr(local_campaign, "run_fit", fake_run_fit)
     monkeypatch.setattr(local_campaign, "data_overrides", lambda *a: [])
     recipe = REPO / "recipes" / "eval" / "cross_driven.yaml"
-    argv = ["--local", "--recipe", str(TINY_RECIPE), "--only", "wo_ipi,wo_lq,wo_dq", "--max-steps", "2",
-            "--out", str(tmp_path), "--eval-recipe", str(recipe), "--eval-arg=--tiny"]  # fmt: skip
+    argv = [
+        "--local",
+        "--recipe",
+        str(TINY_RECIPE),
+        "--only",
+        "wo_ipi,wo_lq,wo_dq",
+        "--max_steps",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--eval_recipe",
+        str(recipe),
+        "--eval_arg=--tiny",
+    ]
     assert ablate_main(argv) == 1  # wo_dq's training and wo_lq's evaluation failed
-    assert calls == [("fit", "wo_ipi"), ("fit", "wo_lq"), ("fit", "wo_dq"),
-                     ("evaluate", "wo_ipi", str(tmp_path / "wo_ipi" / "checkpoints"), str(recipe), "--tiny"),
-                     ("evaluate", "wo_lq", str(tmp_path / "wo_lq" / "checkpoints"), str(recipe), "--tiny")]  # fmt: skip
+    assert calls == [
+        ("fit", "wo_ipi"),
+        ("fit", "wo_lq"),
+        ("fit", "wo_dq"),
+        ("evaluate", "wo_ipi", str(tmp_path / "wo_ipi" / "checkpoints"), str(recipe), "--tiny"),
+        ("evaluate", "wo_lq", str(tmp_path / "wo_lq" / "checkpoints"), str(recipe), "--tiny"),
+    ]
     printed = capsys.readouterr().out
     table = {line.split("|")[1].strip(): line for line in printed.splitlines() if line.startswith("| wo_")}
     assert "14.00 (13.30)" in table["wo_ipi"] and "not evaluated" in table["wo_lq"]
-    assert "wo_lq: evaluation failed (exit 2)" in printed and "error: --test-set: no such file" in printed
+    assert "wo_lq: evaluation failed (exit 2)" in printed and "error: --test_set: no such file" in printed
     assert (tmp_path / "ablation_metrics.md").read_text() in printed
     states = {n: json.loads((tmp_path / n / "ablation.json").read_text()) for n in ("wo_ipi", "wo_lq", "wo_dq")}
     assert states["wo_ipi"]["eval_status"] == "finished" and states["wo_lq"]["eval_status"] == "failed"
@@ -193,7 +239,6 @@ def test_missing_data_builds_the_embedded_dataset_once(tmp_path, monkeypatch):
 
     def fake_build(videos_dir, data_dir, **kwargs):
         built.append((videos_dir, data_dir))
-        return 0
 
     import animatex_train.embedded_dataset as embedded
 
@@ -208,8 +253,9 @@ def test_missing_data_builds_the_embedded_dataset_once(tmp_path, monkeypatch):
     manifest.write_text("{}")
     anchors.write_bytes(b"")
     overlay = tmp_path / "data.yaml"
-    overlay.write_text(yaml.safe_dump({"data": {"train": [{"manifest": str(manifest)}], "val": None,
-                                                "anchor_pool": str(anchors)}}))  # fmt: skip
+    overlay.write_text(
+        yaml.safe_dump({"data": {"train": [{"manifest": str(manifest)}], "val": None, "anchor_pool": str(anchors)}})
+    )
     assert local_campaign.data_overrides([str(TINY_RECIPE), str(overlay)], [], out, console) == []
     assert local_campaign.data_overrides([str(TINY_RECIPE)], ["--data.train=[]"], out, console) == []
     # Any other recipe fails instead of silently training on synthetic clips.
@@ -224,22 +270,59 @@ def tiny_data(tmp_path_factory) -> Path:
     """A 32x32, 6-frame dataset with an anchor pool, and an overlay pointing the tiny recipe at it."""
     root = tmp_path_factory.mktemp("ablate_data")
     manifest = build_tiny_dataset(root, num_train_shards=2, per_shard=4, frames=6, size=(32, 32))
-    assert anchor_pool_main(["--shards", str(root / "train"), "--output", str(root / "anchors.npy"), "--num-anchors",
-                             "8", "--split", "any"]) == 0  # fmt: skip
+    assert (
+        anchor_pool_main(
+            [
+                "--shards",
+                str(root / "train"),
+                "--output",
+                str(root / "anchors.npy"),
+                "--num_anchors",
+                "8",
+                "--split",
+                "any",
+            ]
+        )
+        == 0
+    )
     overlay = root / "data.yaml"
-    overlay.write_text(yaml.safe_dump({
-        "data": {"train": [{"manifest": str(manifest)}], "val": [{"manifest": str(manifest), "split": "val"}],
-                 "anchor_pool": str(root / "anchors.npy"), "num_frames": 4, "num_workers": 0},
-        "model": {"empty_prompt_cache": None, "validation": {"sample_clips": False}},
-        "trainer": {"enable_model_summary": False},
-    }))  # fmt: skip
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "data": {
+                    "train": [{"manifest": str(manifest)}],
+                    "val": [{"manifest": str(manifest), "split": "val"}],
+                    "anchor_pool": str(root / "anchors.npy"),
+                    "num_frames": 4,
+                    "num_workers": 0,
+                },
+                "model": {"empty_prompt_cache": None, "validation": {"sample_clips": False}},
+                "trainer": {"enable_model_summary": False},
+            }
+        )
+    )
     return overlay
 
 
 def test_local_campaign_end_to_end(tiny_data, tmp_path, capsys):
     out = tmp_path / "campaign"
-    argv = ["--local", "--recipe", str(TINY_RECIPE), "--overlay", str(tiny_data), "--only", "wo_ipi,wo_add",
-            "--max-steps", "2", "--out", str(out), "--wandb", "disabled", "--group", "test-group"]  # fmt: skip
+    argv = [
+        "--local",
+        "--recipe",
+        str(TINY_RECIPE),
+        "--overlay",
+        str(tiny_data),
+        "--only",
+        "wo_ipi,wo_add",
+        "--max_steps",
+        "2",
+        "--out",
+        str(out),
+        "--wandb",
+        "disabled",
+        "--group",
+        "test-group",
+    ]
     assert ablate_main(argv) == 0
     printed = capsys.readouterr().out
     rows = list(csv.DictReader((out / "ablations.csv").open()))
@@ -261,8 +344,28 @@ def test_local_campaign_end_to_end(tiny_data, tmp_path, capsys):
 
 def test_slurm_dry_run_prints_one_sbatch_per_ablation(tmp_path, capsys):
     out = tmp_path / "campaign"
-    assert ablate_main(["--recipe", str(TINY_RECIPE), "--out", str(out), "--nodes", "2", "--gpus-per-node", "8",
-                        "--time", "1-00:00:00", "--max-steps", "1000", "--dry-run", "--", "--seed_everything=7"]) == 0
+    assert (
+        ablate_main(
+            [
+                "--recipe",
+                str(TINY_RECIPE),
+                "--out",
+                str(out),
+                "--nodes",
+                "2",
+                "--gpus_per_node",
+                "8",
+                "--time",
+                "1-00:00:00",
+                "--max_steps",
+                "1000",
+                "--dry_run",
+                "--",
+                "--seed_everything=7",
+            ]
+        )
+        == 0
+    )
     lines = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("env ")]
     assert len(lines) == len(CAMPAIGN) == 19
     for ablation, argv in zip(CAMPAIGN, lines, strict=True):
@@ -280,8 +383,18 @@ def test_slurm_submission_records_job_ids_and_skips_submitted(tmp_path, capsys):
     sbatch.write_text(f"#!{sys.executable}\nimport sys\nprint('4242')\n")
     sbatch.chmod(0o755)
     out = tmp_path / "campaign"
-    argv = ["--recipe", str(TINY_RECIPE), "--out", str(out), "--only", "wo_ipi,full", "--sbatch", str(sbatch),
-            "--log-dir", str(tmp_path / "logs")]  # fmt: skip
+    argv = [
+        "--recipe",
+        str(TINY_RECIPE),
+        "--out",
+        str(out),
+        "--only",
+        "wo_ipi,full",
+        "--sbatch",
+        str(sbatch),
+        "--log_dir",
+        str(tmp_path / "logs"),
+    ]
     assert ablate_main(argv) == 0
     assert "submitted wo_ipi: job 4242" in capsys.readouterr().out
     assert json.loads((out / "full" / "ablation.json").read_text())["job_id"] == "4242"

@@ -50,8 +50,11 @@ def resolved(name: str | None) -> dict:
 @functools.cache
 def anchors() -> AnchorPool:
     demos = [demo_pose_sequence(1, seed=100 + s, shape_jitter=0.35, body_scale=0.75) for s in range(6)]
-    return AnchorPool(np.concatenate([d.to_array() for d in demos]), [d.frame_size for d in demos],
-                      tuple(f"anchor{s}" for s in range(6)))  # fmt: skip
+    return AnchorPool(
+        np.concatenate([d.to_array() for d in demos]),
+        [d.frame_size for d in demos],
+        tuple(f"anchor{s}" for s in range(6)),
+    )
 
 
 def epi_outputs(name: str | None) -> list:
@@ -151,8 +154,9 @@ def test_without_epi_the_transform_is_the_identity():
         assert not out.plan.applied and out.pose is clip
 
 
-@pytest.mark.parametrize("name, op", [("wo_add", "add"), ("wo_drop", "drop"), ("wo_bs", "bs"), ("wo_nf", "nf"),
-                                      ("wo_al", "al")])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, op", [("wo_add", "add"), ("wo_drop", "drop"), ("wo_bs", "bs"), ("wo_nf", "nf"), ("wo_al", "al")]
+)
 def test_rescale_ablation_never_draws_its_operation(name, op):
     full_ops = [set(o.plan.rescale.ops) for o in epi_outputs(None)]
     ops = [set(o.plan.rescale.ops) for o in epi_outputs(name)]
@@ -166,8 +170,11 @@ def test_without_drop_no_body_part_disappears():
     def missing(output) -> int:
         return int((~visible(output.pose.to_array())).sum())  # body, feet, hands, face
 
-    pairs = [(f, w) for f, w in zip(epi_outputs(None), epi_outputs("wo_drop"), strict=True)
-             if set(f.plan.rescale.ops) - {"drop"} == set(w.plan.rescale.ops)]  # fmt: skip
+    pairs = [
+        (f, w)
+        for f, w in zip(epi_outputs(None), epi_outputs("wo_drop"), strict=True)
+        if set(f.plan.rescale.ops) - {"drop"} == set(w.plan.rescale.ops)
+    ]
     dropped = [(f, w) for f, w in pairs if "drop" in f.plan.rescale.ops]
     kept = [(f, w) for f, w in pairs if "drop" not in f.plan.rescale.ops]
     assert len(dropped) > 50 and len(kept) > 50

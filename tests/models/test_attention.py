@@ -52,8 +52,11 @@ def test_every_sdpa_setting_computes_the_reference_on_cpu(backend):
 
 def test_preferred_kernel_goes_first_and_others_keep_pytorchs_order(monkeypatch):
     seen = []
-    monkeypatch.setattr(attn, "sdpa_kernel", lambda kernels, set_priority=False: seen.append(
-        (list(kernels), set_priority)) or contextlib.nullcontext())  # fmt: skip
+    monkeypatch.setattr(
+        attn,
+        "sdpa_kernel",
+        lambda kernels, set_priority=False: seen.append((list(kernels), set_priority)) or contextlib.nullcontext(),
+    )
     q = torch.randn(1, 4, 2, 8)
     for backend in ("sdpa_cudnn", "sdpa_efficient", "math"):
         with attn.use_attention_backend(backend):

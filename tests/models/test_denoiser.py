@@ -29,15 +29,26 @@ def test_zero_initialised_layers_are_zero():
     zero = []
     for module in model.modules():
         if isinstance(module, SpatialTransformer):
-            zero += [module.proj_out.weight, module.proj_out.bias, module.pose_attention.proj_out.weight,
-                     module.pose_attention.proj_out.bias]  # fmt: skip
+            zero += [
+                module.proj_out.weight,
+                module.proj_out.bias,
+                module.pose_attention.proj_out.weight,
+                module.pose_attention.proj_out.bias,
+            ]
         if isinstance(module, TemporalTransformer):
             zero += [module.proj_out.weight, module.proj_out.bias]
         if isinstance(module, ResBlock):
-            zero += [module.out_layers[-1].weight, module.out_layers[-1].bias,
-                     module.temporal_conv.conv4[-1].weight, module.temporal_conv.conv4[-1].bias]  # fmt: skip
-    zero += [model.out[-1].weight, model.ipi.keypoint_encoder.token_mlp[-1].weight,
-             model.ipi.keypoint_encoder.token_mlp[-1].bias]  # fmt: skip
+            zero += [
+                module.out_layers[-1].weight,
+                module.out_layers[-1].bias,
+                module.temporal_conv.conv4[-1].weight,
+                module.temporal_conv.conv4[-1].bias,
+            ]
+    zero += [
+        model.out[-1].weight,
+        model.ipi.keypoint_encoder.token_mlp[-1].weight,
+        model.ipi.keypoint_encoder.token_mlp[-1].bias,
+    ]
     assert len(zero) > 20
     assert all(torch.count_nonzero(p) == 0 for p in zero)
     # and at init the whole network predicts only the output-head bias
@@ -55,8 +66,12 @@ def test_unianimate_checkpoint_reproduces_unianimate_at_step_zero():
     animatex = AnimateXDenoiser(with_ipi).eval()
     missing, unexpected = load_official_state_dict(animatex, to_official_state_dict(unianimate), strict=True)
     assert unexpected == []
-    assert missing and all(k.startswith(("pose_embedding_before.", "pose_embedding_after.", "input_blocks",
-                                         "middle_block", "output_blocks")) for k in missing)  # fmt: skip
+    assert missing and all(
+        k.startswith(
+            ("pose_embedding_before.", "pose_embedding_after.", "input_blocks", "middle_block", "output_blocks")
+        )
+        for k in missing
+    )
     assert all("pose_attention" in k or k.startswith("pose_embedding") for k in missing)
     latents, t, cond = tiny_inputs(with_ipi)
     with torch.no_grad():
@@ -110,8 +125,11 @@ def test_bad_latent_shapes_are_clear_errors():
     with pytest.raises(ValueError, match="divisible by 2"):
         model(torch.zeros(1, 4, 2, 9, 8), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match="pose_images"):
-        model(torch.zeros(1, 4, 2, 8, 8), torch.zeros(1, dtype=torch.long),
-              DenoiserConditions(pose_images=torch.zeros(1, 3, 2, 64, 64)))  # fmt: skip
+        model(
+            torch.zeros(1, 4, 2, 8, 8),
+            torch.zeros(1, dtype=torch.long),
+            DenoiserConditions(pose_images=torch.zeros(1, 3, 2, 64, 64)),
+        )
 
 
 def test_single_frame_local_image_equals_repeated_frames():

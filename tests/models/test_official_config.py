@@ -10,9 +10,17 @@ import pytest
 from animatex_train.models.official import config_from_official
 from animatex_train.models.unet import AnimateXDenoiser
 
-SMALL = dict(dim=32, dim_mult=[1, 2], num_res_blocks=1, head_dim=16, num_heads=2, context_dim=64, out_dim=4,
-             DwposeEncoder=dict(d_model=64, nhead=4, num_encoder_layers=1, dim_feedforward=64),
-             Resampler=dict(dim=64, depth=1, dim_head=16, heads=4, output_dim=64, embedding_dim=64))  # fmt: skip
+SMALL = dict(
+    dim=32,
+    dim_mult=[1, 2],
+    num_res_blocks=1,
+    head_dim=16,
+    num_heads=2,
+    context_dim=64,
+    out_dim=4,
+    DwposeEncoder=dict(d_model=64, nhead=4, num_encoder_layers=1, dim_feedforward=64),
+    Resampler=dict(dim=64, depth=1, dim_head=16, heads=4, output_dim=64, embedding_dim=64),
+)
 
 
 def test_attn_scales_deeper_than_the_unet_are_never_reached():

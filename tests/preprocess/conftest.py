@@ -58,7 +58,7 @@ def write_yaml(config: PrepareConfig, path: Path) -> Path:
 
 
 def prepare_command(config_path: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "animatex_train.preprocess.cli", "--config", str(config_path), *extra]
+    return [sys.executable, "-m", "animatex_train.cli.prepare", "--config", str(config_path), *extra]
 
 
 def subprocess_env() -> dict[str, str]:
@@ -70,9 +70,13 @@ def subprocess_env() -> dict[str, str]:
 
 def run_prepare_subprocess(config_path: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        prepare_command(config_path, *extra), cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
+        prepare_command(config_path, *extra),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
         timeout=300,
-    )  # fmt: skip
+    )
 
 
 def shard_bytes(output_dir: Path) -> dict[str, bytes]:
@@ -84,7 +88,14 @@ def shard_bytes(output_dir: Path) -> dict[str, bytes]:
 def prep() -> SimpleNamespace:
     """The helpers above, for test modules (imported with --import-mode=importlib, they cannot import conftest)."""
     return SimpleNamespace(
-        VIDEOS=VIDEOS, DANCE_SHORT=DANCE_SHORT, DANCE_LONG=DANCE_LONG, REPO_ROOT=REPO_ROOT, make_config=make_config,
-        write_yaml=write_yaml, prepare_command=prepare_command, subprocess_env=subprocess_env,
-        run_prepare_subprocess=run_prepare_subprocess, shard_bytes=shard_bytes,
-    )  # fmt: skip
+        VIDEOS=VIDEOS,
+        DANCE_SHORT=DANCE_SHORT,
+        DANCE_LONG=DANCE_LONG,
+        REPO_ROOT=REPO_ROOT,
+        make_config=make_config,
+        write_yaml=write_yaml,
+        prepare_command=prepare_command,
+        subprocess_env=subprocess_env,
+        run_prepare_subprocess=run_prepare_subprocess,
+        shard_bytes=shard_bytes,
+    )

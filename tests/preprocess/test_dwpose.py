@@ -12,8 +12,25 @@ from animatex_train.preprocess.pose.dwpose_ops import first_person_box, letterbo
 from animatex_train.preprocess.pose.tiny_dwpose import detector_output, tiny_pose_keypoints, write_tiny_dwpose
 
 # OpenPose-18 slot -> COCO-17 index, written out from the OpenPose and COCO keypoint definitions (not from the code).
-OPENPOSE_FROM_COCO = {0: 0, 2: 6, 3: 8, 4: 10, 5: 5, 6: 7, 7: 9, 8: 12, 9: 14, 10: 16, 11: 11, 12: 13, 13: 15,
-                      14: 2, 15: 1, 16: 4, 17: 3}  # fmt: skip
+OPENPOSE_FROM_COCO = {
+    0: 0,
+    2: 6,
+    3: 8,
+    4: 10,
+    5: 5,
+    6: 7,
+    7: 9,
+    8: 12,
+    9: 14,
+    10: 16,
+    11: 11,
+    12: 13,
+    13: 15,
+    14: 2,
+    15: 1,
+    16: 4,
+    17: 3,
+}
 
 
 def _expected(frame_h: int, frame_w: int) -> np.ndarray:

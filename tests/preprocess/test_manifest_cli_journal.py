@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from animatex_train.cli.arguments import normalise_flags as _normalise_flags
+from animatex_train.cli.prepare import main as prepare_main
 from animatex_train.data.format.manifest import DatasetManifest, ManifestError, ShardEntry
-from animatex_train.preprocess.cli import _normalise_flags, prepare_main
 from animatex_train.preprocess.journal import JournalError, RankJournal, read_journal
 from animatex_train.preprocess.rejects import Reject
 
@@ -25,8 +26,15 @@ def _manifest(**changes) -> DatasetManifest:
         source_videos=["v"],
         resolutions={"64x48": 2},
     )
-    fields = dict(name="t", schema_version=1, resolutions_px=[(64, 48)], fps=8.0, num_frames_per_clip=8,
-                  encoders={"vae": "x"}, shards=[shard])  # fmt: skip
+    fields = dict(
+        name="t",
+        schema_version=1,
+        resolutions_px=[(64, 48)],
+        fps=8.0,
+        num_frames_per_clip=8,
+        encoders={"vae": "x"},
+        shards=[shard],
+    )
     return DatasetManifest(**(fields | changes))
 
 
@@ -59,8 +67,18 @@ def test_manifest_round_trip_and_validation(tmp_path):
 
 
 def test_cli_reports_config_errors(tmp_path, capsys, prep):
-    base = ["--videos", str(prep.VIDEOS), "--output_dir", str(tmp_path / "out"), "--encoders.vae.tiny", "true",
-            "--encoders.clip.tiny", "true", "--progress", "false"]  # fmt: skip
+    base = [
+        "--videos",
+        str(prep.VIDEOS),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--encoders.vae.tiny",
+        "true",
+        "--encoders.clip.tiny",
+        "true",
+        "--progress",
+        "false",
+    ]
     assert prepare_main([*base, "--clips.resolutions_px", "[[65, 48]]"]) == 2
     assert "clips.resolutions_px" in capsys.readouterr().err
     assert prepare_main([*base, "--pose.method", "dwpose", "--pose.det_model", str(tmp_path / "no.onnx")]) == 2

@@ -15,9 +15,9 @@ import webdataset as wds
 from animatex_train.data.format.keypoints import MISSING
 from animatex_train.data.format.manifest import DatasetManifest
 from animatex_train.data.format.schema import decode_clip
-from animatex_train.preprocess.cli import prepare_dataset
 from animatex_train.preprocess.pose.blazepose import blazepose_to_packed
 from animatex_train.preprocess.pose.importers import load_official_pkl
+from animatex_train.preprocess.prepare import prepare_dataset
 from animatex_train.preprocess.sampling import CropGeometry
 
 
@@ -39,9 +39,13 @@ def _official_pkl(num_frames: int, size: tuple[int, int, int], seed: int) -> dic
     hands = rng.uniform(0.1, 0.9, (num_frames, 2, 21, 2))
     hands[:, 1] = -1  # right hand never seen
     return {
-        "bodies": bodies, "body_indices": np.where(bodies[..., 0] < 0, -1, 1).astype(np.float64),
-        "faces": faces, "hands": hands, "size": size, "fps": 8,
-    }  # fmt: skip
+        "bodies": bodies,
+        "body_indices": np.where(bodies[..., 0] < 0, -1, 1).astype(np.float64),
+        "faces": faces,
+        "hands": hands,
+        "size": size,
+        "fps": 8,
+    }
 
 
 class _OpenPayload:

@@ -16,9 +16,9 @@ import webdataset as wds
 from animatex_train.data.format.keypoints import PoseSequence
 from animatex_train.data.format.manifest import DatasetManifest, ManifestError
 from animatex_train.data.format.schema import decode_clip
-from animatex_train.preprocess.cli import prepare_dataset
 from animatex_train.preprocess.encode import ClipEncoder, jpeg_bytes
 from animatex_train.preprocess.pose.dwpose import DWPoseEstimator
+from animatex_train.preprocess.prepare import prepare_dataset
 from animatex_train.preprocess.sampling import CropGeometry
 
 

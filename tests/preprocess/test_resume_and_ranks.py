@@ -12,17 +12,22 @@ from pathlib import Path
 
 import pytest
 
+from animatex_train.cli.prepare import main as prepare_main
 from animatex_train.data.format.manifest import DatasetManifest
-from animatex_train.preprocess.cli import prepare_dataset, prepare_main
 from animatex_train.preprocess.merge import MergeError, merge_dataset
+from animatex_train.preprocess.prepare import prepare_dataset
 
 
 @pytest.fixture(scope="module")
 def four_videos(tmp_path_factory, prep) -> Path:
     """Four inputs (two real videos, each under two names) so a run has several shards to be killed between."""
     folder = tmp_path_factory.mktemp("four")
-    for name, source in (("a", prep.DANCE_SHORT), ("b", prep.DANCE_LONG), ("c", prep.DANCE_SHORT),
-                         ("d", prep.DANCE_LONG)):  # fmt: skip
+    for name, source in (
+        ("a", prep.DANCE_SHORT),
+        ("b", prep.DANCE_LONG),
+        ("c", prep.DANCE_SHORT),
+        ("d", prep.DANCE_LONG),
+    ):
         shutil.copy(source, folder / f"{name}.mp4")
     return folder
 
@@ -41,8 +46,13 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, four_videos, t
 
     killed_dir = tmp_path / "killed"
     config_path = prep.write_yaml(prep.make_config(four_videos, killed_dir, tiny_dwpose), tmp_path / "prepare.yaml")
-    process = subprocess.Popen(prep.prepare_command(config_path), cwd=prep.REPO_ROOT, env=prep.subprocess_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        prep.prepare_command(config_path),
+        cwd=prep.REPO_ROOT,
+        env=prep.subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
         if sum(1 for line in _journal_lines(killed_dir) if line["type"] == "shard") >= 1:
@@ -72,8 +82,14 @@ def test_two_ranks_split_disjointly_and_merge_covers_all(tmp_path, four_videos, 
     config.encoders.num_threads = config.pose.num_threads = 1  # two processes share the 2 CI cores
     config_path = prep.write_yaml(config, tmp_path / "prepare.yaml")
     env1 = prep.subprocess_env() | {"RANK": "1", "WORLD_SIZE": "2"}  # torchrun's variables
-    rank1 = subprocess.Popen(prep.prepare_command(config_path), cwd=prep.REPO_ROOT, env=env1,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    rank1 = subprocess.Popen(
+        prep.prepare_command(config_path),
+        cwd=prep.REPO_ROOT,
+        env=env1,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     rank0 = prep.run_prepare_subprocess(config_path, "--rank", "0", "--world-size", "2")
     output1, _ = rank1.communicate(timeout=300)
     assert rank0.returncode == 0, rank0.stderr[-3000:]

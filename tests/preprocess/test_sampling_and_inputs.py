@@ -87,9 +87,14 @@ def test_clip_starts_and_plan():
 
 def test_plan_uses_window_numbers_as_clip_indices(prep):
     plan = plan_video(
-        probe_video(prep.DANCE_LONG), num_frames=8, stride=8, fps=8.0, vfr_policy="reject", max_clips=3,
+        probe_video(prep.DANCE_LONG),
+        num_frames=8,
+        stride=8,
+        fps=8.0,
+        vfr_policy="reject",
+        max_clips=3,
         resolutions=[(64, 48), (48, 64)],
-    )  # fmt: skip
+    )
     assert plan.clip_indices == [0, 2, 5] and plan.resolution == (64, 48)  # portrait video -> portrait bucket
     assert plan.clips[1].tolist() == list(range(48, 72, 3))
 
@@ -165,8 +170,12 @@ def test_metadata_csv_and_jsonl(tmp_path, prep):
 def test_rank_resolution_and_split():
     assert resolve_rank(None, None, {}) == (0, 1)
     assert resolve_rank(None, None, {"RANK": "3", "WORLD_SIZE": "4"}) == (3, 4)
-    slurm = {"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "5",
-             "SLURM_ARRAY_TASK_MAX": "8"}  # fmt: skip
+    slurm = {
+        "SLURM_ARRAY_TASK_ID": "7",
+        "SLURM_ARRAY_TASK_COUNT": "4",
+        "SLURM_ARRAY_TASK_MIN": "5",
+        "SLURM_ARRAY_TASK_MAX": "8",
+    }
     assert resolve_rank(None, None, slurm) == (2, 4)
     with pytest.raises(InputError, match="strided"):
         resolve_rank(None, None, slurm | {"SLURM_ARRAY_TASK_MAX": "11"})

@@ -50,33 +50,59 @@ class SlurmCluster:
         for sub in ("state", "spool", "log"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         user = "root" if os.geteuid() == 0 else os.environ.get("USER", "root")
-        self.conf.write_text("\n".join([
-            "ClusterName=animatextest",
-            f"SlurmctldHost={self.node}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            "AuthType=auth/none", "CredType=cred/none",
-            f"SlurmUser={user}", f"SlurmdUser={user}",
-            f"StateSaveLocation={self.root / 'state'}", f"SlurmdSpoolDir={self.root / 'spool'}",
-            f"SlurmctldPidFile={self.root / 'slurmctld.pid'}", f"SlurmdPidFile={self.root / 'slurmd.pid'}",
-            f"SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}",
-            f"SlurmdLogFile={self.root / 'log' / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
-            "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU",
-            "SchedulerType=sched/builtin", "MpiDefault=none", "ReturnToService=2",
-            "JobRequeue=1", f"KillWait={self.kill_wait_s}", "MinJobAge=3600",
-            "AccountingStorageType=accounting_storage/none", "JobCompType=jobcomp/none",
-            "JobAcctGatherType=jobacct_gather/none", "SlurmctldDebug=info", "SlurmdDebug=info",
-            f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
-            f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
-        ]) + "\n")  # fmt: skip
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=animatextest",
+                    f"SlurmctldHost={self.node}(127.0.0.1)",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "AuthType=auth/none",
+                    "CredType=cred/none",
+                    f"SlurmUser={user}",
+                    f"SlurmdUser={user}",
+                    f"StateSaveLocation={self.root / 'state'}",
+                    f"SlurmdSpoolDir={self.root / 'spool'}",
+                    f"SlurmctldPidFile={self.root / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={self.root / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={self.root / 'log' / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_CPU",
+                    "SchedulerType=sched/builtin",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "JobRequeue=1",
+                    f"KillWait={self.kill_wait_s}",
+                    "MinJobAge=3600",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobCompType=jobcomp/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "SlurmctldDebug=info",
+                    "SlurmdDebug=info",
+                    f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} State=UNKNOWN",
+                    f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+                ]
+            )
+            + "\n"
+        )
 
     def start(self, timeout: float = 60) -> None:
         self._write_conf()
         env = {**os.environ, **self.env}
         for daemon in (["slurmctld", "-D", "-i"], ["slurmd", "-D", "-N", self.node]):
             log = (self.root / "log" / f"{daemon[0]}.stdout").open("w")
-            self.daemons.append(subprocess.Popen([*daemon, "-f", str(self.conf)], env=env, stdout=log,
-                                                 stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+            self.daemons.append(
+                subprocess.Popen(
+                    [*daemon, "-f", str(self.conf)],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.run(["sinfo", "-h", "-N", "-o", "%T"], check=False).stdout.strip()
@@ -91,8 +117,9 @@ class SlurmCluster:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((self.root / "log").glob("*")))
 
     def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, env={**os.environ, **self.env}, capture_output=True, text=True, check=check,
-                              timeout=60)  # fmt: skip
+        return subprocess.run(
+            argv, env={**os.environ, **self.env}, capture_output=True, text=True, check=check, timeout=60
+        )
 
     def job(self, job_id: str) -> dict[str, str]:
         """``scontrol show job`` as a dict (``JobState``, ``Restarts``, ``ExitCode``, ...)."""

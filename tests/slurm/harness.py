@@ -33,17 +33,27 @@ def fit_args(manifest: Path, run_dir: Path, max_steps: int, validate: bool = Fal
     return ["fit", "--config", str(TINY_RECIPE), *fit_overrides(manifest, run_dir, max_steps, validate, extra)]
 
 
-def fit_overrides(manifest: Path, run_dir: Path, max_steps: int, validate: bool = False,
-                  extra: list[str] = ()) -> list[str]:  # fmt: skip
+def fit_overrides(
+    manifest: Path, run_dir: Path, max_steps: int, validate: bool = False, extra: list[str] = ()
+) -> list[str]:
     """The arguments after ``fit --config <tiny recipe>`` (what ``slurm/train.sbatch`` passes through)."""
     args = [
-        f"--data.train=[{{manifest: {manifest}}}]", "--data.anchor_pool=null", "--data.epi.apply_prob=0",
-        "--data.num_frames=4", "--model.empty_prompt_cache=null", "--model.sampler.num_steps=2",
-        f"--trainer.default_root_dir={run_dir}", f"--trainer.max_steps={max_steps}",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-        "--trainer.log_every_n_steps=1", "--throughput.log_every_n_steps=2", "--checkpoint.every_n_steps=0",
-        "--tracking.mode=offline", "--trainer.callbacks+=probe.StepProbe",
-    ]  # fmt: skip
+        f"--data.train=[{{manifest: {manifest}}}]",
+        "--data.anchor_pool=null",
+        "--data.epi.apply_prob=0",
+        "--data.num_frames=4",
+        "--model.empty_prompt_cache=null",
+        "--model.sampler.num_steps=2",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.log_every_n_steps=1",
+        "--throughput.log_every_n_steps=2",
+        "--checkpoint.every_n_steps=0",
+        "--tracking.mode=offline",
+        "--trainer.callbacks+=probe.StepProbe",
+    ]
     if validate:
         args += [f"--data.val=[{{manifest: {manifest}, split: val}}]", f"--trainer.val_check_interval={max_steps}"]
     else:
@@ -54,8 +64,13 @@ def fit_overrides(manifest: Path, run_dir: Path, max_steps: int, validate: bool 
 def run_env(**extra: str) -> dict[str, str]:
     """The environment of a run: single-threaded, W&B offline, the probe importable, no inherited Slurm job."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
-    env.update(OMP_NUM_THREADS="1", WANDB_MODE="offline", WANDB_SILENT="true", PYTHONHASHSEED="0",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])))  # fmt: skip
+    env.update(
+        OMP_NUM_THREADS="1",
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        PYTHONHASHSEED="0",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")])),
+    )
     env.update(extra)
     return env
 
@@ -88,15 +103,37 @@ class RankGroup:
         self.logs = [log_dir / f"rank{r}.log" for r in range(world)]
         self.procs = []
         for rank in range(world):
-            rank_env = {**env, "SLURM_NTASKS": str(world), "SLURM_NTASKS_PER_NODE": str(world), "SLURM_NNODES": "1",
-                        "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
-                        "SLURM_JOB_NAME": "animatex-test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+            rank_env = {
+                **env,
+                "SLURM_NTASKS": str(world),
+                "SLURM_NTASKS_PER_NODE": str(world),
+                "SLURM_NNODES": "1",
+                "SLURM_PROCID": str(rank),
+                "SLURM_LOCALID": str(rank),
+                "SLURM_NODEID": "0",
+                "SLURM_JOB_NAME": "animatex-test",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            }
             with self.logs[rank].open("w") as out:
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "animatex_train", *args, f"--trainer.devices={world}",
-                     "--trainer.strategy=ddp", "--trainer.accelerator=cpu"],
-                    cwd=REPO, env=rank_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                ))  # fmt: skip
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "animatex_train",
+                            *args,
+                            f"--trainer.devices={world}",
+                            "--trainer.strategy=ddp",
+                            "--trainer.accelerator=cpu",
+                        ],
+                        cwd=REPO,
+                        env=rank_env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                )
 
     @property
     def pids(self) -> list[int]:
@@ -179,8 +216,9 @@ def wandb_history(path: Path) -> list[dict[str, object]]:
     rows = []
     for record in wandb_records(path):
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})  # fmt: skip
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 

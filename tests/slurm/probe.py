@@ -40,9 +40,13 @@ class StepProbe(pl.Callback):
             while frame is not None:
                 frames.append(frame.f_code)
                 frame = frame.f_back
-            self._write(event="save", step=trainer_.global_step, in_backward=self._in_backward,
-                        in_signal_handler=PreemptionHandler._on_signal.__code__ in frames,
-                        stack=[code.co_name for code in frames[:6]])  # fmt: skip
+            self._write(
+                event="save",
+                step=trainer_.global_step,
+                in_backward=self._in_backward,
+                in_signal_handler=PreemptionHandler._on_signal.__code__ in frames,
+                stack=[code.co_name for code in frames[:6]],
+            )
             return original(trainer_)
 
         checkpoint.save = recorded_save

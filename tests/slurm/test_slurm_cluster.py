@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.tiny_dataset import TINY_RECIPE
 
-from animatex_train.launch.submit import submit_main
+from animatex_train.cli.submit import main as submit_main
 from animatex_train.training.checkpoint import find_resume_checkpoint
 from animatex_train.training.tracking import RUN_ID_FILE
 from slurm.cluster import INSTALL, SlurmCluster, missing_binaries
@@ -23,8 +23,10 @@ from slurm.harness import HERE, fit_overrides, offline_runs, probe_events, run_e
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(bool(missing_binaries()), reason=f"Slurm not installed ({', '.join(missing_binaries())} "
-                                                        f"missing); to run these tests: {INSTALL}"),  # fmt: skip
+    pytest.mark.skipif(
+        bool(missing_binaries()),
+        reason=f"Slurm not installed ({', '.join(missing_binaries())} missing); to run these tests: {INSTALL}",
+    ),
 ]
 
 
@@ -58,9 +60,29 @@ def job_env(cluster, monkeypatch):
 
 def submit(capsys, run_dir: Path, overrides: list[str]) -> str:
     """``animatex-train submit train`` of the tiny recipe on 2 CPU tasks; returns the job id."""
-    code = submit_main(["train", "--recipe", str(TINY_RECIPE), "--nodes", "1", "--gpus-per-node", "0",
-                        "--ntasks-per-node", "2", "--cpus-per-task", "1", "--time", "10:00", "--run-dir", str(run_dir),
-                        "--log-dir", str(run_dir.parent / "logs"), "--", *overrides])  # fmt: skip
+    code = submit_main(
+        [
+            "train",
+            "--recipe",
+            str(TINY_RECIPE),
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "0",
+            "--ntasks-per-node",
+            "2",
+            "--cpus-per-task",
+            "1",
+            "--time",
+            "10:00",
+            "--run-dir",
+            str(run_dir),
+            "--log-dir",
+            str(run_dir.parent / "logs"),
+            "--",
+            *overrides,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     return re.fullmatch(r"submitted train: (\d+)\n", out).group(1)
@@ -87,8 +109,9 @@ def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(cluster, manifes
     wait_for_step(run_dir, ranks=2, step=2, timeout=240)
     # What Slurm does at --signal=USR1@<lead>: SIGUSR1 to every process of the job's steps.
     cluster.run(["scancel", "--signal=USR1", job_id])
-    job = cluster.wait_for(job_id, lambda j: j.get("Restarts") == "1" and j["JobState"] == "PENDING",
-                           "the requeue", timeout=120)  # fmt: skip
+    job = cluster.wait_for(
+        job_id, lambda j: j.get("Restarts") == "1" and j["JobState"] == "PENDING", "the requeue", timeout=120
+    )
     saves = probe_events(run_dir, "save")
     assert len(saves) == 2 and len({s["step"] for s in saves}) == 1, saves  # one checkpoint, both ranks
     saved_step = saves[0]["step"]
@@ -113,14 +136,46 @@ def test_eval_sbatch_validates_a_tiny_fits_checkpoint(cluster, manifest, job_env
     """``slurm/eval.sbatch`` runs ``validate --ckpt_path <the run's newest state.ckpt>`` (issue 19): it must load a
     checkpoint written by ``fit`` (the saved hyperparameters are not re-parsed, see cli/lightning.py)."""
     run_dir = tmp_path / "run"
-    fit = subprocess.run([sys.executable, "-m", "animatex_train", "fit", "--config", str(TINY_RECIPE),
-                          *fit_overrides(manifest, run_dir, max_steps=2, extra=["--checkpoint.every_n_steps=2"])],
-                         cwd=HERE.parents[1], env=run_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "animatex_train",
+            "fit",
+            "--config",
+            str(TINY_RECIPE),
+            *fit_overrides(manifest, run_dir, max_steps=2, extra=["--checkpoint.every_n_steps=2"]),
+        ],
+        cwd=HERE.parents[1],
+        env=run_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert fit.returncode == 0, fit.stderr[-3000:]
-    code = submit_main(["eval", "--recipe", str(TINY_RECIPE), "--nodes", "1", "--gpus-per-node", "0",
-                        "--ntasks-per-node", "1", "--cpus-per-task", "1", "--time", "10:00", "--run-dir", str(run_dir),
-                        "--log-dir", str(tmp_path / "logs"), "--",
-                        *fit_overrides(manifest, tmp_path / "eval", max_steps=2, validate=True)])  # fmt: skip
+    code = submit_main(
+        [
+            "eval",
+            "--recipe",
+            str(TINY_RECIPE),
+            "--nodes",
+            "1",
+            "--gpus-per-node",
+            "0",
+            "--ntasks-per-node",
+            "1",
+            "--cpus-per-task",
+            "1",
+            "--time",
+            "10:00",
+            "--run-dir",
+            str(run_dir),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--",
+            *fit_overrides(manifest, tmp_path / "eval", max_steps=2, validate=True),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     job_id = re.fullmatch(r"submitted eval: (\d+)\n", out).group(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from animatex_train.launch.submit import submit_main
+from animatex_train.cli.submit import main as submit_main
 from slurm.harness import REPO
 
 RECIPE = "recipes/debug/tiny_cpu.yaml"
@@ -21,8 +21,16 @@ with open({log!r}, "a") as f:
     f.write(json.dumps({{"argv": sys.argv, "env": {{k: os.environ.get(k) for k in {keys!r}}}}}) + "\\n")
 print({output!r})
 """
-KEYS = ["RECIPE", "CLUSTER_OVERLAY", "RUN_DIR", "PREPARE_CONFIG", "CKPT", "ANIMATEX_TRAIN", "MASTER_ADDR",
-        "MASTER_PORT"]
+KEYS = [
+    "RECIPE",
+    "CLUSTER_OVERLAY",
+    "RUN_DIR",
+    "PREPARE_CONFIG",
+    "CKPT",
+    "ANIMATEX_TRAIN",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+]
 
 
 def fake(bin_dir: Path, name: str, log: Path, output: str = "") -> None:
@@ -41,29 +49,63 @@ def in_repo(monkeypatch):
 
 
 def test_dry_run_prints_the_filled_sbatch_command(in_repo, capsys):
-    code = submit_main(["train", "--recipe", RECIPE, "--overlay", RECIPE, "--nodes", "4", "--gpus-per-node", "8",
-                        "--time", "2-00:00:00", "--partition", "gpu", "--account", "proj", "--signal-lead", "600",
-                        "--run-dir", "runs/a", "--dry-run", "--", "--trainer.max_steps=10"])  # fmt: skip
+    code = submit_main(
+        [
+            "train",
+            "--recipe",
+            RECIPE,
+            "--overlay",
+            RECIPE,
+            "--nodes",
+            "4",
+            "--gpus-per-node",
+            "8",
+            "--time",
+            "2-00:00:00",
+            "--partition",
+            "gpu",
+            "--account",
+            "proj",
+            "--signal_lead",
+            "600",
+            "--run-dir",
+            "runs/a",
+            "--dry-run",
+            "--",
+            "--trainer.max_steps=10",
+        ]
+    )
     assert code == 0
     argv = shlex.split(capsys.readouterr().out)
     assert argv[0] == "env" and f"RECIPE={RECIPE}" in argv and f"CLUSTER_OVERLAY={RECIPE}" in argv
     assert "RUN_DIR=runs/a" in argv
-    for flag in ("--nodes=4", "--gpus-per-node=8", "--ntasks-per-node=8", "--time=2-00:00:00", "--partition=gpu",
-                 "--account=proj", "--signal=USR1@600", "--export=ALL"):  # fmt: skip
+    for flag in (
+        "--nodes=4",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=8",
+        "--time=2-00:00:00",
+        "--partition=gpu",
+        "--account=proj",
+        "--signal=USR1@600",
+        "--export=ALL",
+    ):
         assert flag in argv, argv
     assert argv[-2:] == [str(REPO / "slurm" / "train.sbatch"), "--trainer.max_steps=10"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train"], "--recipe is required"),
-    (["train", "--recipe", "missing.yaml"], "no such file"),
-    (["train", "--recipe", RECIPE, "--partition", "gpu;reboot"], "letters, digits"),
-    (["train", "--recipe", RECIPE, "--time", "forever"], "--time"),
-    (["train", "--recipe", RECIPE, "--time", "5:00", "--signal-lead", "300"], "not shorter"),
-    (["train", "--recipe", RECIPE, "--gpus-per-node", "0"], "--ntasks-per-node"),
-    (["eval", "--recipe", RECIPE], "--run-dir"),
-    (["prepare"], "--config is required"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train"], "--recipe is required"),
+        (["train", "--recipe", "missing.yaml"], "no such file"),
+        (["train", "--recipe", RECIPE, "--partition", "gpu;reboot"], "letters, digits"),
+        (["train", "--recipe", RECIPE, "--time", "forever"], "--time"),
+        (["train", "--recipe", RECIPE, "--time", "5:00", "--signal_lead", "300"], "not shorter"),
+        (["train", "--recipe", RECIPE, "--gpus_per_node", "0"], "--ntasks_per_node"),
+        (["eval", "--recipe", RECIPE], "--run_dir"),
+        (["prepare"], "--config is required"),
+    ],
+)
 def test_bad_flags_are_refused_before_sbatch_runs(in_repo, capsys, args, message):
     assert submit_main([*args, "--dry-run"]) == 2
     assert message in capsys.readouterr().err
@@ -73,8 +115,22 @@ def test_prepare_submits_an_array_then_a_merge_that_depends_on_it(in_repo, tmp_p
     log = tmp_path / "sbatch.log"
     fake(tmp_path / "bin", "sbatch", log, output="4242;cluster")
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    code = submit_main(["prepare", "--config", RECIPE, "--tasks", "8", "--partition", "cpu", "--log-dir",
-                        str(tmp_path / "logs"), "--", "--stages", "shards"])  # fmt: skip
+    code = submit_main(
+        [
+            "prepare",
+            "--config",
+            RECIPE,
+            "--tasks",
+            "8",
+            "--partition",
+            "cpu",
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--",
+            "--stages",
+            "shards",
+        ]
+    )
     assert code == 0 and capsys.readouterr().out == "submitted prepare: 4242\nsubmitted prepare: 4242\n"
     array, merge = calls(log)
     assert "--array=0-7" in array["argv"] and array["env"]["PREPARE_CONFIG"] == RECIPE
@@ -99,22 +155,50 @@ def run_script(tmp_path: Path, script: str, env: dict[str, str], args: list[str]
     fake(tmp_path / "bin", "srun", log)
     (tmp_path / "bin" / "scontrol").write_text("#!/bin/sh\necho node-a\necho node-b\n")  # show hostnames
     (tmp_path / "bin" / "scontrol").chmod(0o755)
-    slurm = {"SLURM_JOB_ID": "77", "SLURM_JOB_NAME": "animatex-train", "SLURM_JOB_NUM_NODES": "2",
-             "SLURM_NTASKS_PER_NODE": "4", "SLURM_JOB_NODELIST": "node-[a-b]"}  # fmt: skip
+    slurm = {
+        "SLURM_JOB_ID": "77",
+        "SLURM_JOB_NAME": "animatex-train",
+        "SLURM_JOB_NUM_NODES": "2",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "SLURM_JOB_NODELIST": "node-[a-b]",
+    }
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_", "RUN_DIR", "RECIPE"))}
     path = f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"
-    return subprocess.run(["bash", str(REPO / "slurm" / script), *args], cwd=tmp_path, capture_output=True,
-                          text=True, env={**base, **slurm, **env, "PATH": path}, timeout=60)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(REPO / "slurm" / script), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**base, **slurm, **env, "PATH": path},
+        timeout=60,
+    )
 
 
 def test_train_sbatch_runs_fit_on_every_rank_with_the_allocation_and_passes_arguments_through(tmp_path):
-    result = run_script(tmp_path, "train.sbatch", {"RECIPE": "r.yaml", "CLUSTER_OVERLAY": "c.yaml",
-                                                   "ANIMATEX_TRAIN": "py -m animatex_train"}, ["--x=1", "a b"])
+    result = run_script(
+        tmp_path,
+        "train.sbatch",
+        {"RECIPE": "r.yaml", "CLUSTER_OVERLAY": "c.yaml", "ANIMATEX_TRAIN": "py -m animatex_train"},
+        ["--x=1", "a b"],
+    )
     assert result.returncode == 0, result.stderr
     (call,) = calls(tmp_path / "srun.log")
-    assert call["argv"][1:] == ["--kill-on-bad-exit=1", "py", "-m", "animatex_train", "fit", "--config", "r.yaml",
-                                "--config", "c.yaml", "--trainer.num_nodes=2", "--trainer.devices=4",
-                                "--trainer.default_root_dir=runs/animatex-train-77", "--x=1", "a b"]  # fmt: skip
+    assert call["argv"][1:] == [
+        "--kill-on-bad-exit=1",
+        "py",
+        "-m",
+        "animatex_train",
+        "fit",
+        "--config",
+        "r.yaml",
+        "--config",
+        "c.yaml",
+        "--trainer.num_nodes=2",
+        "--trainer.devices=4",
+        "--trainer.default_root_dir=runs/animatex-train-77",
+        "--x=1",
+        "a b",
+    ]
     assert call["env"]["MASTER_ADDR"] == "node-a" and call["env"]["MASTER_PORT"] == "20077"  # first node, job port
 
 

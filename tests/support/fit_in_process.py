@@ -11,8 +11,13 @@ import torch
 from support.tiny_dataset import build_tiny_dataset, fit_args
 
 
-def fit_tiny(root: Path, max_steps: int, args: Sequence[str] = (), callbacks: Sequence[pl.Callback] = (),
-             first: Sequence[pl.Callback] = ()):  # fmt: skip
+def fit_tiny(
+    root: Path,
+    max_steps: int,
+    args: Sequence[str] = (),
+    callbacks: Sequence[pl.Callback] = (),
+    first: Sequence[pl.Callback] = (),
+):
     """Train the tiny recipe for ``max_steps`` on a dataset under ``root`` (built if absent), one CPU thread.
 
     ``args`` are further CLI arguments; ``callbacks`` run after the recipe's own, ``first`` before them. Returns the

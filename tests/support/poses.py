@@ -9,12 +9,24 @@ from animatex_train.data.pose.skeleton import JOINT_PARENT, NUM_JOINTS, TOPOLOGI
 
 # Bone vectors (parent -> joint) in pixels of a 768-high frame for a standing person; the neck is the root.
 _BASE = {
-    "nose": (0, -50), "right_shoulder": (-55, 5), "right_elbow": (-15, 85), "right_wrist": (-5, 80),
-    "left_shoulder": (55, 5), "left_elbow": (15, 85), "left_wrist": (5, 80),
-    "right_hip": (-30, 190), "right_knee": (-5, 120), "right_ankle": (0, 115),
-    "left_hip": (30, 190), "left_knee": (5, 120), "left_ankle": (0, 115),
-    "right_eye": (-12, -12), "left_eye": (12, -12), "right_ear": (-14, 6), "left_ear": (14, 6),
-}  # fmt: skip
+    "nose": (0, -50),
+    "right_shoulder": (-55, 5),
+    "right_elbow": (-15, 85),
+    "right_wrist": (-5, 80),
+    "left_shoulder": (55, 5),
+    "left_elbow": (15, 85),
+    "left_wrist": (5, 80),
+    "right_hip": (-30, 190),
+    "right_knee": (-5, 120),
+    "right_ankle": (0, 115),
+    "left_hip": (30, 190),
+    "left_knee": (5, 120),
+    "left_ankle": (0, 115),
+    "right_eye": (-12, -12),
+    "left_eye": (12, -12),
+    "right_ear": (-14, 6),
+    "left_ear": (14, 6),
+}
 BASE_BONES = np.zeros((NUM_JOINTS, 2))
 for _name, _vector in _BASE.items():
     BASE_BONES[BODY[_name]] = _vector

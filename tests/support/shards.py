@@ -14,8 +14,9 @@ from animatex_train.data.format.schema import ClipMeta, ClipRecord, encode_clip
 from animatex_train.data.loading.epoch_plan import DataIndex, ShardInfo
 
 
-def make_record(video: str, clip: int, frames: int = 6, size: tuple[int, int] = (32, 32), clip_dim: int = 8,
-                seed: int = 0) -> ClipRecord:  # fmt: skip
+def make_record(
+    video: str, clip: int, frames: int = 6, size: tuple[int, int] = (32, 32), clip_dim: int = 8, seed: int = 0
+) -> ClipRecord:
     rng = np.random.default_rng(abs(hash((video, clip, seed))) % 2**32)
     h, w = size[0] // 8, size[1] // 8
     pose = PoseSequence.empty(frames, size)
@@ -24,8 +25,17 @@ def make_record(video: str, clip: int, frames: int = 6, size: tuple[int, int] = 
     jpeg = cv2.imencode(".jpg", rng.integers(0, 255, size=(*size, 3), dtype=np.uint8))[1].tobytes()
     return ClipRecord(
         key=f"{video}-c{clip:05d}",
-        meta=ClipMeta(video_id=video, clip_index=clip, frame_indices=list(range(frames)), fps=8.0, source_fps=8.0,
-                      height=size[0], width=size[1], ref_frames=[0, frames - 1], pose_source="synthetic"),  # fmt: skip
+        meta=ClipMeta(
+            video_id=video,
+            clip_index=clip,
+            frame_indices=list(range(frames)),
+            fps=8.0,
+            source_fps=8.0,
+            height=size[0],
+            width=size[1],
+            ref_frames=[0, frames - 1],
+            pose_source="synthetic",
+        ),
         latent_mean=rng.standard_normal((frames, 4, h, w)).astype(np.float16),
         latent_std=np.abs(rng.standard_normal((frames, 4, h, w))).astype(np.float16) * 0.1,
         clip_embeds=rng.standard_normal((frames, clip_dim)).astype(np.float16),
@@ -45,8 +55,9 @@ def write_tar(path: Path, samples: list[dict]) -> None:
                 tar.addfile(info, io.BytesIO(data))
 
 
-def write_shards(root: Path, num_shards: int, per_shard: int, frames: int = 6, size=(32, 32), clip_dim: int = 8,
-                 prefix: str = "v") -> tuple[ShardInfo, ...]:  # fmt: skip
+def write_shards(
+    root: Path, num_shards: int, per_shard: int, frames: int = 6, size=(32, 32), clip_dim: int = 8, prefix: str = "v"
+) -> tuple[ShardInfo, ...]:
     """``num_shards`` tars of ``per_shard`` clips each; returns their ``ShardInfo``s."""
     root.mkdir(parents=True, exist_ok=True)
     infos = []

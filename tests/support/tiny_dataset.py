@@ -27,18 +27,31 @@ def _entries(infos, root: Path, split: str) -> list[ShardEntry]:
     entries = []
     for info in infos:
         path = Path(info.url)
-        entries.append(ShardEntry(
-            path=path.relative_to(root).as_posix(), split=split, num_samples=len(info.keys),
-            num_frames=sum(info.num_frames), size_bytes=path.stat().st_size,
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(), keys=list(info.keys),
-            source_videos=[k.rsplit("-c", 1)[0] for k in info.keys],
-            resolutions={f"{info.height}x{info.width}": len(info.keys)},
-        ))  # fmt: skip
+        entries.append(
+            ShardEntry(
+                path=path.relative_to(root).as_posix(),
+                split=split,
+                num_samples=len(info.keys),
+                num_frames=sum(info.num_frames),
+                size_bytes=path.stat().st_size,
+                sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                keys=list(info.keys),
+                source_videos=[k.rsplit("-c", 1)[0] for k in info.keys],
+                resolutions={f"{info.height}x{info.width}": len(info.keys)},
+            )
+        )
     return entries
 
 
-def build_tiny_dataset(root: str | Path, num_train_shards: int = 4, per_shard: int = 4, num_val_shards: int = 1,
-                       frames: int = 12, size: tuple[int, int] = (64, 64), clip_dim: int = 64) -> Path:  # fmt: skip
+def build_tiny_dataset(
+    root: str | Path,
+    num_train_shards: int = 4,
+    per_shard: int = 4,
+    num_val_shards: int = 1,
+    frames: int = 12,
+    size: tuple[int, int] = (64, 64),
+    clip_dim: int = 64,
+) -> Path:
     """Write train/val shards under ``root`` and ``root/manifest.json``; returns the manifest path.
 
     Defaults match the tiny recipe (64x64 clips, 12 frames, 64-wide CLIP features). Idempotent: an
@@ -48,37 +61,67 @@ def build_tiny_dataset(root: str | Path, num_train_shards: int = 4, per_shard: i
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():
         return manifest_path
-    train = write_shards(root / "train", num_train_shards, per_shard, frames=frames, size=size, clip_dim=clip_dim,
-                         prefix="tr")  # fmt: skip
-    val = write_shards(root / "val", num_val_shards, per_shard, frames=frames, size=size, clip_dim=clip_dim,
-                       prefix="va")  # fmt: skip
+    train = write_shards(
+        root / "train", num_train_shards, per_shard, frames=frames, size=size, clip_dim=clip_dim, prefix="tr"
+    )
+    val = write_shards(
+        root / "val", num_val_shards, per_shard, frames=frames, size=size, clip_dim=clip_dim, prefix="va"
+    )
     manifest = DatasetManifest(
-        name="tiny", schema_version=SCHEMA_VERSION, resolutions_px=[tuple(size)], fps=8.0, num_frames_per_clip=frames,
-        encoders={}, shards=sorted(_entries(train, root, "train") + _entries(val, root, "val"), key=lambda s: s.path),
-    )  # fmt: skip
+        name="tiny",
+        schema_version=SCHEMA_VERSION,
+        resolutions_px=[tuple(size)],
+        fps=8.0,
+        num_frames_per_clip=frames,
+        encoders={},
+        shards=sorted(_entries(train, root, "train") + _entries(val, root, "val"), key=lambda s: s.path),
+    )
     manifest.save(manifest_path)
     return manifest_path
 
 
-def fit_args(data_root: str | Path, run_dir: str | Path, max_steps: int = 4, every_n_steps: int = 0,
-             validate: bool = False) -> list[str]:  # fmt: skip
+def fit_args(
+    data_root: str | Path, run_dir: str | Path, max_steps: int = 4, every_n_steps: int = 0, validate: bool = False
+) -> list[str]:
     """``animatex-train fit`` arguments: the tiny recipe on ``data_root``'s dataset, writing into ``run_dir``.
 
     Without ``validate`` no validation runs (no VAE decode, no sample clip), which keeps a run to seconds.
     """
     manifest = Path(data_root) / "manifest.json"
     args = [
-        "fit", "--config", str(TINY_RECIPE),
-        "--data.train", f"[{{manifest: {manifest}}}]",
-        "--data.anchor_pool", "null", "--data.epi.apply_prob", "0", "--data.num_workers", "0",
-        "--model.empty_prompt_cache", "null",
-        "--trainer.default_root_dir", str(run_dir), "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-        "--trainer.max_steps", str(max_steps), "--checkpoint.every_n_steps", str(every_n_steps),
-    ]  # fmt: skip
+        "fit",
+        "--config",
+        str(TINY_RECIPE),
+        "--data.train",
+        f"[{{manifest: {manifest}}}]",
+        "--data.anchor_pool",
+        "null",
+        "--data.epi.apply_prob",
+        "0",
+        "--data.num_workers",
+        "0",
+        "--model.empty_prompt_cache",
+        "null",
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.max_steps",
+        str(max_steps),
+        "--checkpoint.every_n_steps",
+        str(every_n_steps),
+    ]
     if validate:
-        args += ["--data.val", f"[{{manifest: {manifest}, split: val}}]", "--trainer.val_check_interval",
-                 str(max_steps)]  # fmt: skip
+        args += [
+            "--data.val",
+            f"[{{manifest: {manifest}, split: val}}]",
+            "--trainer.val_check_interval",
+            str(max_steps),
+        ]
     else:
         args += ["--data.val", "null", "--trainer.limit_val_batches", "0"]
     return args
@@ -86,8 +129,13 @@ def fit_args(data_root: str | Path, run_dir: str | Path, max_steps: int = 4, eve
 
 def fit_env(extra_pythonpath: str | Path | None = None) -> dict[str, str]:
     """Environment of a ``fit`` subprocess: one thread per process (two ranks share two cores), DeepSpeed on CPU."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled",
-           "PYTHONFAULTHANDLER": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "WANDB_MODE": "disabled",
+        "PYTHONFAULTHANDLER": "1",
+    }
     if extra_pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_pythonpath), os.environ.get("PYTHONPATH")) if p)
     return env
@@ -99,8 +147,10 @@ def _stacks_of_group(pgid: int) -> str:
     if py_spy is None:
         return "(install py-spy to see where the ranks hang)"
     pids = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout.split()
-    dumps = [subprocess.run([py_spy, "dump", "--pid", pid], capture_output=True, text=True, timeout=60).stdout[-3000:]
-             for pid in pids]  # fmt: skip
+    dumps = [
+        subprocess.run([py_spy, "dump", "--pid", pid], capture_output=True, text=True, timeout=60).stdout[-3000:]
+        for pid in pids
+    ]
     return "\n".join(dumps)
 
 
@@ -119,8 +169,15 @@ def run_fit(args: list[str], env: dict[str, str], timeout_s: float = 300.0) -> s
     output's tail if it fails or outlives ``timeout_s`` scaled by ``time_budget`` (then the whole group, every rank,
     is killed)."""
     timeout_s = time_budget(timeout_s)
-    proc = subprocess.Popen([sys.executable, "-m", "animatex_train", *args], cwd=REPO_ROOT, env=env, text=True,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "animatex_train", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        text=True,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         output, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -177,11 +234,19 @@ def probed_run(tmp_path_factory, name: str, strategy_args: list[str], steps: int
             build_deepspeed_cpu_ops()  # once per session, before two ranks race to compile them
         data = shared_dataset(tmp_path_factory)
         run_dir = tmp_path_factory.mktemp(f"run_{name}")
-        probe = (f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "
-                 f"{{out_dir: {run_dir / 'probe'}, build_vae_early: true}}}}")  # fmt: skip
-        args = [*fit_args(data, run_dir, max_steps=steps, every_n_steps=steps, validate=True),
-                "--trainer.devices", str(devices), "--trainer.val_check_interval", str(max(1, steps // 2)),
-                *strategy_args, probe]  # fmt: skip
+        probe = (
+            f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "
+            f"{{out_dir: {run_dir / 'probe'}, build_vae_early: true}}}}"
+        )
+        args = [
+            *fit_args(data, run_dir, max_steps=steps, every_n_steps=steps, validate=True),
+            "--trainer.devices",
+            str(devices),
+            "--trainer.val_check_interval",
+            str(max(1, steps // 2)),
+            *strategy_args,
+            probe,
+        ]
         run_fit(args, fit_env(PROBE_PATH), timeout_s=240)
         _RUNS[name] = run_dir
     return _RUNS[name]

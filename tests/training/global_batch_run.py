@@ -29,10 +29,14 @@ TINY = Path(__file__).resolve().parents[2] / "recipes" / "debug" / "tiny_cpu.yam
 # nn.Dropout masks and the official batch-coupled condition dropout depend on the batch's shape and
 # composition, so they are switched off here; the timestep and noise draws are per sample (system.py).
 NO_BATCH_COUPLED_RANDOMNESS = [
-    "--model.denoiser.dropout=0", "--model.denoiser.temporal_conv_dropout=0", "--model.denoiser.adapter_dropout=0",
-    "--model.denoiser.ipi.keypoint_dropout=0", "--model.denoiser.condition_dropout.enabled=false",
-    "--model.conditioning.local_image_prob=1", "--model.conditioning.ref_latent_prob=0",
-]  # fmt: skip
+    "--model.denoiser.dropout=0",
+    "--model.denoiser.temporal_conv_dropout=0",
+    "--model.denoiser.adapter_dropout=0",
+    "--model.denoiser.ipi.keypoint_dropout=0",
+    "--model.denoiser.condition_dropout.enabled=false",
+    "--model.conditioning.local_image_prob=1",
+    "--model.conditioning.ref_latent_prob=0",
+]
 
 
 def concat_batches(batches: list[Batch]) -> Batch:
@@ -60,9 +64,15 @@ class FixedOrderData(pl.LightningDataModule):
         self.num_samples, self.num_frames = num_samples, num_frames
 
     def setup(self, stage: str) -> None:
-        source = VideoDataModule(train=[DatasetSource(str(self.manifest))], batch_size=1, num_workers=0,
-                                 num_frames=self.num_frames, shuffle_buffer=1, epi={"apply_prob": 0.0},
-                                 pin_memory=False)  # fmt: skip
+        source = VideoDataModule(
+            train=[DatasetSource(str(self.manifest))],
+            batch_size=1,
+            num_workers=0,
+            num_frames=self.num_frames,
+            shuffle_buffer=1,
+            epi={"apply_prob": 0.0},
+            pin_memory=False,
+        )
         self.samples = []
         for batch in source.train_dataloader():
             self.samples.append(batch)
@@ -71,10 +81,15 @@ class FixedOrderData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Rank r of N takes samples r, r + N, ... (Lightning's own DistributedSampler would shuffle them).
-        sampler = DistributedSampler(FixedSamples(self.samples), num_replicas=self.trainer.world_size,
-                                     rank=self.trainer.global_rank, shuffle=False)  # fmt: skip
-        return DataLoader(FixedSamples(self.samples), batch_size=self.batch_size, sampler=sampler,
-                          collate_fn=concat_batches)  # fmt: skip
+        sampler = DistributedSampler(
+            FixedSamples(self.samples),
+            num_replicas=self.trainer.world_size,
+            rank=self.trainer.global_rank,
+            shuffle=False,
+        )
+        return DataLoader(
+            FixedSamples(self.samples), batch_size=self.batch_size, sampler=sampler, collate_fn=concat_batches
+        )
 
 
 def main() -> None:
@@ -85,17 +100,42 @@ def main() -> None:
         parser.add_argument(name, type=int, required=True)
     args = parser.parse_args()
     manifest = args.data / "manifest.json"
-    cli = AnimateXCLI(args=["--config", str(TINY), "--data.train", f"[{{manifest: {manifest}}}]",
-                            "--data.val", "null", "--data.anchor_pool", "null", "--model.empty_prompt_cache", "null",
-                            "--model.ema.enabled", "false", *NO_BATCH_COUPLED_RANDOMNESS], run=False)  # fmt: skip
+    cli = AnimateXCLI(
+        args=[
+            "--config",
+            str(TINY),
+            "--data.train",
+            f"[{{manifest: {manifest}}}]",
+            "--data.val",
+            "null",
+            "--data.anchor_pool",
+            "null",
+            "--model.empty_prompt_cache",
+            "null",
+            "--model.ema.enabled",
+            "false",
+            *NO_BATCH_COUPLED_RANDOMNESS,
+        ],
+        run=False,
+    )
     trainer = pl.Trainer(
-        accelerator="cpu", devices=args.devices, strategy="ddp" if args.devices > 1 else "auto", max_steps=args.steps,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        gradient_clip_val=cli.trainer.gradient_clip_val, limit_val_batches=0, default_root_dir=str(args.out),
-        callbacks=[RunProbe(str(args.out / "probe"))], use_distributed_sampler=False,
-    )  # fmt: skip
-    data = FixedOrderData(manifest, args.batch_size, args.batch_size * args.devices * args.steps,
-                          cli.datamodule.window.num_frames)  # fmt: skip
+        accelerator="cpu",
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        max_steps=args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=cli.trainer.gradient_clip_val,
+        limit_val_batches=0,
+        default_root_dir=str(args.out),
+        callbacks=[RunProbe(str(args.out / "probe"))],
+        use_distributed_sampler=False,
+    )
+    data = FixedOrderData(
+        manifest, args.batch_size, args.batch_size * args.devices * args.steps, cli.datamodule.window.num_frames
+    )
     trainer.fit(cli.model, datamodule=data)
 
 

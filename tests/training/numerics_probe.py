@@ -47,17 +47,26 @@ class NumericsProbe(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch, batch_idx: int) -> None:
         if not self.batch_dtypes:
-            self.batch_dtypes = {f.name: str(getattr(batch, f.name).dtype) for f in fields(batch)
-                                 if isinstance(getattr(batch, f.name), torch.Tensor)}  # fmt: skip
+            self.batch_dtypes = {
+                f.name: str(getattr(batch, f.name).dtype)
+                for f in fields(batch)
+                if isinstance(getattr(batch, f.name), torch.Tensor)
+            }
         if trainer.global_step == self.nan_grad_at_step and trainer.global_rank == self.nan_grad_rank:
             self._hook = pl_module.denoiser.register_forward_hook(lambda module, args, out: _NaNGradient.apply(out))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
-                           batch_idx: int) -> None:  # fmt: skip
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self._remove_hook()
         norm = pl_module.grad_norm
-        self.steps.append({"step": trainer.global_step, "skipped": pl_module.step_skipped,
-                           "grad_norm": None if norm is None else float(norm)})  # fmt: skip
+        self.steps.append(
+            {
+                "step": trainer.global_step,
+                "skipped": pl_module.step_skipped,
+                "grad_norm": None if norm is None else float(norm),
+            }
+        )
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write(trainer)
@@ -77,4 +86,3 @@ class NumericsProbe(pl.Callback):
         out_dir.mkdir(parents=True, exist_ok=True)
         record = {"steps": self.steps, "batch_dtypes": self.batch_dtypes, "exception": self.exception}
         (out_dir / f"numerics-rank{trainer.global_rank}.json").write_text(json.dumps(record))
-

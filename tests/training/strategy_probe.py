@@ -31,8 +31,14 @@ class RunProbe(pl.Callback):
         test can SIGKILL the run there.
     """
 
-    def __init__(self, out_dir: str, build_vae_early: bool = False, pause_in_save_at_step: int = -1,
-                 nan_latents_at_step: int = -1, nan_rank: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        out_dir: str,
+        build_vae_early: bool = False,
+        pause_in_save_at_step: int = -1,
+        nan_latents_at_step: int = -1,
+        nan_rank: int = 0,
+    ):
         self.out_dir = Path(out_dir)
         self.nan_latents_at_step, self.nan_rank = nan_latents_at_step, nan_rank
         self.build_vae_early = build_vae_early
@@ -96,12 +102,19 @@ class RunProbe(pl.Callback):
             from torch.distributed.fsdp._common_utils import clean_tensor_name
 
             with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
-                weights = {clean_tensor_name(n): p.detach().float().cpu().clone()
-                           for n, p in pl_module.denoiser.named_parameters()}  # fmt: skip
+                weights = {
+                    clean_tensor_name(n): p.detach().float().cpu().clone()
+                    for n, p in pl_module.denoiser.named_parameters()
+                }
         else:
             weights = {n: p.detach().float().cpu().clone() for n, p in params.items()}
-        weights.update({n: b.detach().float().cpu().clone() for n, b in pl_module.denoiser.named_buffers()
-                        if n in pl_module.denoiser.state_dict()})  # fmt: skip
+        weights.update(
+            {
+                n: b.detach().float().cpu().clone()
+                for n, b in pl_module.denoiser.named_buffers()
+                if n in pl_module.denoiser.state_dict()
+            }
+        )
         engine = getattr(trainer.strategy, "deepspeed_engine", None)
         optimizer_numel = _optimizer_numel(engine) if engine is not None else None  # a collective: every rank
         if rank != 0:
@@ -110,8 +123,10 @@ class RunProbe(pl.Callback):
         ema = next((c for c in trainer.callbacks if type(c).__name__ == "EMA"), None)
         if ema is not None and ema.shadow:
             save_file({k: v.cpu().contiguous() for k, v in ema.shadow.items()}, str(self.out_dir / "ema.safetensors"))
-        frozen = {name: [(n, tuple(p.shape), hasattr(p, "ds_id")) for n, p in module.named_parameters()][:3]
-                  for name, module in pl_module._frozen.items()}  # fmt: skip
+        frozen = {
+            name: [(n, tuple(p.shape), hasattr(p, "ds_id")) for n, p in module.named_parameters()][:3]
+            for name, module in pl_module._frozen.items()
+        }
         facts = {
             "strategy": type(trainer.strategy).__name__,
             "world_size": trainer.world_size,
@@ -119,13 +134,15 @@ class RunProbe(pl.Callback):
             "partitioned": sum(hasattr(p, "ds_id") for p in params.values()),
             "num_parameters": len(params),
             "frozen_modules": frozen,
-            "frozen_params_partitioned": any(hasattr(p, "ds_id") for m in pl_module._frozen.values()
-                                             for p in m.parameters()),  # fmt: skip
+            "frozen_params_partitioned": any(
+                hasattr(p, "ds_id") for m in pl_module._frozen.values() for p in m.parameters()
+            ),
             "skipped_steps": pl_module.numerics.num_skipped,
             "zero_stage": engine.zero_optimization_stage() if engine is not None else None,
             "optimizer_numel": optimizer_numel,
-            "trainable_numel": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params.values()
-                                   if p.requires_grad),  # fmt: skip
+            "trainable_numel": sum(
+                p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params.values() if p.requires_grad
+            ),
         }
         (self.out_dir / "facts.json").write_text(json.dumps(facts, indent=1))
 

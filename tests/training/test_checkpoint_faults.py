@@ -55,12 +55,17 @@ def _complete_dirs(root: Path) -> list[Path]:
     return good
 
 
-# 20 kills in every run of the suite; the 50-kill sweep of RELIABILITY.md G4 under `make test-faults`.
+# 20 kills in every run of the suite; the 50-kill sweep of docs/reliability.md G4 under `make test-faults`.
 @pytest.mark.parametrize("count", [20, pytest.param(50, marks=[pytest.mark.slow, pytest.mark.fault_sweep])])
 def test_sigkill_during_commits_never_resumes_an_incomplete_checkpoint(tmp_path, count):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, str(HERE / "commit_loop.py"), str(tmp_path), str(count), str(count % 13)],
-                   cwd=REPO_ROOT, env=env, check=True, timeout=count * 9)  # fmt: skip
+    subprocess.run(
+        [sys.executable, str(HERE / "commit_loop.py"), str(tmp_path), str(count), str(count % 13)],
+        cwd=REPO_ROOT,
+        env=env,
+        check=True,
+        timeout=count * 9,
+    )
     trials = json.loads((tmp_path / "trials.json").read_text())
     assert len(trials) == count
     interrupted = 0
@@ -177,12 +182,20 @@ def test_lightning_run_killed_inside_checkpoint_save_resumes_on_rerun(tmp_path):
     base = [*fit_args(data, run, max_steps=4, every_n_steps=2), "--trainer.devices", "1"]
 
     def probe(name: str, pause: int) -> str:
-        return (f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: {{out_dir: {run / name}, "
-                f"pause_in_save_at_step: {pause}}}}}")  # fmt: skip
+        return (
+            f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: {{out_dir: {run / name}, "
+            f"pause_in_save_at_step: {pause}}}}}"
+        )
 
-    proc = subprocess.Popen([sys.executable, "-m", "animatex_train", *base, probe("first", 4)], cwd=REPO_ROOT,
-                            env=fit_env(HERE), start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "animatex_train", *base, probe("first", 4)],
+        cwd=REPO_ROOT,
+        env=fit_env(HERE),
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     marker, deadline = run / "first" / "paused-in-save", time.monotonic() + 240
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

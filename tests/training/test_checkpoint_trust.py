@@ -1,4 +1,4 @@
-"""No code execution from any checkpoint path (RELIABILITY.md F20, G11): ``training/checkpoint_trust.py``.
+"""No code execution from any checkpoint path (docs/reliability.md F20, G11): ``training/checkpoint_trust.py``.
 
 Each test plants a checkpoint whose pickle carries a ``__reduce__`` payload that creates a canary file, and
 reads it through one loading path of the project (the library code each path really calls: DeepSpeed's
@@ -25,7 +25,7 @@ from animatex_train.training.checkpoint_trust import (
 def test_weights_only_by_default_and_the_payload_is_live(tmp_path):
     canary = tmp_path / "canary"
     evil = evil_checkpoint(tmp_path / "evil.ckpt", canary)
-    with pytest.raises(CheckpointRefusedError, match=r"evil\.ckpt.*--trust-checkpoint"):
+    with pytest.raises(CheckpointRefusedError, match=r"evil\.ckpt.*--trust_checkpoint"):
         load_checkpoint_file(evil)
     assert not canary.exists()
     load_checkpoint_file(evil, trust=True)  # the control: trusting it runs the payload
@@ -89,7 +89,7 @@ def test_export_refuses_a_planted_checkpoint(tmp_path):
 
     canary = tmp_path / "canary"
     step = planted_step(tmp_path / "checkpoints", canary)
-    with pytest.raises(ExportError, match="--trust-checkpoint"):
+    with pytest.raises(ExportError, match="--trust_checkpoint"):
         export_weights(step, tmp_path / "out.safetensors")
     assert not canary.exists()
 
@@ -105,6 +105,6 @@ def test_init_weights_and_animate_weights_refuse_a_payload(tmp_path):
     with pytest.raises(ValueError, match="animate-x.pth"):
         load_denoiser(str(evil), tiny=True)
     step = planted_step(tmp_path / "run" / "checkpoints", canary)
-    with pytest.raises(Exception, match="--trust-checkpoint"):
+    with pytest.raises(Exception, match="--trust_checkpoint"):
         load_denoiser(str(step), tiny=True)
     assert not canary.exists()

@@ -30,8 +30,10 @@ def test_only_the_listed_messages_are_silenced(monkeypatch, caplog):
         warnings.warn("The `srun` command is available on your system but is not used. HINT: ...", stacklevel=1)
         warnings.warn("Your `IterableDataset` is something else entirely", UserWarning, stacklevel=1)
         warnings.warn("a warning of our own", UserWarning, stacklevel=1)
-    assert [str(w.message) for w in seen] == ["Your `IterableDataset` is something else entirely",
-                                              "a warning of our own"]  # fmt: skip
+    assert [str(w.message) for w in seen] == [
+        "Your `IterableDataset` is something else entirely",
+        "a warning of our own",
+    ]
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     with caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"):
         rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]...")
@@ -59,8 +61,14 @@ def test_the_progress_bar_has_no_negative_epoch_bound(max_epochs, expected):
 
 
 def test_the_model_summary_prints_no_flops(capsys):
-    data = [(" ", ["0"]), ("Name", ["denoiser"]), ("Type", ["AnimateXDenoiser"]), ("Params", ["2.5 M"]),
-            ("Mode", ["train"]), ("FLOPs", ["0"])]  # fmt: skip
+    data = [
+        (" ", ["0"]),
+        ("Name", ["denoiser"]),
+        ("Type", ["AnimateXDenoiser"]),
+        ("Params", ["2.5 M"]),
+        ("Mode", ["train"]),
+        ("FLOPs", ["0"]),
+    ]
     ParameterSummary.summarize(data, 2_500_000, 2_500_000, 9.855, {"train": 1060, "eval": 0}, total_flops=0)
     out = capsys.readouterr().out
     assert "AnimateXDenoiser" in out and "2.5 M" in out and "Trainable params: 2.5 M" in out

@@ -26,8 +26,20 @@ STEPS = 4
 
 
 def _run(data: Path, out: Path, devices: int, batch_size: int) -> Path:
-    command = [sys.executable, str(HERE / "global_batch_run.py"), "--data", str(data), "--out", str(out),
-               "--devices", str(devices), "--batch-size", str(batch_size), "--steps", str(STEPS)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(HERE / "global_batch_run.py"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--devices",
+        str(devices),
+        "--batch-size",
+        str(batch_size),
+        "--steps",
+        str(STEPS),
+    ]
     result = subprocess.run(command, env=fit_env(HERE), cwd=HERE, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return out / "probe"
@@ -44,8 +56,9 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(tmp_path_factory
     assert rank_losses[0] != rank_losses[1]  # the ranks really trained on different samples
     # Equal micro-batches: the global loss is the mean of the two ranks' losses.
     global_ddp = torch.tensor([(a + b) / 2 for (_, a), (_, b) in zip(*rank_losses, strict=True)], dtype=torch.float64)
-    torch.testing.assert_close(global_ddp, torch.tensor([v for _, v in single_losses], dtype=torch.float64),
-                               rtol=1e-5, atol=0)  # fmt: skip
+    torch.testing.assert_close(
+        global_ddp, torch.tensor([v for _, v in single_losses], dtype=torch.float64), rtol=1e-5, atol=0
+    )
 
     single_weights = load_file(str(single / "final_fp32.safetensors"))
     ddp_weights = load_file(str(ddp / "final_fp32.safetensors"))

@@ -5,7 +5,7 @@ run directory), ``validate --ckpt_path`` (a run's ``checkpoints/`` folder, as ``
 ``state.ckpt``), ``export`` and ``animate``'s weight loader (the checkpoint and the export) all load it. The
 hyperparameters saved in the checkpoint are deliberately not re-parsed (``cli/lightning.py``).
 
-Canaries (RELIABILITY.md F20): a checkpoint whose pickle would create a file, given to ``validate`` over HTTP,
+Canaries (docs/reliability.md F20): a checkpoint whose pickle would create a file, given to ``validate`` over HTTP,
 to ``fit --ckpt_path`` as a local file, and planted (with a forged manifest) for the automatic resume: each
 run exits non-zero with one ``error:`` line naming the file, and the canary never appears.
 """
@@ -42,8 +42,11 @@ def _validate_args(run: dict[str, Path], run_dir: Path, ckpt: str) -> list[str]:
 
 def test_fit_resumes_from_an_explicit_checkpoint_folder(run, tmp_path):
     step_dir = run["run"] / "checkpoints" / step_dir_name(STEPS)
-    run_fit([*fit_args(run["data"], tmp_path / "run2", max_steps=STEPS + 1), "--ckpt_path", str(step_dir)],
-            fit_env(), timeout_s=600)  # fmt: skip
+    run_fit(
+        [*fit_args(run["data"], tmp_path / "run2", max_steps=STEPS + 1), "--ckpt_path", str(step_dir)],
+        fit_env(),
+        timeout_s=600,
+    )
     resumed = find_resume_checkpoint(tmp_path / "run2" / "checkpoints")
     assert resumed is not None and resumed.parent.name == step_dir_name(STEPS + 1)
     # one step trained on top of the two restored ones: the counters came from the checkpoint
@@ -51,14 +54,13 @@ def test_fit_resumes_from_an_explicit_checkpoint_folder(run, tmp_path):
 
 
 def test_validate_loads_a_runs_checkpoints_folder(run, tmp_path):
-    output = run_fit(_validate_args(run, tmp_path / "eval", str(run["run"] / "checkpoints")), fit_env(),
-                     timeout_s=600)  # fmt: skip
+    output = run_fit(_validate_args(run, tmp_path / "eval", str(run["run"] / "checkpoints")), fit_env(), timeout_s=600)
     assert "val/loss" in output, output[-3000:]
 
 
 def test_export_and_animate_load_the_checkpoint(run, tmp_path):
+    from animatex_train.cli.export import main as export_main
     from animatex_train.inference.weights import load_denoiser
-    from animatex_train.training.export import export_main
 
     out = tmp_path / "denoiser.safetensors"
     assert export_main([str(run["run"] / "checkpoints"), "--output", str(out), "--weights", "raw"]) == 0
@@ -118,9 +120,14 @@ def test_auto_resume_refuses_a_planted_checkpoint(run, tmp_path):
     assert not canary.exists()
 
 
-DEEPSPEED = ["--trainer.devices", "2",
-             "--trainer.strategy", "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
-             "--trainer.strategy.stage", "2"]  # fmt: skip
+DEEPSPEED = [
+    "--trainer.devices",
+    "2",
+    "--trainer.strategy",
+    "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
+    "--trainer.strategy.stage",
+    "2",
+]
 
 
 @pytest.mark.slow
@@ -129,8 +136,9 @@ def test_deepspeed_resumes_its_own_checkpoint_and_refuses_a_planted_folder(run, 
     allowlist); a DeepSpeed folder whose ``mp_rank_00_model_states.pt`` carries a payload (D1) is refused."""
     build_deepspeed_cpu_ops()
     ds_run = tmp_path / "ds"
-    run_fit([*fit_args(run["data"], ds_run, max_steps=STEPS, every_n_steps=STEPS), *DEEPSPEED], fit_env(),
-            timeout_s=600)  # fmt: skip
+    run_fit(
+        [*fit_args(run["data"], ds_run, max_steps=STEPS, every_n_steps=STEPS), *DEEPSPEED], fit_env(), timeout_s=600
+    )
     output = run_fit([*fit_args(run["data"], ds_run, max_steps=STEPS + 1), *DEEPSPEED], fit_env(), timeout_s=600)
     assert "resuming from" in output or find_resume_checkpoint(ds_run / "checkpoints") is not None
     assert find_resume_checkpoint(ds_run / "checkpoints").parent.name == step_dir_name(STEPS + 1)

@@ -33,36 +33,72 @@ def build_dataset(root: Path) -> Path:
     for split, num_shards, prefix in (("train", 8, "tr"), ("val", 1, "va")):
         for info in write_shards(root / split, num_shards, 4, frames=12, size=(64, 64), clip_dim=64, prefix=prefix):
             path = Path(info.url)
-            entries.append(ShardEntry(
-                path=path.relative_to(root).as_posix(), split=split, num_samples=len(info.keys),
-                num_frames=12 * len(info.keys), size_bytes=path.stat().st_size,
-                sha256=hashlib.sha256(path.read_bytes()).hexdigest(), keys=list(info.keys),
-                source_videos=[k.rsplit("-c", 1)[0] for k in info.keys], resolutions={"64x64": len(info.keys)},
-            ))  # fmt: skip
-    manifest = DatasetManifest(name="resume-test", schema_version=1, resolutions_px=[(64, 64)], fps=8.0,
-                               num_frames_per_clip=12, encoders={}, shards=entries)  # fmt: skip
+            entries.append(
+                ShardEntry(
+                    path=path.relative_to(root).as_posix(),
+                    split=split,
+                    num_samples=len(info.keys),
+                    num_frames=12 * len(info.keys),
+                    size_bytes=path.stat().st_size,
+                    sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                    keys=list(info.keys),
+                    source_videos=[k.rsplit("-c", 1)[0] for k in info.keys],
+                    resolutions={"64x64": len(info.keys)},
+                )
+            )
+    manifest = DatasetManifest(
+        name="resume-test",
+        schema_version=1,
+        resolutions_px=[(64, 64)],
+        fps=8.0,
+        num_frames_per_clip=12,
+        encoders={},
+        shards=entries,
+    )
     manifest.save(root / "manifest.json")
     return root / "manifest.json"
 
 
 def fit_command(manifest: Path, run_dir: Path, devices: int, workers: int = 2, steps: int = STEPS) -> list[str]:
     return [
-        sys.executable, "-m", "animatex_train", "fit", "--config", str(REPO / "recipes/debug/tiny_cpu.yaml"),
-        f"--data.train=[{{manifest: {manifest}}}]", "--data.val=null", "--data.anchor_pool=null",
-        "--data.epi.apply_prob=0", f"--data.num_workers={workers}", "--data.batch_size=2",
-        "--model.empty_prompt_cache=null", "--model.validation.sample_clips=false",
-        f"--trainer.devices={devices}", f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
-        f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0", "--trainer.val_check_interval=null",
-        "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={run_dir}",
-        "--checkpoint.every_n_steps=3", "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "animatex_train",
+        "fit",
+        "--config",
+        str(REPO / "recipes/debug/tiny_cpu.yaml"),
+        f"--data.train=[{{manifest: {manifest}}}]",
+        "--data.val=null",
+        "--data.anchor_pool=null",
+        "--data.epi.apply_prob=0",
+        f"--data.num_workers={workers}",
+        "--data.batch_size=2",
+        "--model.empty_prompt_cache=null",
+        "--model.validation.sample_clips=false",
+        f"--trainer.devices={devices}",
+        f"--trainer.strategy={'ddp' if devices > 1 else 'auto'}",
+        f"--trainer.max_steps={steps}",
+        "--trainer.limit_val_batches=0",
+        "--trainer.val_check_interval=null",
+        "--trainer.logger=false",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={run_dir}",
+        "--checkpoint.every_n_steps=3",
+        "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger",
+    ]
 
 
-def run(cmd: list[str], kill_after_step: int | None = None, ledger: Path | None = None, timeout: float = 240,
-        kill_when_checkpoint: Path | None = None):  # fmt: skip
+def run(
+    cmd: list[str],
+    kill_after_step: int | None = None,
+    ledger: Path | None = None,
+    timeout: float = 240,
+    kill_when_checkpoint: Path | None = None,
+):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + timeout
     while proc.poll() is None:
         if time.monotonic() > deadline:

@@ -15,12 +15,13 @@ from support.denoiser import tiny_inputs
 from support.numerics_runs import PROBED_DDP_ARGS
 from support.tiny_dataset import TINY_RECIPE, probed_run, shared_dataset
 
+from animatex_train.cli.export import main as export_main
 from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.models.config import DenoiserConfig
 from animatex_train.models.official import load_official_state_dict
 from animatex_train.models.unet import AnimateXDenoiser
 from animatex_train.training.checkpoint import STATE, commit_checkpoint, step_dir_name
-from animatex_train.training.export import ExportError, export_main, export_weights, official_layout
+from animatex_train.training.export import ExportError, export_weights, official_layout
 from animatex_train.training.init_weights import InitConfig, load_initial_weights
 
 HERE = Path(__file__).resolve().parent
@@ -68,9 +69,21 @@ def test_raw_export_round_trips_through_init_checkpoint(trained, tmp_path):
     expected = _outputs(_model(trained["config"], _raw_state(trained)))
     # the way a recipe uses it: model.init.checkpoint, through the CLI (nothing runs)
     data = trained["data"] / "manifest.json"
-    cli = AnimateXCLI(args=["--config", str(TINY_RECIPE), "--model.init.checkpoint", str(out),
-                            "--data.train", f"[{{manifest: {data}}}]", "--data.anchor_pool", "null",
-                            "--model.empty_prompt_cache", "null"], run=False)  # fmt: skip
+    cli = AnimateXCLI(
+        args=[
+            "--config",
+            str(TINY_RECIPE),
+            "--model.init.checkpoint",
+            str(out),
+            "--data.train",
+            f"[{{manifest: {data}}}]",
+            "--data.anchor_pool",
+            "null",
+            "--model.empty_prompt_cache",
+            "null",
+        ],
+        run=False,
+    )
     assert torch.equal(_outputs(cli.model.denoiser.eval()), expected)
     gathered = load_file(str(trained["run"] / "probe" / "final_fp32.safetensors"))
     exported = load_file(str(out))
@@ -114,8 +127,10 @@ def test_official_layout_of_the_paper_config_matches_the_reference_keys():
         state = AnimateXDenoiser(DenoiserConfig()).state_dict()
     layout = {k: tuple(v.shape) for k, v in official_layout(state).items()}
     rows = (REFERENCE / "animatex_unet_keys.tsv").read_text().splitlines()[1:]
-    reference = {key: tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
-                 for key, shape, _ in (row.split("\t") for row in rows)}  # fmt: skip
+    reference = {
+        key: tuple(int(s) for s in shape.strip("[]").split(",") if s.strip())
+        for key, shape, _ in (row.split("\t") for row in rows)
+    }
     assert len(reference) == 2100
     assert layout == reference
 

@@ -1,7 +1,7 @@
-"""Hangs become errors (RELIABILITY.md F24, G10).
+"""Hangs become errors (docs/reliability.md F24, G10).
 
 A loader worker stopped mid-run (SIGSTOP: it cannot act on SIGTERM, like a process stuck on a hung filesystem)
-used to leave the run alive for ever after the DataLoader timeout (RELIABILITY_PROBE.md D3). Now the run ends
+used to leave the run alive for ever after the DataLoader timeout (docs/reliability.md probe D3). Now the run ends
 non-zero with one error line naming the worker; ``run_fit``'s budget turns a hang into a test failure.
 """
 
@@ -16,8 +16,14 @@ from support.tiny_dataset import PROBE_PATH, build_tiny_dataset, fit_args, fit_e
 
 def test_a_stalled_loader_worker_ends_the_run_naming_it(tmp_path):
     build_tiny_dataset(tmp_path / "data")
-    args = [*fit_args(tmp_path / "data", tmp_path / "run", max_steps=40), "--data.num_workers", "1",
-            "--data.loader_timeout_s", "10", "--trainer.callbacks+=hang_faults.StopLoaderWorkers"]  # fmt: skip
+    args = [
+        *fit_args(tmp_path / "data", tmp_path / "run", max_steps=40),
+        "--data.num_workers",
+        "1",
+        "--data.loader_timeout_s",
+        "10",
+        "--trainer.callbacks+=hang_faults.StopLoaderWorkers",
+    ]
     with pytest.raises(AssertionError, match="exit code") as failure:
         run_fit(args, fit_env(PROBE_PATH), timeout_s=300)
     output = str(failure.value)
@@ -33,8 +39,16 @@ def test_a_stalled_rank_is_named_and_does_not_outlive_the_others(tmp_path):
     build_tiny_dataset(tmp_path / "data")
     pid_file = tmp_path / "stalled.pid"
     stall = f"--trainer.callbacks+={{class_path: hang_faults.StallRank, init_args: {{pid_file: {pid_file}}}}}"
-    args = [*fit_args(tmp_path / "data", tmp_path / "run", max_steps=8), "--trainer.devices", "2",
-            "--trainer.strategy", "ddp", "--distributed.timeout_s", "60", stall]  # fmt: skip
+    args = [
+        *fit_args(tmp_path / "data", tmp_path / "run", max_steps=8),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--distributed.timeout_s",
+        "60",
+        stall,
+    ]
     with pytest.raises(AssertionError, match="exit code") as failure:
         run_fit(args, fit_env(PROBE_PATH), timeout_s=300)
     output = str(failure.value)

@@ -27,8 +27,15 @@ def test_counter_tells_device_reads_and_blocking_uploads_from_host_work():
         with counter.pause():
             weight.sum().item()  # not recorded
     kinds = [e.kind for e in counter.events]
-    assert kinds == ["host-to-device copy", "__float__", "__bool__", "boolean-mask indexing",
-                     "tensor(data, device=...)", "tolist", "device-to-host copy"], counter.by_site()  # fmt: skip
+    assert kinds == [
+        "host-to-device copy",
+        "__float__",
+        "__bool__",
+        "boolean-mask indexing",
+        "tensor(data, device=...)",
+        "tolist",
+        "device-to-host copy",
+    ], counter.by_site()
     assert [e.is_upload for e in counter.events] == [True, False, False, False, True, False, False]
     assert all("test_host_sync.py" in e.where for e in counter.events)  # the call site, outside torch
 
@@ -46,13 +53,13 @@ def test_at_most_one_host_sync_per_optimizer_step_outside_log_steps(tmp_path):
     from animatex_train.training.host_sync import StepSyncProbe
 
     probe = StepSyncProbe()
-    fit_tiny(tmp_path, 6, ["--trainer.log_every_n_steps", "3", "--trainer.accumulate_grad_batches", "2"],
-             first=[probe])  # fmt: skip
+    fit_tiny(tmp_path, 6, ["--trainer.log_every_n_steps", "3", "--trainer.accumulate_grad_batches", "2"], first=[probe])
     plain = probe.per_optimizer_step(log_steps=False)
     assert sorted(plain) == [0, 1, 3, 4] and len(probe.steps) == 12  # steps 2 and 5 write logs
     reads = {step: [e for e in events if not e.is_upload] for step, events in plain.items()}
-    assert all(len(events) <= 1 for events in reads.values()), {s: [f"{e.kind} at {e.where}" for e in events]
-                                                                for s, events in reads.items()}  # fmt: skip
+    assert all(len(events) <= 1 for events in reads.values()), {
+        s: [f"{e.kind} at {e.where}" for e in events] for s, events in reads.items()
+    }
     assert any(len(events) == 1 for events in reads.values())  # the counter sees the guard's one read
     ours = [e.where for events in plain.values() for e in events if e.is_upload and "animatex_train" in e.where]
     assert not ours, ours

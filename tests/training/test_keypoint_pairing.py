@@ -7,13 +7,14 @@ from support.tiny_dataset import fit_args, shared_dataset
 
 from animatex_train.cli.lightning import AnimateXCLI
 from animatex_train.models.config import ImplicitPoseIndicatorConfig, tiny_denoiser_config
-from animatex_train.system import check_keypoint_pairing
+from animatex_train.training.keypoint_pairing import check_keypoint_pairing
 
 
 def test_official_order_with_a_micro_batch_of_two_fails_at_setup(tmp_path_factory, tmp_path):
     args = fit_args(shared_dataset(tmp_path_factory), tmp_path / "run", max_steps=1)[1:]  # no "fit" with run=False
-    cli = AnimateXCLI(args=[*args, "--model.denoiser.ipi.keypoint_row_order=official", "--data.batch_size=2"],
-                      run=False)  # fmt: skip
+    cli = AnimateXCLI(
+        args=[*args, "--model.denoiser.ipi.keypoint_row_order=official", "--data.batch_size=2"], run=False
+    )
     with pytest.raises(ValueError) as error:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     message = str(error.value)
@@ -28,13 +29,16 @@ def _config(**ipi_overrides):
     return tiny_denoiser_config(ipi=ImplicitPoseIndicatorConfig(**{**vars(base.ipi), **ipi_overrides}))
 
 
-@pytest.mark.parametrize("overrides, micro_batch", [
-    ({"keypoint_row_order": "official"}, 1),  # batch 1: the official order is the per-sample order
-    ({"keypoint_row_order": "official"}, None),  # no data module: nothing to check against
-    ({"keypoint_row_order": "official", "enabled": False}, 4),  # no IPI
-    ({"keypoint_row_order": "official", "query": "learned"}, 4),  # w/o DQ: no keypoint encoder
-    ({}, 4),  # the default, per_sample
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides, micro_batch",
+    [
+        ({"keypoint_row_order": "official"}, 1),  # batch 1: the official order is the per-sample order
+        ({"keypoint_row_order": "official"}, None),  # no data module: nothing to check against
+        ({"keypoint_row_order": "official", "enabled": False}, 4),  # no IPI
+        ({"keypoint_row_order": "official", "query": "learned"}, 4),  # w/o DQ: no keypoint encoder
+        ({}, 4),  # the default, per_sample
+    ],
+)
 def test_cases_where_the_row_order_cannot_mispair_are_accepted(overrides, micro_batch):
     check_keypoint_pairing(_config(**overrides), micro_batch)
 

@@ -164,8 +164,9 @@ def test_a_step_reads_the_device_once_whatever_the_number_of_micro_batches():
 def _two_rank_worker(rank: int, init_file: str, out_dir: str) -> None:
     """One of two gloo ranks: rank 1 alone sees a NaN loss; records what the guard did (``rank<r>.json``)."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=timedelta(seconds=60))  # fmt: skip
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2, timeout=timedelta(seconds=60)
+    )
     try:
         keys = [f"sample-of-rank{rank}"]
         results: dict[str, object] = {}
@@ -209,12 +210,14 @@ def _snapshot(pl_module, trainer) -> dict:
     names = {id(p): n for n, p in pl_module.denoiser.named_parameters()}
     return {
         "params": {n: p.detach().clone() for n, p in pl_module.denoiser.named_parameters()},
-        "state": {names[id(p)]: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
-                  for p, s in optimizer.state.items()},
+        "state": {
+            names[id(p)]: {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+            for p, s in optimizer.state.items()
+        },
         "lr": [g["lr"] for g in optimizer.param_groups],
         "scheduler_steps": trainer.lr_scheduler_configs[0].scheduler.last_epoch,
         "step_skipped": pl_module.step_skipped,
-    }  # fmt: skip
+    }
 
 
 def _assert_unchanged(before: dict, after: dict) -> None:
@@ -282,8 +285,12 @@ def test_a_non_finite_micro_batch_skips_its_whole_accumulation_window(tmp_path):
                 batch.latent_mean.fill_(math.nan)
 
     recorder = _recorder()
-    cli = fit_tiny(tmp_path, 3, ["--model.numerics.policy", "skip", "--trainer.accumulate_grad_batches", "2"],
-                   [NaNLatents(), recorder])  # fmt: skip
+    cli = fit_tiny(
+        tmp_path,
+        3,
+        ["--model.numerics.policy", "skip", "--trainer.accumulate_grad_batches", "2"],
+        [NaNLatents(), recorder],
+    )
     shots = recorder.snapshots
     assert cli.trainer.global_step == 3 and cli.model.numerics.num_skipped == 1
     assert [shots[f"after{s}"]["step_skipped"] for s in range(3)] == [False, True, False]

@@ -19,20 +19,41 @@ from support.numerics_runs import numerics_probe_arg, read_numerics
 from support.tiny_dataset import PROBE_PATH, fit_args, fit_env, run_fit, shared_dataset
 
 STEPS = 3
-DS_ZERO2 = ["--trainer.strategy", "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
-            "--trainer.strategy.stage", "2"]  # fmt: skip
-FSDP = ["--trainer.strategy", "animatex_train.training.strategy.AnimateXFSDPStrategy",  # an init arg makes it a class
-        "--trainer.strategy.sharding_strategy", "FULL_SHARD", "--model.ema.enabled", "false"]  # fmt: skip
+DS_ZERO2 = [
+    "--trainer.strategy",
+    "animatex_train.training.strategy.AnimateXDeepSpeedStrategy",
+    "--trainer.strategy.stage",
+    "2",
+]
+FSDP = [
+    "--trainer.strategy",
+    "animatex_train.training.strategy.AnimateXFSDPStrategy",  # an init arg makes it a class
+    "--trainer.strategy.sharding_strategy",
+    "FULL_SHARD",
+    "--model.ema.enabled",
+    "false",
+]
 
 
-def _args(tmp_path_factory, run_dir, policy: str, strategy: list[str], nan_latents: bool = False,
-          nan_grad: bool = False) -> list[str]:  # fmt: skip
+def _args(
+    tmp_path_factory, run_dir, policy: str, strategy: list[str], nan_latents: bool = False, nan_grad: bool = False
+) -> list[str]:
     """A 2-rank run; at step 1, rank 1's latents (``nan_latents``: a NaN loss) or gradients (``nan_grad``) are NaN."""
-    run_probe = (f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "
-                 f"{{out_dir: {run_dir / 'probe'}, nan_latents_at_step: {1 if nan_latents else -1}, nan_rank: 1}}}}")
+    run_probe = (
+        f"--trainer.callbacks+={{class_path: strategy_probe.RunProbe, init_args: "
+        f"{{out_dir: {run_dir / 'probe'}, nan_latents_at_step: {1 if nan_latents else -1}, nan_rank: 1}}}}"
+    )
     numerics = numerics_probe_arg(nan_grad_at_step=1 if nan_grad else -1, nan_grad_rank=1)
-    return [*fit_args(shared_dataset(tmp_path_factory), run_dir, max_steps=STEPS), "--trainer.devices", "2",
-            *strategy, "--model.numerics.policy", policy, run_probe, numerics]  # fmt: skip
+    return [
+        *fit_args(shared_dataset(tmp_path_factory), run_dir, max_steps=STEPS),
+        "--trainer.devices",
+        "2",
+        *strategy,
+        "--model.numerics.policy",
+        policy,
+        run_probe,
+        numerics,
+    ]
 
 
 def _assert_both_ranks_skipped_step_1_only(run_dir) -> None:
@@ -56,8 +77,11 @@ def _assert_both_ranks_stopped(run_dir, what: str) -> None:
 
 def test_ddp_skip_drops_a_non_finite_loss_step_on_every_rank_and_goes_on(tmp_path_factory, tmp_path):
     run_dir = tmp_path / "skip"
-    run_fit(_args(tmp_path_factory, run_dir, "skip", ["--trainer.strategy", "ddp"], nan_latents=True),
-            fit_env(PROBE_PATH), timeout_s=240)  # fmt: skip
+    run_fit(
+        _args(tmp_path_factory, run_dir, "skip", ["--trainer.strategy", "ddp"], nan_latents=True),
+        fit_env(PROBE_PATH),
+        timeout_s=240,
+    )
     _assert_both_ranks_skipped_step_1_only(run_dir)
     losses = [json.loads((run_dir / "probe" / f"losses-rank{r}.json").read_text()) for r in (0, 1)]
     assert [s for s, _ in losses[0]] == [s for s, _ in losses[1]] == list(range(1, STEPS + 1))
@@ -67,8 +91,11 @@ def test_ddp_skip_drops_a_non_finite_loss_step_on_every_rank_and_goes_on(tmp_pat
 def test_ddp_stop_stops_every_rank_naming_the_rank_and_step(tmp_path_factory, tmp_path):
     run_dir = tmp_path / "stop"
     with pytest.raises(AssertionError):
-        run_fit(_args(tmp_path_factory, run_dir, "stop", ["--trainer.strategy", "ddp"], nan_latents=True),
-                fit_env(PROBE_PATH), timeout_s=240)  # fmt: skip
+        run_fit(
+            _args(tmp_path_factory, run_dir, "stop", ["--trainer.strategy", "ddp"], nan_latents=True),
+            fit_env(PROBE_PATH),
+            timeout_s=240,
+        )
     _assert_both_ranks_stopped(run_dir, "loss")
     assert "on rank(s) [1]" in read_numerics(run_dir, 0)["exception"]  # rank 0 names the rank that had it
 
@@ -82,6 +109,5 @@ def test_fsdp_skip_drops_a_non_finite_gradient_of_one_rank_on_every_rank(tmp_pat
 def test_zero2_stop_stops_every_rank_on_a_non_finite_gradient_of_one_rank(tmp_path_factory, tmp_path):
     run_dir = tmp_path / "zero2"
     with pytest.raises(AssertionError):
-        run_fit(_args(tmp_path_factory, run_dir, "stop", DS_ZERO2, nan_grad=True), fit_env(PROBE_PATH),
-                timeout_s=240)  # fmt: skip
+        run_fit(_args(tmp_path_factory, run_dir, "stop", DS_ZERO2, nan_grad=True), fit_env(PROBE_PATH), timeout_s=240)
     _assert_both_ranks_stopped(run_dir, "gradient")

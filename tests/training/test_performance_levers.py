@@ -39,10 +39,12 @@ def _model(seed: int = 0) -> AnimateXDenoiser:
 def _inputs(seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     conditions = DenoiserConditions(
-        image_embedding=torch.randn(2, 64, generator=g), local_image=torch.rand(2, 3, 1, 32, 32, generator=g),
-        pose_images=torch.rand(2, 3, 5, 32, 32, generator=g), pose_keypoints=torch.rand(2, 5, 2, 18, generator=g),
+        image_embedding=torch.randn(2, 64, generator=g),
+        local_image=torch.rand(2, 3, 1, 32, 32, generator=g),
+        pose_images=torch.rand(2, 3, 5, 32, 32, generator=g),
+        pose_keypoints=torch.rand(2, 5, 2, 18, generator=g),
         driving_clip=torch.randn(2, 5, 64, generator=g),
-    )  # fmt: skip
+    )
     return torch.randn(2, 4, 4, 4, 4, generator=g), torch.tensor([3, 700]), conditions
 
 
@@ -90,14 +92,18 @@ def test_fused_adamw_takes_the_same_steps_as_the_default():
     """Both optimizers get the same gradients each step (recomputing them from weights that differ by an ulp would
     let Adam's normalisation blow up the noise of near-zero gradients); their updates then agree to rounding."""
     models = [_model(), _model()]
-    optimizers = [build_optimizer(m, OptimConfig(lr=1e-3, ipi_lr=1e-4, fused=fused)) for m, fused in
-                  zip(models, (False, True), strict=True)]  # fmt: skip
+    optimizers = [
+        build_optimizer(m, OptimConfig(lr=1e-3, ipi_lr=1e-4, fused=fused))
+        for m, fused in zip(models, (False, True), strict=True)
+    ]
     assert optimizers[1].defaults["fused"] and not optimizers[0].defaults.get("fused")
     assert [g["lr"] for g in optimizers[0].param_groups] == [g["lr"] for g in optimizers[1].param_groups]
     g = torch.Generator().manual_seed(3)
     for _ in range(3):
-        grads = [torch.randn(p.shape, generator=g) * 10.0 ** torch.randint(-6, 1, (), generator=g)
-                 for p in models[0].parameters()]  # fmt: skip
+        grads = [
+            torch.randn(p.shape, generator=g) * 10.0 ** torch.randint(-6, 1, (), generator=g)
+            for p in models[0].parameters()
+        ]
         for model, optimizer in zip(models, optimizers, strict=True):
             for param, grad in zip(model.parameters(), grads, strict=True):
                 param.grad = grad.clone()
@@ -121,10 +127,13 @@ def test_callback_sets_the_attention_kernel_and_restores_it():
     assert get_attention_backend() == "auto"
 
 
-@pytest.mark.parametrize("strategy", [
-    type("AnimateXDeepSpeedStrategy", (), {"stage": 3})(),
-    type("AnimateXFSDPStrategy", (), {"sharding_strategy": SimpleNamespace(name="FULL_SHARD")})(),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        type("AnimateXDeepSpeedStrategy", (), {"stage": 3})(),
+        type("AnimateXFSDPStrategy", (), {"sharding_strategy": SimpleNamespace(name="FULL_SHARD")})(),
+    ],
+)
 def test_compiled_blocks_are_refused_where_parameters_are_gathered_inside_blocks(strategy):
     callback = PerformanceLevers(compile_blocks=True)
     with pytest.raises(ValueError, match="performance.compile_blocks"):

@@ -186,8 +186,9 @@ def test_preempted_ranks_checkpoint_requeue_once_exit_and_the_rerun_resumes(tmp_
         group = RankGroup(args, tmp_path / "logs4", run_env(PATH=path, SLURM_JOB_ID="12349"))
         groups.append(group)
         assert group.wait(timeout=180) == [0, 0], group.output(0)[-3000:]
-        assert sorted(e["step"] for e in probe_events(run_dir, "start")) == sorted([0, 0, first, first, second,
-                                                                                    second, third, third])  # fmt: skip
+        assert sorted(e["step"] for e in probe_events(run_dir, "start")) == sorted(
+            [0, 0, first, first, second, second, third, third]
+        )
         assert find_resume_checkpoint(run_dir / "checkpoints").parent.name == f"step-{MAX_STEPS:09d}"
         assert len(scontrol_calls(log)) == 2
         assert (run_dir / RUN_ID_FILE).read_text().strip() == run_id

@@ -1,4 +1,4 @@
-"""Disk full during a checkpoint save (RELIABILITY.md F10): ``training/checkpoint_storage.py``.
+"""Disk full during a checkpoint save (docs/reliability.md F10): ``training/checkpoint_storage.py``.
 
 Two DDP ranks (gloo); rank 0's disk "fills up" 64 KiB into the step-4 save (``storage_faults.FullDisk``):
 
@@ -23,8 +23,15 @@ FAULT = "--trainer.callbacks+={class_path: storage_faults.FullDisk, init_args: {
 
 def _args(root, policy: str, fault: bool = True) -> list[str]:
     build_tiny_dataset(root / "data")
-    args = [*fit_args(root / "data", root / "run", max_steps=6, every_n_steps=2), "--trainer.devices", "2",
-            "--trainer.strategy", "ddp", "--checkpoint.on_save_error", policy]  # fmt: skip
+    args = [
+        *fit_args(root / "data", root / "run", max_steps=6, every_n_steps=2),
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        "--checkpoint.on_save_error",
+        policy,
+    ]
     return [*args, FAULT] if fault else args
 
 

@@ -34,15 +34,37 @@ STRATEGIES: dict[str, list[str]] = {
     "zero1": ["--trainer.strategy", DS, "--trainer.strategy.stage", "1"],
     "zero2": ["--trainer.strategy", DS, "--trainer.strategy.stage", "2"],
     # ZeRO-3 with activation checkpointing: recomputation must fetch the partitioned parameters again
-    "zero3": ["--trainer.strategy", DS, "--trainer.strategy.stage", "3",
-              "--trainer.strategy.activation_checkpointing", "true"],  # fmt: skip
+    "zero3": [
+        "--trainer.strategy",
+        DS,
+        "--trainer.strategy.stage",
+        "3",
+        "--trainer.strategy.activation_checkpointing",
+        "true",
+    ],
     # the h100x8_zero3_offload overlay's settings: optimizer state and parameters on the host, bf16, checkpointing
-    "zero3_offload_bf16": ["--trainer.strategy", DS, "--trainer.strategy.stage", "3",
-                           "--trainer.strategy.offload_optimizer", "true", "--trainer.strategy.offload_parameters",
-                           "true", "--trainer.strategy.activation_checkpointing", "true",
-                           "--trainer.precision", "bf16-mixed"],  # fmt: skip
-    "fsdp": ["--trainer.strategy", "animatex_train.training.strategy.AnimateXFSDPStrategy",
-             "--trainer.strategy.activation_checkpointing", "true", "--model.ema.enabled", "false"],  # fmt: skip
+    "zero3_offload_bf16": [
+        "--trainer.strategy",
+        DS,
+        "--trainer.strategy.stage",
+        "3",
+        "--trainer.strategy.offload_optimizer",
+        "true",
+        "--trainer.strategy.offload_parameters",
+        "true",
+        "--trainer.strategy.activation_checkpointing",
+        "true",
+        "--trainer.precision",
+        "bf16-mixed",
+    ],
+    "fsdp": [
+        "--trainer.strategy",
+        "animatex_train.training.strategy_fsdp.AnimateXFSDPStrategy",
+        "--trainer.strategy.activation_checkpointing",
+        "true",
+        "--model.ema.enabled",
+        "false",
+    ],
 }
 
 
@@ -121,8 +143,10 @@ def test_grad_norm_is_one_global_value_equal_to_ddps(runs, name):
     same on both ranks, bitwise, and, for the same data, within 1e-5 relative of DDP's (the summation order of
     the reductions differs; a norm of one rank's shard or of unreduced gradients would be far off)."""
     reference, run = runs("ddp"), runs(name)
-    ddp_steps, steps = [read_numerics(reference, r)["steps"] for r in (0, 1)], [read_numerics(run, r)["steps"]
-                                                                                for r in (0, 1)]  # fmt: skip
+    ddp_steps, steps = (
+        [read_numerics(reference, r)["steps"] for r in (0, 1)],
+        [read_numerics(run, r)["steps"] for r in (0, 1)],
+    )
     for records in (*ddp_steps, *steps):
         assert [s["step"] for s in records] == list(range(1, STEPS + 1))
         assert not any(s["skipped"] for s in records)
@@ -165,8 +189,9 @@ def test_zero3_offload_bf16_trains_like_ddp_and_exports(runs, tmp_path):
     over the steps; 3 % still catches a wrong reduction or a frozen group. The optimizer runs on the host."""
     reference, run = runs("ddp"), runs("zero3_offload_bf16")
     for rank in (0, 1):
-        torch.testing.assert_close(torch.tensor(_losses(run, rank)), torch.tensor(_losses(reference, rank)),
-                                   rtol=3e-2, atol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            torch.tensor(_losses(run, rank)), torch.tensor(_losses(reference, rank)), rtol=3e-2, atol=1e-4
+        )
     facts = json.loads((run / "probe" / "facts.json").read_text())
     assert facts["zero_stage"] == 3 and facts["partitioned"] == facts["num_parameters"]
     batch_dtypes = read_numerics(reference, 0)["batch_dtypes"]  # bf16 training, the batch as loaded (fp16, fp32)

@@ -29,9 +29,16 @@ CANARY = f"canary-{uuid.uuid4()}"
 
 
 def test_redact_hides_secret_keys_and_known_secret_values():
-    config = {"model": {"lr": 1e-3, "hf_token": "abc", "Password": "p"}, "WANDB_API_KEY": "k",
-              "client_secret_file": "s", "notes": f"run with {CANARY} inside", "layers": [{"api_key": "x"}],
-              "key": "not a secret name", "num_tokens": 7, "empty_token": None}  # fmt: skip
+    config = {
+        "model": {"lr": 1e-3, "hf_token": "abc", "Password": "p"},
+        "WANDB_API_KEY": "k",
+        "client_secret_file": "s",
+        "notes": f"run with {CANARY} inside",
+        "layers": [{"api_key": "x"}],
+        "key": "not a secret name",
+        "num_tokens": 7,
+        "empty_token": None,
+    }
     out = redact(config, secrets=[CANARY])
     assert out["model"] == {"lr": 1e-3, "hf_token": REDACTED, "Password": REDACTED}
     assert out["WANDB_API_KEY"] == out["client_secret_file"] == out["layers"][0]["api_key"] == REDACTED
@@ -90,8 +97,9 @@ def _fit(manifest: Path, run_dir: Path, max_steps: int) -> subprocess.CompletedP
     """One tiny single-process fit, W&B offline, with an API key planted in its environment."""
     args = fit_args(manifest, run_dir, max_steps, validate=True)
     env = run_env(WANDB_API_KEY=CANARY)
-    return subprocess.run([sys.executable, "-m", "animatex_train", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "animatex_train", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +119,17 @@ def test_offline_run_holds_the_scalars_the_video_the_preview_and_the_config(two_
     first = offline_runs(run_dir)[0]
     history = wandb_history(first)
     logged = {key for row in history for key in row}
-    for key in ("train/loss", "train/grad_norm", "train/loss_t000-249", "lr-AdamW/base", "lr-AdamW/ipi",
-                "perf/samples_per_s", "perf/data_wait_fraction", "val/loss", "trainer/global_step"):  # fmt: skip
+    for key in (
+        "train/loss",
+        "train/grad_norm",
+        "train/loss_t000-249",
+        "lr-AdamW/base",
+        "lr-AdamW/ipi",
+        "perf/samples_per_s",
+        "perf/data_wait_fraction",
+        "val/loss",
+        "trainer/global_step",
+    ):
         assert key in logged, sorted(logged)
     assert any(row.get("val/sample/_type") == "videos" for row in history)
     assert any(row.get("train/epi_preview/_type") == "images/separated" for row in history)

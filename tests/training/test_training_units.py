@@ -97,8 +97,9 @@ def test_warmup_is_linear_from_zero_then_constant():
 
 
 def test_cosine_decays_to_min_lr_ratio_at_lr_decay_steps():
-    config = OptimConfig(lr=1e-3, ipi_lr=1e-4, lr_warmup_steps=2, lr_schedule="cosine", lr_decay_steps=10,
-                         min_lr_ratio=0.1)  # fmt: skip
+    config = OptimConfig(
+        lr=1e-3, ipi_lr=1e-4, lr_warmup_steps=2, lr_schedule="cosine", lr_decay_steps=10, min_lr_ratio=0.1
+    )
     base = [b / 1e-3 for b, _ in _lr_trace(config, 14)]
     assert base[:3] == pytest.approx([0.5, 1.0, 1.0])  # warm-up, then the cosine starts at the full rate
     assert base[6] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way (step 6 of 2..10)
@@ -113,10 +114,16 @@ def test_cosine_decays_to_min_lr_ratio_at_lr_decay_steps():
 
 @pytest.mark.parametrize(
     ("overrides", "key"),
-    [({"lr": 0.0}, "model.optim.lr"), ({"ipi_lr": -1e-6}, "ipi_lr"), ({"lr_schedule": "linear"}, "lr_schedule"),
-     ({"lr_warmup_steps": -1}, "lr_warmup_steps"), ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
-     ({"min_lr_ratio": -0.1}, "min_lr_ratio"), ({"lr_decay_steps": 0}, "lr_decay_steps")],
-)  # fmt: skip
+    [
+        ({"lr": 0.0}, "model.optim.lr"),
+        ({"ipi_lr": -1e-6}, "ipi_lr"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"lr_warmup_steps": -1}, "lr_warmup_steps"),
+        ({"min_lr_ratio": 1.5}, "min_lr_ratio"),
+        ({"min_lr_ratio": -0.1}, "min_lr_ratio"),
+        ({"lr_decay_steps": 0}, "lr_decay_steps"),
+    ],
+)
 def test_invalid_optim_config_names_the_key(overrides, key):
     with pytest.raises(ValueError, match=rf"model\.optim\.\S*{key.split('.')[-1]}"):
         OptimConfig(**overrides)
@@ -339,8 +346,11 @@ def test_measured_peak_replaces_the_datasheet_in_the_mfu(monkeypatch):
     monkeypatch.setattr(throughput, "time", clock)
     monitor = throughput.ThroughputMonitor(log_every_n_steps=1, peak_tflops=750.0)
     trainer = SimpleNamespace(world_size=1, global_step=0, precision="bf16-mixed")
-    module = SimpleNamespace(device=torch.device("cpu"), config=SimpleNamespace(denoiser="tiny"),
-                             log_dict=lambda metrics, rank_zero_only: logged.append(metrics))  # fmt: skip
+    module = SimpleNamespace(
+        device=torch.device("cpu"),
+        config=SimpleNamespace(denoiser="tiny"),
+        log_dict=lambda metrics, rank_zero_only: logged.append(metrics),
+    )
     batch = SimpleNamespace(batch_size=2, num_frames=8, image_size=(64, 64))
     for _ in range(2):
         monitor.on_train_batch_start(trainer, module, batch, 0)

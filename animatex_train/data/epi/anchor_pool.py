@@ -7,13 +7,11 @@ The paper samples the pool from the human training set; anthropomorphic anchors 
 
 from __future__ import annotations
 
-import argparse
 import glob
 import heapq
 import io
 import json
 import logging
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +28,9 @@ from animatex_train.data.format.keypoints import (
     PoseSequence,
     validate_coordinates,
     visible,
-)  # fmt: skip
+)
 from animatex_train.data.format.schema import META, POSE, ClipMeta, SampleError
-from animatex_train.data.format.shard_reader import ShardReadError, iter_samples
+from animatex_train.data.format.shard_reader import iter_samples
 
 POOL_FORMAT = "animatex-anchor-pool"
 POOL_VERSION = 1
@@ -109,8 +107,8 @@ class AnchorPool:
         height, width = (int(v) for v in self.frame_sizes[index])
         return PoseSequence.from_array(self.points[index : index + 1], (height, width), name=f"anchor {index}")
 
-    def save(self, path: str | Path) -> None:
-        """Write ``path`` (``.npy``) and its sidecar ``.json``."""
+    def save(self, path: str | Path) -> Path:
+        """Write ``path`` (``.npy``) and its sidecar ``.json``; returns the ``.npy`` path written."""
         path = _npy_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, self.points, allow_pickle=False)
@@ -122,6 +120,7 @@ class AnchorPool:
             "provenance": list(self.provenance),
         }
         path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1) + "\n")
+        return path
 
     @classmethod
     def load(cls, path: str | Path) -> AnchorPool:
@@ -334,8 +333,9 @@ def iter_shard_poses(
             if sample is not None and (split is None or sample[0].split == split):
                 yield key, sample[1]
         if incomplete:
-            log.warning("%s: %d sample(s) lack %s or %s, skipped: %s", shard, len(incomplete), POSE, META,
-                        incomplete[:3])  # fmt: skip
+            log.warning(
+                "%s: %d sample(s) lack %s or %s, skipped: %s", shard, len(incomplete), POSE, META, incomplete[:3]
+            )
 
 
 def _decode_pose_sample(members: dict[str, bytes], key: str, shard: str) -> tuple[ClipMeta, PoseSequence] | None:
@@ -355,46 +355,43 @@ def _decode_pose_sample(members: dict[str, bytes], key: str, shard: str) -> tupl
     return meta, pose
 
 
-def anchor_pool_main(argv: list[str] | None = None) -> int:
-    """``animatex-train anchor-pool``: build an anchor pool from prepared shards (and/or anchor files)."""
-    parser = argparse.ArgumentParser(
-        prog="animatex-train anchor-pool",
-        description="Sample full-body anchor poses for the explicit pose indicator from prepared shards.",
-    )
-    parser.add_argument("--shards", nargs="*", default=[], help=".tar files, directories, .txt shard lists or globs")
-    parser.add_argument("--output", required=True, help="pool path (.npy); a .json sidecar is written next to it")
-    parser.add_argument("--num-anchors", type=int, default=1000, help="pool size")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
-    parser.add_argument("--min-visible", type=int, default=12, help="minimum visible body points of an anchor")
-    parser.add_argument("--max-per-clip", type=int, default=1, help="most anchors taken from one clip")
-    parser.add_argument("--split", default="train", help="meta.json split to read ('any' reads every split)")
-    parser.add_argument("--add", nargs="*", default=[], help="extra anchor files (.npy or .json), e.g. cartoon poses")
-    parser.add_argument(
-        "--default-frame-size", type=int, nargs=2, default=list(DEFAULT_FRAME_SIZE), metavar=("HEIGHT", "WIDTH"),
-        help="frame size of anchor files that do not state one",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    if not args.shards and not args.add:
-        parser.error("give --shards and/or --add")
-    frame_size = (args.default_frame_size[0], args.default_frame_size[1])
-    try:
-        if args.shards:
-            poses = iter_shard_poses(expand_shard_paths(args.shards), None if args.split == "any" else args.split)
-            pool = build_anchor_pool(poses, args.num_anchors, args.seed, args.min_visible, args.max_per_clip)
-            pool = pool.add_from_files(args.add, frame_size) if args.add else pool
-        else:
-            pool = AnchorPool.from_files(args.add, frame_size)
-        pool.save(args.output)
-    except (AnchorPoolError, SampleError, KeypointError, FileNotFoundError, ShardReadError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(
-        f"wrote {len(pool)} anchors to {_npy_path(args.output)} (+ {_npy_path(args.output).with_suffix('.json').name})"
-    )
-    return 0
+def anchor_pool_from_sources(
+    shards: Sequence[str],
+    add: Sequence[str] = (),
+    num_anchors: int = 1000,
+    seed: int = 0,
+    min_visible: int = 12,
+    max_per_clip: int = 1,
+    split: str | None = "train",
+    default_frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+) -> AnchorPool:
+    """The pool of ``animatex-train anchor-pool``: sampled from prepared shards, plus anchor files (``add``).
+
+    Args:
+        shards: ``.tar`` files, directories, ``.txt`` shard lists or globs (``expand_shard_paths``); may be empty.
+        add: extra anchor files (``.npy`` or ``.json``), e.g. cartoon poses.
+        num_anchors, seed, min_visible: as ``build_anchor_pool``.
+        max_per_clip: most anchors taken from one clip.
+        split: the ``meta.json`` split to read; None reads every split.
+        default_frame_size: ``(height, width)`` of anchor files that do not state one.
+    """
+    if not shards and not add:
+        raise AnchorPoolError("no source: give shards and/or anchor files")
+    if not shards:
+        return AnchorPool.from_files(add, default_frame_size)
+    poses = iter_shard_poses(expand_shard_paths(shards), split)
+    pool = build_anchor_pool(poses, num_anchors, seed, min_visible, max_per_clip)
+    return pool.add_from_files(add, default_frame_size) if add else pool
 
 
 __all__ = [
-    "AnchorPool", "AnchorPoolError", "REQUIRED_JOINTS", "anchor_pool_main", "build_anchor_pool", "expand_shard_paths",
-    "is_full_body", "iter_shard_poses", "load_anchor_file",
-]  # fmt: skip
+    "AnchorPool",
+    "AnchorPoolError",
+    "REQUIRED_JOINTS",
+    "anchor_pool_from_sources",
+    "build_anchor_pool",
+    "expand_shard_paths",
+    "is_full_body",
+    "iter_shard_poses",
+    "load_anchor_file",
+]

@@ -6,18 +6,14 @@ so the preview (``--demo``), the renderer benchmark and the tests have realistic
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from animatex_train.data.epi.anchor_pool import AnchorPool, AnchorPoolError, expand_shard_paths, iter_shard_poses
+from animatex_train.data.epi.anchor_pool import AnchorPool
 from animatex_train.data.epi.transform import EPIConfig, run_epi_plan, sample_epi_plan
-from animatex_train.data.format.keypoints import BODY, MISSING, NUM_FACE, KeypointError, PoseSequence
+from animatex_train.data.format.keypoints import BODY, MISSING, NUM_FACE, PoseSequence
 from animatex_train.data.pose.render import render_pose
 from animatex_train.data.pose.skeleton import ANCESTORS, HAND_WRIST, JOINT_PARENT, NUM_JOINTS, TOPOLOGICAL_ORDER
 
@@ -27,22 +23,38 @@ HEADER_PX = 24
 # Rest pose of the demo body: (bone length in units of frame height, direction in degrees; 0 = +x, 90 = down).
 # The person faces the camera, so their right side is on the image's left.
 _REST: dict[int, tuple[float, float]] = {
-    BODY["nose"]: (0.075, -90.0), BODY["right_eye"]: (0.025, -145.0), BODY["left_eye"]: (0.025, -35.0),
-    BODY["right_ear"]: (0.03, 170.0), BODY["left_ear"]: (0.03, 10.0),
-    BODY["right_shoulder"]: (0.085, 180.0), BODY["left_shoulder"]: (0.085, 0.0),
-    BODY["right_elbow"]: (0.13, 105.0), BODY["right_wrist"]: (0.12, 95.0),
-    BODY["left_elbow"]: (0.13, 75.0), BODY["left_wrist"]: (0.12, 85.0),
-    BODY["right_hip"]: (0.27, 100.0), BODY["left_hip"]: (0.27, 80.0),
-    BODY["right_knee"]: (0.17, 92.0), BODY["right_ankle"]: (0.17, 90.0),
-    BODY["left_knee"]: (0.17, 88.0), BODY["left_ankle"]: (0.17, 90.0),
-    NUM_JOINTS - 2: (0.04, 60.0), NUM_JOINTS - 1: (0.04, 120.0),  # toes: left foot, right foot
-}  # fmt: skip
+    BODY["nose"]: (0.075, -90.0),
+    BODY["right_eye"]: (0.025, -145.0),
+    BODY["left_eye"]: (0.025, -35.0),
+    BODY["right_ear"]: (0.03, 170.0),
+    BODY["left_ear"]: (0.03, 10.0),
+    BODY["right_shoulder"]: (0.085, 180.0),
+    BODY["left_shoulder"]: (0.085, 0.0),
+    BODY["right_elbow"]: (0.13, 105.0),
+    BODY["right_wrist"]: (0.12, 95.0),
+    BODY["left_elbow"]: (0.13, 75.0),
+    BODY["left_wrist"]: (0.12, 85.0),
+    BODY["right_hip"]: (0.27, 100.0),
+    BODY["left_hip"]: (0.27, 80.0),
+    BODY["right_knee"]: (0.17, 92.0),
+    BODY["right_ankle"]: (0.17, 90.0),
+    BODY["left_knee"]: (0.17, 88.0),
+    BODY["left_ankle"]: (0.17, 90.0),
+    NUM_JOINTS - 2: (0.04, 60.0),
+    NUM_JOINTS - 1: (0.04, 120.0),  # toes: left foot, right foot
+}
 # Joints whose bone swings over time, with the swing amplitude in degrees (arms wave, legs step).
 _SWING = {
-    BODY["right_elbow"]: 35.0, BODY["right_wrist"]: 45.0, BODY["left_elbow"]: 35.0, BODY["left_wrist"]: 45.0,
-    BODY["right_knee"]: 12.0, BODY["right_ankle"]: 15.0, BODY["left_knee"]: 12.0, BODY["left_ankle"]: 15.0,
+    BODY["right_elbow"]: 35.0,
+    BODY["right_wrist"]: 45.0,
+    BODY["left_elbow"]: 35.0,
+    BODY["left_wrist"]: 45.0,
+    BODY["right_knee"]: 12.0,
+    BODY["right_ankle"]: 15.0,
+    BODY["left_knee"]: 12.0,
+    BODY["left_ankle"]: 15.0,
     BODY["nose"]: 8.0,
-}  # fmt: skip
+}
 
 
 def demo_pose_sequence(
@@ -126,6 +138,16 @@ def demo_pose_sequence(
     )
 
 
+def demo_anchor_pool(num_anchors: int = 8) -> AnchorPool:
+    """Anchors of varied body shapes from ``demo_pose_sequence``: a pool for previews without shards."""
+    demo = [demo_pose_sequence(1, seed=s, shape_jitter=0.4) for s in range(num_anchors)]
+    return AnchorPool(
+        np.concatenate([d.to_array() for d in demo]),
+        [d.frame_size for d in demo],
+        tuple(f"demo {s}" for s in range(num_anchors)),
+    )
+
+
 def render_preview_grid(
     poses: list[PoseSequence],
     anchors: AnchorPool,
@@ -182,50 +204,4 @@ def render_preview_grid(
     return grid
 
 
-def epi_preview_main(argv: list[str] | None = None) -> int:
-    """``animatex-train epi-preview``: write a PNG showing EPI on a few samples."""
-    parser = argparse.ArgumentParser(prog="animatex-train epi-preview", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--shards", nargs="+", help=".tar files, directories, .txt shard lists or globs")
-    source.add_argument("--demo", action="store_true", help="use generated demo poses instead of shards")
-    parser.add_argument("--anchor-pool", help="pool .npy (default with --demo: demo anchors)")
-    parser.add_argument("--output", required=True, help="PNG to write")
-    parser.add_argument("--num-samples", type=int, default=4, help="rows")
-    parser.add_argument("--frames-per-sample", type=int, default=3, help="frames per stage")
-    parser.add_argument("--tile-size", type=int, nargs=2, default=[384, 256], metavar=("HEIGHT", "WIDTH"))
-    parser.add_argument("--config", help="recipe or overlay whose data.epi values to use, e.g. "
-                        "recipes/ablations/wo_add.yaml (default: the EPI defaults)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epoch", type=int, default=0)
-    args = parser.parse_args(argv)
-    try:
-        config = EPIConfig.from_recipe(args.config) if args.config else EPIConfig()
-        if args.demo:
-            poses = [demo_pose_sequence(48, seed=1000 + i) for i in range(args.num_samples)]
-        else:
-            poses = []
-            for _, pose in iter_shard_poses(expand_shard_paths(args.shards), split=None):
-                poses.append(pose)
-                if len(poses) == args.num_samples:
-                    break
-        if args.anchor_pool:
-            anchors = AnchorPool.load(args.anchor_pool)
-        elif args.demo:
-            demo = [demo_pose_sequence(1, seed=s, shape_jitter=0.4) for s in range(8)]
-            anchors = AnchorPool(np.concatenate([d.to_array() for d in demo]), [d.frame_size for d in demo],
-                                 tuple(f"demo {s}" for s in range(8)))  # fmt: skip
-        else:
-            parser.error("--anchor-pool is required with --shards")
-        grid = render_preview_grid(poses, anchors, config, args.seed, args.frames_per_sample, tuple(args.tile_size),
-                                   epoch=args.epoch)  # fmt: skip
-    except (AnchorPoolError, KeypointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid).save(output)
-    print(f"wrote {output} ({grid.shape[1]}x{grid.shape[0]}, {len(poses)} samples)")
-    return 0
-
-
-__all__ = ["demo_pose_sequence", "epi_preview_main", "render_preview_grid"]
+__all__ = ["demo_anchor_pool", "demo_pose_sequence", "render_preview_grid"]

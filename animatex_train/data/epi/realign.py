@@ -39,7 +39,7 @@ from animatex_train.data.format.keypoints import (
     KeypointError,
     PoseSequence,
     visible,
-)  # fmt: skip
+)
 from animatex_train.data.pose.skeleton import (
     ANCESTORS,
     BONES,
@@ -344,6 +344,11 @@ def _root_motion_scale(pose: PixelPose, target: PixelPose, config: RealignConfig
 
 
 __all__ = [
-    "PixelPose", "RealignConfig", "bone_vectors", "first_visible_bone_lengths", "interpolated_root",
-    "realign_to_anchor", "scale_bones",
-]  # fmt: skip
+    "PixelPose",
+    "RealignConfig",
+    "bone_vectors",
+    "first_visible_bone_lengths",
+    "interpolated_root",
+    "realign_to_anchor",
+    "scale_bones",
+]

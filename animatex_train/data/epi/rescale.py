@@ -39,10 +39,16 @@ GROUP_BONES: dict[str, tuple[int, ...]] = {
     "bs": (BODY["right_hip"], BODY["left_hip"], BODY["right_shoulder"], BODY["left_shoulder"]),
     "nf": (BODY["nose"], BODY["right_eye"], BODY["left_eye"], BODY["right_ear"], BODY["left_ear"]),
     "al": (
-        BODY["right_elbow"], BODY["right_wrist"], BODY["left_elbow"], BODY["left_wrist"],
-        BODY["right_knee"], BODY["right_ankle"], BODY["left_knee"], BODY["left_ankle"],
+        BODY["right_elbow"],
+        BODY["right_wrist"],
+        BODY["left_elbow"],
+        BODY["left_wrist"],
+        BODY["right_knee"],
+        BODY["right_ankle"],
+        BODY["left_knee"],
+        BODY["left_ankle"],
     ),
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -350,6 +356,14 @@ def _part_has_visible(pose: PoseSequence, part: Part) -> bool:
 
 
 __all__ = [
-    "GROUP_BONES", "OPS", "PARTS", "Part", "RescaleConfig", "RescalePlan", "add_parts", "apply_rescale_plan",
-    "drop_parts", "sample_rescale_plan",
-]  # fmt: skip
+    "GROUP_BONES",
+    "OPS",
+    "PARTS",
+    "Part",
+    "RescaleConfig",
+    "RescalePlan",
+    "add_parts",
+    "apply_rescale_plan",
+    "drop_parts",
+    "sample_rescale_plan",
+]

@@ -266,6 +266,12 @@ class EPITransform:
 
 
 __all__ = [
-    "EPIConfig", "EPIOutput", "EPIPlan", "EPITransform", "apply_epi",
-    "epi_rng", "run_epi_plan", "sample_epi_plan",
-]  # fmt: skip
+    "EPIConfig",
+    "EPIOutput",
+    "EPIPlan",
+    "EPITransform",
+    "apply_epi",
+    "epi_rng",
+    "run_epi_plan",
+    "sample_epi_plan",
+]

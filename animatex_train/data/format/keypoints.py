@@ -18,13 +18,25 @@ import numpy as np
 
 # OpenPose-18 body order, as DWPose's post-processing permutes COCO-17 + an inserted neck.
 BODY_NAMES: tuple[str, ...] = (
-    "nose", "neck",
-    "right_shoulder", "right_elbow", "right_wrist",
-    "left_shoulder", "left_elbow", "left_wrist",
-    "right_hip", "right_knee", "right_ankle",
-    "left_hip", "left_knee", "left_ankle",
-    "right_eye", "left_eye", "right_ear", "left_ear",
-)  # fmt: skip
+    "nose",
+    "neck",
+    "right_shoulder",
+    "right_elbow",
+    "right_wrist",
+    "left_shoulder",
+    "left_elbow",
+    "left_wrist",
+    "right_hip",
+    "right_knee",
+    "right_ankle",
+    "left_hip",
+    "left_knee",
+    "left_ankle",
+    "right_eye",
+    "left_eye",
+    "right_ear",
+    "left_ear",
+)
 BODY = {name: i for i, name in enumerate(BODY_NAMES)}
 NUM_BODY = 18
 # Foot points, in DWPose's order: 0 = left toes (drawn from the left ankle), 1 = right toes.

@@ -183,8 +183,10 @@ class DatasetManifest:
         for shard, shard_path in zip(self.shards, self.shard_paths(), strict=True):
             if is_remote_url(shard.path):
                 if not allow_remote_urls:
-                    problems.append(f"{shard.path}: a remote URL (it runs a command or reaches the network); set "
-                                    "data.allow_remote_urls: true if this manifest is trusted")  # fmt: skip
+                    problems.append(
+                        f"{shard.path}: a remote URL (it runs a command or reaches the network); set "
+                        "data.allow_remote_urls: true if this manifest is trusted"
+                    )
                 continue
             if not shard_path.is_file():
                 problems.append(f"{shard.path}: missing")

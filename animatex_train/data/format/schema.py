@@ -230,12 +230,17 @@ def decode_clip(raw: dict[str, Any], check_values: bool = True) -> ClipRecord:
         frames_mp4=bytes(raw[FRAMES_MP4]) if FRAMES_MP4 in raw else None,
         source_url=str(raw.get("__url__", "")),
     )
-    for member, array in ((LATENT_MEAN, record.latent_mean), (LATENT_STD, record.latent_std),
-                          (CLIP_EMBEDS, record.clip_embeds)):  # fmt: skip
+    for member, array in (
+        (LATENT_MEAN, record.latent_mean),
+        (LATENT_STD, record.latent_std),
+        (CLIP_EMBEDS, record.clip_embeds),
+    ):
         # the schema stores these as float16 (encode_clip); another dtype means another writer, not ours
         if array.dtype != np.float16:
-            raise SampleError(f"sample {key!r}: {member} is {array.dtype}, the schema stores float16; re-run "
-                              "`animatex-train prepare` to rewrite the shard")  # fmt: skip
+            raise SampleError(
+                f"sample {key!r}: {member} is {array.dtype}, the schema stores float16; re-run "
+                "`animatex-train prepare` to rewrite the shard"
+            )
     validate_clip(record, check_values)
     return record
 
@@ -276,7 +281,20 @@ def validate_clip(record: ClipRecord, check_values: bool = True) -> None:
 
 
 __all__ = [
-    "CLIP_EMBEDS", "FRAMES_MP4", "LATENT_MEAN", "LATENT_STD", "META", "NUM_POINTS", "POSE", "SCHEMA_VERSION",
-    "ClipMeta", "ClipRecord", "SampleError", "check_latent_values", "clip_key", "decode_clip", "encode_clip",
+    "CLIP_EMBEDS",
+    "FRAMES_MP4",
+    "LATENT_MEAN",
+    "LATENT_STD",
+    "META",
+    "NUM_POINTS",
+    "POSE",
+    "SCHEMA_VERSION",
+    "ClipMeta",
+    "ClipRecord",
+    "SampleError",
+    "check_latent_values",
+    "clip_key",
+    "decode_clip",
+    "encode_clip",
     "validate_clip",
-]  # fmt: skip
+]

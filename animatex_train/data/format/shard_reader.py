@@ -52,8 +52,9 @@ def open_shard(url: str, allow_remote_urls: bool = False) -> IO[bytes]:
         raise ShardReadError(f"cannot open shard {url!r}: {error}") from error
 
 
-def iter_samples(url: str, allow_remote_urls: bool = False,
-                 only: Collection[str] | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:  # fmt: skip
+def iter_samples(
+    url: str, allow_remote_urls: bool = False, only: Collection[str] | None = None
+) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {member: bytes})`` in tar order; with ``only``, just those members (others are not read).
 
     Raises:

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from animatex_train.data.format.keypoints import NUM_BODY
 from animatex_train.data.format.schema import LATENT_CHANNELS, VAE_DOWNSAMPLE
-from animatex_train.data.pose.render import POSE_PALETTE
+from animatex_train.data.pose.style import POSE_PALETTE
 
 # (3, 256) uint8: channel c of label l is _PALETTE_T[c, l]; per-device copies are cached (768 bytes each).
 _PALETTE_T = torch.from_numpy(POSE_PALETTE.T.copy())
@@ -210,8 +210,14 @@ def _views(flat: torch.Tensor, layout: _Layout) -> dict[str, torch.Tensor]:
     }
 
 
-def allocate_batch(batch_size: int, num_frames: int, image_size: tuple[int, int], clip_dim: int,
-                   shared: bool = False, pose_boxes: Sequence[np.ndarray | None] | None = None) -> Batch:  # fmt: skip
+def allocate_batch(
+    batch_size: int,
+    num_frames: int,
+    image_size: tuple[int, int],
+    clip_dim: int,
+    shared: bool = False,
+    pose_boxes: Sequence[np.ndarray | None] | None = None,
+) -> Batch:
     """A ``Batch`` of placeholder rows (zeros, missing keypoints, ``valid`` False) to be filled in place.
 
     All its tensors are views of one flat byte buffer, so handing the batch from a worker to the main process

@@ -145,11 +145,14 @@ class VideoDataModule(pl.LightningDataModule):
         """Decode the first sample of the first shard: schema version, CLIP width and window length."""
         first = index.datasets[0][0]
         wanted = first.keys[0]  # the first planned sample: a foreign group ahead of it in the tar is not read as it
-        found = next(((key, members) for key, members in iter_samples(first.url, self.allow_remote_urls)
-                      if key == wanted), None)  # fmt: skip
+        found = next(
+            ((key, members) for key, members in iter_samples(first.url, self.allow_remote_urls) if key == wanted), None
+        )
         if found is None:
-            raise SampleError(f"shard {first.url!r}: its first manifest sample {wanted!r} is not in the tar; re-run "
-                              "`animatex-train prepare` or refresh the manifest")  # fmt: skip
+            raise SampleError(
+                f"shard {first.url!r}: its first manifest sample {wanted!r} is not in the tar; re-run "
+                "`animatex-train prepare` or refresh the manifest"
+            )
         try:
             record = decode_clip({"__key__": wanted, "__url__": first.url, **found[1]})
         except SampleError as error:
@@ -177,21 +180,28 @@ class VideoDataModule(pl.LightningDataModule):
         keeps the configured count, which its exact-resume position depends on, and fails clearly instead).
         """
         workers = self.num_workers
-        while workers > 1 and not batches_per_rank(index, 0, self.window.span, [],
-                                                   self._layout(self.val_batch_size, 1, workers)):  # fmt: skip
+        while workers > 1 and not batches_per_rank(
+            index, 0, self.window.span, [], self._layout(self.val_batch_size, 1, workers)
+        ):
             workers -= 1
         if workers != self.num_workers:
-            log.info("validation: %d loader worker(s) instead of data.num_workers=%d (%d validation clips)", workers,
-                     self.num_workers, sum(len(s.keys) for shards in index.datasets for s in shards))  # fmt: skip
+            log.info(
+                "validation: %d loader worker(s) instead of data.num_workers=%d (%d validation clips)",
+                workers,
+                self.num_workers,
+                sum(len(s.keys) for shards in index.datasets for s in shards),
+            )
         return workers
 
     def _rank(self) -> int:
         return self.trainer.global_rank if self.trainer is not None else 0
 
-    def _loader(self, index: DataIndex, layout: Layout, epi: EPIConfig | None, validation: bool,
-                num_workers: int | None = None) -> ShardStreamLoader:  # fmt: skip
-        settings = StreamSettings(index, layout, self._rank(), self.window, self.clip_dim, epi, self.anchor_pool,
-                                  self.allow_remote_urls)  # fmt: skip
+    def _loader(
+        self, index: DataIndex, layout: Layout, epi: EPIConfig | None, validation: bool, num_workers: int | None = None
+    ) -> ShardStreamLoader:
+        settings = StreamSettings(
+            index, layout, self._rank(), self.window, self.clip_dim, epi, self.anchor_pool, self.allow_remote_urls
+        )
         if batches_per_rank(index, 0, self.window.span, [], layout) == 0:
             total = sum(len(s.keys) for shards in index.datasets for s in shards)
             raise DataConfigError(
@@ -199,8 +209,9 @@ class VideoDataModule(pl.LightningDataModule):
                 f"{layout.workers} worker(s) x batch {layout.batch_size}; lower data.num_workers or the batch size"
             )
         workers = self.num_workers if num_workers is None else num_workers
-        return ShardStreamLoader(ShardStream(settings), workers, self.pin_memory, self.loader_timeout_s,
-                                 repeat_first_epoch=validation)  # fmt: skip
+        return ShardStreamLoader(
+            ShardStream(settings), workers, self.pin_memory, self.loader_timeout_s, repeat_first_epoch=validation
+        )
 
     def train_dataloader(self) -> ShardStreamLoader:
         self.setup("fit")

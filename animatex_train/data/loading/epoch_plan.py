@@ -203,8 +203,9 @@ class PlanSegment:
     batches_yielded: int
 
 
-def plan_epoch(index: DataIndex, epoch: int, min_frames: int, history: list[PlanSegment], layout: Layout
-               ) -> list[StreamPlan]:  # fmt: skip
+def plan_epoch(
+    index: DataIndex, epoch: int, min_frames: int, history: list[PlanSegment], layout: Layout
+) -> list[StreamPlan]:
     """The streams of the current part of ``epoch``, after the parts in ``history`` were consumed.
 
     ``history`` is empty at the start of an epoch. When a run resumes with the layout it stopped with,

@@ -42,7 +42,7 @@ def _kill_workers(iterator: object) -> tuple[str, list[int]]:
     """SIGKILL a DataLoader iterator's workers; (the worker whose batch was awaited, the pids killed).
 
     SIGKILL, because a worker that cannot act on SIGTERM (stopped, or in uninterruptible sleep on a hung
-    filesystem) kept the process alive for ever at shutdown (RELIABILITY_PROBE.md D3).
+    filesystem) kept the process alive for ever at shutdown (docs/reliability.md, probe D3).
     """
     workers = list(getattr(iterator, "_workers", []))
     info = getattr(iterator, "_task_info", {}).get(getattr(iterator, "_rcvd_idx", -1), ())
@@ -62,9 +62,11 @@ def _kill_workers(iterator: object) -> tuple[str, list[int]]:
 
 
 def _stall_message(waited: str, timeout: object, pids: list[int]) -> str:
-    return (f"data loader: {waited} produced no batch for {timeout} s (data.loader_timeout_s); its workers (pids "
-            f"{pids}) were killed. A worker hangs on its storage or on a sample: check the shards' filesystem, or "
-            "raise data.loader_timeout_s for slow storage")  # fmt: skip
+    return (
+        f"data loader: {waited} produced no batch for {timeout} s (data.loader_timeout_s); its workers (pids "
+        f"{pids}) were killed. A worker hangs on its storage or on a sample: check the shards' filesystem, or "
+        "raise data.loader_timeout_s for slow storage"
+    )
 
 
 class _Counting:
@@ -85,6 +87,7 @@ class _Counting:
         stalled: list[tuple[str, list[int]]] = []
         watchdog = None
         if timeout and getattr(self.iterator, "_workers", None):
+
             def fire() -> None:
                 stalled.append(("a worker", []))  # flagged before the kill wakes the main thread
                 stalled[0] = _kill_workers(self.iterator)
@@ -110,8 +113,15 @@ class _Counting:
 class ShardStreamLoader(DataLoader):
     """Batches of one rank; ``len()`` is the batches of the current epoch (equal on every rank)."""
 
-    def __init__(self, dataset: ShardStream, num_workers: int, pin_memory: bool = False, timeout_s: float = 0.0,
-                 prefetch_factor: int | None = None, repeat_first_epoch: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        dataset: ShardStream,
+        num_workers: int,
+        pin_memory: bool = False,
+        timeout_s: float = 0.0,
+        prefetch_factor: int | None = None,
+        repeat_first_epoch: bool = False,
+    ):
         super().__init__(
             dataset,
             batch_size=None,  # batches are collated in the workers

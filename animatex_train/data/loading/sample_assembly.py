@@ -73,8 +73,16 @@ class PreparedSample:
     pose_boxes: np.ndarray
 
 
-def prepare_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, window: WindowConfig,
-                   epi: EPITransform | None, image_size: tuple[int, int], clip_dim: int) -> PreparedSample:  # fmt: skip
+def prepare_sample(
+    record: ClipRecord,
+    draw_id: str,
+    epoch: int,
+    seed: int,
+    window: WindowConfig,
+    epi: EPITransform | None,
+    image_size: tuple[int, int],
+    clip_dim: int,
+) -> PreparedSample:
     """Check the clip against the run, draw the window and the reference, transform the poses (EPI).
 
     Raises:
@@ -84,8 +92,10 @@ def prepare_sample(record: ClipRecord, draw_id: str, epoch: int, seed: int, wind
     if meta.num_frames < window.span:
         raise SampleError(f"sample {record.key!r} has {meta.num_frames} frames, the window needs {window.span}")
     if (meta.height, meta.width) != tuple(image_size):
-        raise SampleError(f"sample {record.key!r} is {meta.height}x{meta.width}, its manifest bucket is "
-                          f"{image_size[0]}x{image_size[1]}")  # fmt: skip
+        raise SampleError(
+            f"sample {record.key!r} is {meta.height}x{meta.width}, its manifest bucket is "
+            f"{image_size[0]}x{image_size[1]}"
+        )
     if record.clip_embeds.shape[1] != clip_dim:
         raise SampleError(
             f"sample {record.key!r}: CLIP width {record.clip_embeds.shape[1]}, the run expects {clip_dim}"
@@ -127,12 +137,17 @@ def write_sample(sample: PreparedSample, out: Batch, row: int) -> None:
     record = sample.record
     if not np.array_equal(out.pose_boxes[row].numpy(), sample.pose_boxes):
         raise ValueError(f"sample {record.key!r}: batch row {row} was allocated for other pose boxes")
-    _copy_posterior(record, sample.ref_index, sample.frames, out.latent_mean[row].numpy(),
-                    out.latent_std[row].numpy())  # fmt: skip
+    _copy_posterior(record, sample.ref_index, sample.frames, out.latent_mean[row].numpy(), out.latent_std[row].numpy())
     # Drawn straight into the batch (zeroed at allocation, so no clearing pass); the device puts the crops back
     # into whole images and expands the labels to RGB.
-    render_pose_label_crops(sample.draw_pose, sample.pose_boxes, out.row_pose_crops(row).numpy(), out.image_size,
-                            name=f"sample {record.key!r}", out_is_blank=True)  # fmt: skip
+    render_pose_label_crops(
+        sample.draw_pose,
+        sample.pose_boxes,
+        out.row_pose_crops(row).numpy(),
+        out.image_size,
+        name=f"sample {record.key!r}",
+        out_is_blank=True,
+    )
     out.ipi_keypoints[row] = torch.from_numpy(sample.ipi_keypoints)  # (f + 1, 2, 18)
     driving_clip = out.driving_clip[row].numpy()  # (f + 1, d), row 0 the reference frame
     driving_clip[0], driving_clip[1:] = record.clip_embeds[sample.ref_index], record.clip_embeds[sample.frames]
@@ -141,8 +156,9 @@ def write_sample(sample: PreparedSample, out: Batch, row: int) -> None:
     out.keys[row], out.valid[row], out.epi_applied[row] = record.key, True, sample.epi_applied
 
 
-def _copy_posterior(record: ClipRecord, ref_index: int, frames: slice, mean_out: np.ndarray,
-                    std_out: np.ndarray) -> None:  # fmt: skip
+def _copy_posterior(
+    record: ClipRecord, ref_index: int, frames: slice, mean_out: np.ndarray, std_out: np.ndarray
+) -> None:
     """Copy the posterior of the reference frame and the window into ``(4, f + 1, h, w)`` rows, and check it.
 
     Only the used frames are read (and checked for NaN/inf), straight from the shard bytes into the batch in

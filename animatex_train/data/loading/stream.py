@@ -115,8 +115,9 @@ class ShardStream(IterableDataset):
             # Every batch is one resolution bucket, allocated at its exact size once its samples' pose boxes are
             # known; in a worker process it lives in shared memory, which DataLoader hands over without a copy.
             boxes = [None if isinstance(p, str) else p.pose_boxes for p in prepared]
-            out = allocate_batch(len(batch), s.window.num_frames, batch[0].bucket, s.clip_dim,
-                                 shared=info is not None, pose_boxes=boxes)  # fmt: skip
+            out = allocate_batch(
+                len(batch), s.window.num_frames, batch[0].bucket, s.clip_dim, shared=info is not None, pose_boxes=boxes
+            )
             for row, (ref, sample) in enumerate(zip(batch, prepared, strict=True)):
                 self._write(ref, sample, out, row)
             yield out
@@ -156,8 +157,9 @@ class ShardStream(IterableDataset):
                     if key in served:
                         log.warning("shard %r: skipped a second sample group with key %r (duplicate)", url, key)
                     elif not self._planned(refs[0], key):
-                        log.warning("shard %r: skipped sample group %r, not in the shard's manifest entry "
-                                    "(foreign)", url, key)  # fmt: skip
+                        log.warning(
+                            "shard %r: skipped sample group %r, not in the shard's manifest entry (foreign)", url, key
+                        )
                     continue
                 served.add(key)
                 for ref in wanted.pop(key):
@@ -190,8 +192,9 @@ class ShardStream(IterableDataset):
         try:
             # Latent values are checked for the frames the sample uses, when they are copied (write_sample).
             record = decode_clip(raw, check_values=False)
-            return prepare_sample(record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi,
-                                  ref.bucket, s.clip_dim)  # fmt: skip
+            return prepare_sample(
+                record, f"{ref.key}@{ref.occurrence}", epoch, s.layout.seed, s.window, epi, ref.bucket, s.clip_dim
+            )
         except (ValueError, KeyError, OSError) as error:  # SampleError/KeypointError are ValueErrors
             return f"shard {raw.get('__url__', '?')!r}, sample {ref.key!r}: {error}"
 

@@ -48,25 +48,17 @@ import numpy as np
 from animatex_train.data.format.keypoints import PoseSequence
 from animatex_train.data.pose.skeleton import validate_pose
 from animatex_train.data.pose.style import (
-    CANVAS_COLOURS,
-    HAND_BONE_DRAW_COLOURS,
-    HAND_DOT_DRAW_COLOUR,
     HAND_DOT_RADIUS_PX,
     HAND_EDGES,
     HAND_EPS,
     HAND_LINE_THICKNESS_PX,
-    JOINT_DRAW_COLOURS,
     JOINT_RADIUS_PX,
     LABEL_COLOURS,
-    LIMB_DRAW_COLOURS,
     LIMB_HALF_WIDTH_PX,
     LIMBS,
-    POSE_PALETTE,
     RGB_COLOURS,
     DrawColours,
 )
-
-# The style (sizes, limb list, colours, palette) lives in pose_style; re-exported here for callers.
 
 
 def render_pose(
@@ -157,9 +149,14 @@ def pose_label_boxes(pose: PoseSequence, size: tuple[int, int] | None = None, na
     return boxes
 
 
-def render_pose_label_crops(pose: PoseSequence, boxes: np.ndarray, out: np.ndarray,
-                            size: tuple[int, int] | None = None, name: str = "pose",
-                            out_is_blank: bool = False) -> np.ndarray:  # fmt: skip
+def render_pose_label_crops(
+    pose: PoseSequence,
+    boxes: np.ndarray,
+    out: np.ndarray,
+    size: tuple[int, int] | None = None,
+    name: str = "pose",
+    out_is_blank: bool = False,
+) -> np.ndarray:
     """``render_pose_labels`` drawing only each frame's box, the crops stored back to back in ``out``.
 
     Frame ``k``'s crop is ``boxes[k]`` of its label image, row-major; crops follow each other in frame order, so
@@ -179,8 +176,9 @@ def render_pose_label_crops(pose: PoseSequence, boxes: np.ndarray, out: np.ndarr
         raise ValueError(f"{name}: boxes must be ({pose.num_frames}, 4), got {boxes.shape}")
     areas = boxes[:, 2] * boxes[:, 3]
     if out.shape != (int(areas.sum()),) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError(f"{name}: crop buffer must be contiguous uint8 of shape ({int(areas.sum())},), "
-                         f"got {out.dtype} {out.shape}")  # fmt: skip
+        raise ValueError(
+            f"{name}: crop buffer must be contiguous uint8 of shape ({int(areas.sum())},), got {out.dtype} {out.shape}"
+        )
     if not out_is_blank:
         out[...] = 0
     offsets = np.concatenate([[0], np.cumsum(areas)[:-1]]).astype(np.int64)
@@ -195,8 +193,15 @@ def _size(pose: PoseSequence, size: tuple[int, int] | None, name: str) -> tuple[
     return height, width
 
 
-def _render(pose: PoseSequence, size: tuple[int, int] | None, out: np.ndarray | None, name: str,
-            colours: DrawColours, channels: int, blank: bool) -> np.ndarray:  # fmt: skip
+def _render(
+    pose: PoseSequence,
+    size: tuple[int, int] | None,
+    out: np.ndarray | None,
+    name: str,
+    colours: DrawColours,
+    channels: int,
+    blank: bool,
+) -> np.ndarray:
     validate_pose(pose, name)
     height, width = _size(pose, size, name)
     shape = (pose.num_frames, height, width) + ((channels,) if channels > 1 else ())
@@ -204,8 +209,9 @@ def _render(pose: PoseSequence, size: tuple[int, int] | None, out: np.ndarray | 
         out = np.zeros(shape, dtype=np.uint8)
     else:
         if out.shape != shape or out.dtype != np.uint8 or not out.flags.c_contiguous:
-            raise ValueError(f"{name}: output buffer must be C-contiguous uint8 of shape {shape}, got {out.dtype} "
-                             f"{out.shape}")  # fmt: skip
+            raise ValueError(
+                f"{name}: output buffer must be C-contiguous uint8 of shape {shape}, got {out.dtype} {out.shape}"
+            )
         if not blank:
             out[...] = 0
     t = pose.num_frames
@@ -227,8 +233,10 @@ class _Canvas:
 
     def frames(self) -> list[np.ndarray]:
         """Per frame a 2-D view into ``flat`` (OpenCV draws into it)."""
-        return [self.flat[o : o + h * w].reshape((h, w) + self.flat.shape[1:])
-                for o, (_, _, h, w) in zip(self.offsets.tolist(), self.boxes.tolist(), strict=True)]  # fmt: skip
+        return [
+            self.flat[o : o + h * w].reshape((h, w) + self.flat.shape[1:])
+            for o, (_, _, h, w) in zip(self.offsets.tolist(), self.boxes.tolist(), strict=True)
+        ]
 
 
 def _draw(pose: PoseSequence, canvas: _Canvas, height: int, width: int, colours: DrawColours) -> None:
@@ -256,12 +264,23 @@ def _draw(pose: PoseSequence, canvas: _Canvas, height: int, width: int, colours:
         xs, ys, shown = hand_xs[:, hand], hand_ys[:, hand], hand_shown[:, hand]
         frames, edges = np.nonzero(shown[:, _EDGE_FROM] & shown[:, _EDGE_TO])  # frame-major, edges in order
         a, b = _EDGE_FROM[edges], _EDGE_TO[edges]
-        for frame, edge, x0, y0, x1, y1 in zip(frames.tolist(), edges.tolist(), xs[frames, a].tolist(),
-                                               ys[frames, a].tolist(), xs[frames, b].tolist(),
-                                               ys[frames, b].tolist(), strict=True):  # fmt: skip
+        for frame, edge, x0, y0, x1, y1 in zip(
+            frames.tolist(),
+            edges.tolist(),
+            xs[frames, a].tolist(),
+            ys[frames, a].tolist(),
+            xs[frames, b].tolist(),
+            ys[frames, b].tolist(),
+            strict=True,
+        ):
             left, top = origins[frame]
-            cv2.line(views[frame], (x0 - left, y0 - top), (x1 - left, y1 - top), colours.hand_bones[edge],
-                     thickness=HAND_LINE_THICKNESS_PX)  # fmt: skip
+            cv2.line(
+                views[frame],
+                (x0 - left, y0 - top),
+                (x1 - left, y1 - top),
+                colours.hand_bones[edge],
+                thickness=HAND_LINE_THICKNESS_PX,
+            )
         frames, points = np.nonzero(shown)
         _stamp_dots(canvas, frames, xs[frames, points], ys[frames, points], colours.hand_dot)
 
@@ -359,13 +378,11 @@ def _limbs(joints: np.ndarray, height: int, width: int) -> Iterator[tuple[int, i
     frames, limbs = np.nonzero(g.drawn)
     centres = zip(g.centre_x[frames, limbs].tolist(), g.centre_y[frames, limbs].tolist(), strict=True)
     axes = ((length, LIMB_HALF_WIDTH_PX) for length in g.half_lengths[frames, limbs].tolist())
-    angles = (int(math.degrees(math.atan2(y, x)))
-              for y, x in zip(g.dy[frames, limbs].tolist(), g.dx[frames, limbs].tolist(), strict=True))  # fmt: skip
+    angles = (
+        int(math.degrees(math.atan2(y, x)))
+        for y, x in zip(g.dy[frames, limbs].tolist(), g.dx[frames, limbs].tolist(), strict=True)
+    )
     return zip(frames.tolist(), limbs.tolist(), centres, axes, angles, strict=True)
 
 
-__all__ = [
-    "CANVAS_COLOURS", "HAND_BONE_DRAW_COLOURS", "HAND_DOT_DRAW_COLOUR", "HAND_EDGES", "JOINT_DRAW_COLOURS",
-    "LABEL_COLOURS", "LIMBS", "LIMB_DRAW_COLOURS", "POSE_PALETTE", "pose_label_boxes", "render_pose",
-    "render_pose_label_crops", "render_pose_labels",
-]  # fmt: skip
+__all__ = ["pose_label_boxes", "render_pose", "render_pose_label_crops", "render_pose_labels"]

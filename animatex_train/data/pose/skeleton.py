@@ -19,21 +19,34 @@ from animatex_train.data.format.keypoints import (
     KeypointError,
     PoseSequence,
     validate_coordinates,
-)  # fmt: skip
+)
 
 NUM_JOINTS = NUM_BODY + NUM_FEET
 ROOT = BODY["neck"]
 LEFT_TOES, RIGHT_TOES = NUM_BODY, NUM_BODY + 1
 # Parent of every body-and-feet joint (-1 for the root); bone ``c`` is the limb parent(c) -> c.
 JOINT_PARENT: tuple[int, ...] = (
-    BODY["neck"], -1,
-    BODY["neck"], BODY["right_shoulder"], BODY["right_elbow"],
-    BODY["neck"], BODY["left_shoulder"], BODY["left_elbow"],
-    BODY["neck"], BODY["right_hip"], BODY["right_knee"],
-    BODY["neck"], BODY["left_hip"], BODY["left_knee"],
-    BODY["nose"], BODY["nose"], BODY["right_eye"], BODY["left_eye"],
-    BODY["left_ankle"], BODY["right_ankle"],
-)  # fmt: skip
+    BODY["neck"],
+    -1,
+    BODY["neck"],
+    BODY["right_shoulder"],
+    BODY["right_elbow"],
+    BODY["neck"],
+    BODY["left_shoulder"],
+    BODY["left_elbow"],
+    BODY["neck"],
+    BODY["right_hip"],
+    BODY["right_knee"],
+    BODY["neck"],
+    BODY["left_hip"],
+    BODY["left_knee"],
+    BODY["nose"],
+    BODY["nose"],
+    BODY["right_eye"],
+    BODY["left_eye"],
+    BODY["left_ankle"],
+    BODY["right_ankle"],
+)
 BONES: tuple[int, ...] = tuple(j for j in range(NUM_JOINTS) if JOINT_PARENT[j] >= 0)
 HEAD_BONES: tuple[int, ...] = (BODY["right_eye"], BODY["left_eye"], BODY["right_ear"], BODY["left_ear"])
 # Hand h of ``PoseSequence.hands`` (0 = left, 1 = right) hangs from this wrist.

@@ -51,19 +51,40 @@ LIMBS: tuple[tuple[int, int], ...] = (
 
 # Official colour table on the (BGR-saved) canvas; limb i uses entry i, joint j uses entry j.
 CANVAS_COLOURS: tuple[tuple[int, int, int], ...] = (
-    (255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
-    (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
-    (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85), (170, 255, 255), (255, 255, 0),
-)  # fmt: skip
+    (255, 0, 0),
+    (255, 85, 0),
+    (255, 170, 0),
+    (255, 255, 0),
+    (170, 255, 0),
+    (85, 255, 0),
+    (0, 255, 0),
+    (0, 255, 85),
+    (0, 255, 170),
+    (0, 255, 255),
+    (0, 170, 255),
+    (0, 85, 255),
+    (0, 0, 255),
+    (85, 0, 255),
+    (170, 0, 255),
+    (255, 0, 255),
+    (255, 0, 170),
+    (255, 0, 85),
+    (170, 255, 255),
+    (255, 255, 0),
+)
 CANVAS_HAND_DOT_COLOUR = (0, 0, 255)
 
 # Hand bones: wrist -> each finger's 4 points, thumb first.
 HAND_EDGES: tuple[tuple[int, int], ...] = tuple(
-    edge for finger in range(5) for edge in (
-        (0, 4 * finger + 1), (4 * finger + 1, 4 * finger + 2), (4 * finger + 2, 4 * finger + 3),
+    edge
+    for finger in range(5)
+    for edge in (
+        (0, 4 * finger + 1),
+        (4 * finger + 1, 4 * finger + 2),
+        (4 * finger + 2, 4 * finger + 3),
         (4 * finger + 3, 4 * finger + 4),
     )
-)  # fmt: skip
+)
 
 
 def _reversed(colour: tuple[float, ...]) -> tuple[float, ...]:

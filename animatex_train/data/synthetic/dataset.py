@@ -9,11 +9,8 @@ yuv420p, single-threaded x264 so that the bytes do not depend on the machine's c
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +19,10 @@ import yaml
 
 from animatex_train.data.format.keypoints import BODY, MISSING, PoseSequence
 from animatex_train.data.format.video import write_mp4
-from animatex_train.data.synthetic.characters import BODY_STYLES, CharacterLook, hsv_colour, sample_look
+from animatex_train.data.synthetic.characters import CharacterLook, hsv_colour, sample_look
 from animatex_train.data.synthetic.drawing import draw_character
 from animatex_train.data.synthetic.motion import DanceMotion, pose_character, sample_motion
+from animatex_train.data.synthetic.proportions import BODY_STYLES
 
 SOURCE = "animatex-train synthetic generator"
 LICENCE = "CC0-1.0"
@@ -50,7 +48,7 @@ class ClipDesign:
 
 
 def _light_colour(rng: np.random.Generator) -> tuple[int, int, int]:
-    # Backgrounds are pale and light, characters vivid or dark: see synthetic_characters.MIN_CONTRAST.
+    # Backgrounds are pale and light, characters vivid or dark: see synthetic/characters.py MIN_CONTRAST.
     return hsv_colour(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.6, 0.97))
 
 
@@ -126,8 +124,12 @@ def _dropout_frames(rng: np.random.Generator, num_frames: int, rate: float) -> n
 def _normalise(points_px: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``(..., 2)`` pixel positions to normalised float32; points off the frame become ``(-1, -1)``."""
     height, width = size
-    inside = ((points_px[..., 0] >= 0) & (points_px[..., 0] <= width - 1)
-              & (points_px[..., 1] >= 0) & (points_px[..., 1] <= height - 1))  # fmt: skip
+    inside = (
+        (points_px[..., 0] >= 0)
+        & (points_px[..., 0] <= width - 1)
+        & (points_px[..., 1] >= 0)
+        & (points_px[..., 1] <= height - 1)
+    )
     normalised = (points_px / np.array([width, height], dtype=np.float64)).astype(np.float32)
     normalised[~inside] = MISSING
     return normalised
@@ -145,7 +147,7 @@ def render_clip(
     """Render one dancing character and its ground-truth keypoints.
 
     Args:
-        style: body style, a key of ``synthetic_characters.BODY_STYLES`` (``human``, ``teapot``, ``fox``).
+        style: body style, a key of ``synthetic/proportions.py`` ``BODY_STYLES`` (``human``, ``teapot``, ``fox``).
         seed: non-negative clip seed; the same arguments always give the same pixels and keypoints.
         num_frames: number of frames ``t``.
         size: ``(height, width)`` in pixels.
@@ -288,40 +290,16 @@ def write_synthetic_dataset(out_dir: Path, config: SyntheticDatasetConfig) -> li
     for index in range(config.num_videos):
         name, seed = config.video_name(index), config.video_seed(index)
         style = config.styles[index % len(config.styles)]
-        frames, pose = render_clip(style, seed, config.num_frames, size, config.fps, config.hand_hide_rate,
-                                   config.face_hide_rate)  # fmt: skip
+        frames, pose = render_clip(
+            style, seed, config.num_frames, size, config.fps, config.hand_hide_rate, config.face_hide_rate
+        )
         write_mp4(out_dir / f"{name}.mp4", frames, config.fps, config.crf)
         np.save(out_dir / f"{name}.pose.npy", pose.to_array(), allow_pickle=False)
         split = "val" if index >= config.num_videos - config.num_val_videos else "train"
         # The style travels in `source` (free text): the metadata schema has video/split/source/licence only.
-        records.append({"video": f"{name}.mp4", "split": split, "source": f"{SOURCE} (style: {style})",
-                        "licence": LICENCE})  # fmt: skip
+        records.append(
+            {"video": f"{name}.mp4", "split": split, "source": f"{SOURCE} (style: {style})", "licence": LICENCE}
+        )
         videos.append(out_dir / f"{name}.mp4")
     (out_dir / METADATA_FILE).write_text("".join(json.dumps(record) + "\n" for record in records))
     return videos
-
-
-def synthetic_main(argv: list[str] | None = None) -> int:
-    """``animatex-train synth``: write the synthetic dataset. Returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="animatex-train synth", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--config", type=Path, help="values-only YAML, e.g. data/embedded_dataset.yaml")
-    parser.add_argument("--num-videos", type=int, help="override num_videos")
-    parser.add_argument("--num-val-videos", type=int, help="override num_val_videos")
-    parser.add_argument("--seed", type=int, help="override seed")
-    args = parser.parse_args(argv)
-    try:
-        config = SyntheticDatasetConfig.from_yaml(args.config) if args.config else SyntheticDatasetConfig()
-        overrides = {"num_videos": args.num_videos, "num_val_videos": args.num_val_videos, "seed": args.seed}
-        config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        print(f"animatex-train synth: {error}", file=sys.stderr)
-        return 2
-    start = time.perf_counter()
-    videos = write_synthetic_dataset(args.out, config)
-    written = [*videos, *(path.with_name(path.stem + ".pose.npy") for path in videos), args.out / METADATA_FILE]
-    total_bytes = sum(path.stat().st_size for path in written)
-    print(
-        f"wrote {len(videos)} videos ({total_bytes / 1e6:.2f} MB) to {args.out} in {time.perf_counter() - start:.1f} s"
-    )
-    return 0

@@ -66,8 +66,13 @@ class _Part:
 
 
 def _limb(start: np.ndarray, end: np.ndarray, radius_px: float, fill: Fill, taper: float = 0.88) -> _Part:
-    return _Part(_capsule(start, end, radius_px, radius_px * taper), fill, start, _unit(end - start),
-                 float(np.hypot(*(end - start))))  # fmt: skip
+    return _Part(
+        _capsule(start, end, radius_px, radius_px * taper),
+        fill,
+        start,
+        _unit(end - start),
+        float(np.hypot(*(end - start))),
+    )
 
 
 def _solid(polygon: np.ndarray, colour: Colour) -> _Part:
@@ -151,8 +156,13 @@ def draw_character(frame: np.ndarray, posed: PosedCharacter, index: int, look: C
     # Contact shadow on the floor: darkens the background, so it is drawn first.
     shadow = np.zeros(frame.shape[:2], np.uint8)
     shadow_centre = np.array([hip[0], posed.floor_y_px])
-    cv2.fillPoly(shadow, [_cv(_ellipse(shadow_centre, 1.5 * widest * s, 0.03 * s, np.array([0.0, -1.0])))], 255,
-                 cv2.LINE_AA, _SHIFT)  # fmt: skip
+    cv2.fillPoly(
+        shadow,
+        [_cv(_ellipse(shadow_centre, 1.5 * widest * s, 0.03 * s, np.array([0.0, -1.0])))],
+        255,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
     frame[:] = np.round(frame * (1.0 - 0.22 * shadow[..., None].astype(np.float32) / 255.0)).astype(np.uint8)
 
     if "tail" in p.extras:
@@ -165,8 +175,9 @@ def draw_character(frame: np.ndarray, posed: PosedCharacter, index: int, look: C
     if "handle" in p.extras:
         heights = np.linspace(0.78, 0.22, 9)
         bulge = widest * (0.85 + 0.4 * np.sin(np.pi * (heights - 0.22) / 0.56))
-        ring = _cv(np.stack([_torso_point(hip, up, h * p.torso_length, b, s)
-                             for h, b in zip(heights, bulge, strict=True)]))  # fmt: skip
+        ring = _cv(
+            np.stack([_torso_point(hip, up, h * p.torso_length, b, s) for h, b in zip(heights, bulge, strict=True)])
+        )
         thickness = max(2, round(0.05 * s))
         cv2.polylines(frame, [ring], False, look.outline, thickness + 2 * look.outline_px, cv2.LINE_AA, _SHIFT)
         cv2.polylines(frame, [ring], False, look.torso.colour, thickness, cv2.LINE_AA, _SHIFT)
@@ -180,10 +191,17 @@ def draw_character(frame: np.ndarray, posed: PosedCharacter, index: int, look: C
     neck = _limb(joint["neck"], head_centre, 0.45 * p.head_half_width * s, skin, 1.0)
     _paint_group(frame, [neck], look, s)
     for side, sign in (("right", -1.0), ("left", 1.0)):
-        leg = [_limb(joint[f"{side}_hip"], joint[f"{side}_knee"], p.leg_radius * s, look.thighs),
-               _limb(joint[f"{side}_knee"], joint[f"{side}_ankle"], 0.88 * p.leg_radius * s, look.shins),
-               _limb(joint[f"{side}_ankle"], posed.feet[index, 0 if sign > 0 else 1], p.foot_radius * s,
-                     Fill(look.shoes, "solid", look.shoes, 1.0), 1.1)]  # fmt: skip
+        leg = [
+            _limb(joint[f"{side}_hip"], joint[f"{side}_knee"], p.leg_radius * s, look.thighs),
+            _limb(joint[f"{side}_knee"], joint[f"{side}_ankle"], 0.88 * p.leg_radius * s, look.shins),
+            _limb(
+                joint[f"{side}_ankle"],
+                posed.feet[index, 0 if sign > 0 else 1],
+                p.foot_radius * s,
+                Fill(look.shoes, "solid", look.shoes, 1.0),
+                1.1,
+            ),
+        ]
         _paint_group(frame, leg, look, s)
 
     profile = [_torso_point(hip, up, h * p.torso_length, w, s) for h, w in p.torso_profile]
@@ -238,11 +256,21 @@ def _draw_head(frame: np.ndarray, posed: PosedCharacter, index: int, look: Chara
         _paint_group(frame, [_solid(muzzle, look.accent)], look, s)
     pupil = max(0.1 * across_px, 1.6)
     for eye in (body[BODY["left_eye"]], body[BODY["right_eye"]]):
-        cv2.fillPoly(frame, [_cv(_ellipse(eye, max(0.2 * across_px, 2.6), max(0.24 * up_px, 2.8), up))], _EYE_WHITE,
-                     cv2.LINE_AA, _SHIFT)  # fmt: skip
+        cv2.fillPoly(
+            frame,
+            [_cv(_ellipse(eye, max(0.2 * across_px, 2.6), max(0.24 * up_px, 2.8), up))],
+            _EYE_WHITE,
+            cv2.LINE_AA,
+            _SHIFT,
+        )
         cv2.fillPoly(frame, [_cv(_ellipse(eye, pupil, pupil * 1.15, up, 16))], look.eyes, cv2.LINE_AA, _SHIFT)
     nose = body[BODY["nose"]]
-    cv2.fillPoly(frame, [_cv(_ellipse(nose, max(0.09 * across_px, 1.6), max(0.07 * up_px, 1.3), up, 12))],
-                 look.outline, cv2.LINE_AA, _SHIFT)  # fmt: skip
+    cv2.fillPoly(
+        frame,
+        [_cv(_ellipse(nose, max(0.09 * across_px, 1.6), max(0.07 * up_px, 1.3), up, 12))],
+        look.outline,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
     mouth = _cv(np.stack([local(0.45 * yaw + x, -0.5 + 0.1 * (x / 0.22) ** 2) for x in np.linspace(-0.22, 0.22, 7)]))
     cv2.polylines(frame, [mouth], False, look.outline, max(1, look.outline_px), cv2.LINE_AA, _SHIFT)

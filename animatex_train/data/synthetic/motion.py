@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from animatex_train.data.format.keypoints import BODY, NUM_BODY, NUM_HAND_POINTS
-from animatex_train.data.synthetic.characters import BodyProportions
+from animatex_train.data.synthetic.proportions import BodyProportions
 
 SIDE_SIGNS = (1.0, -1.0)  # left, right: the order of hands and feet in ``PoseSequence``
 # Every position is rounded to 1/64 px: it makes the last-ulp differences of sin/cos between CPUs and libm
@@ -78,8 +78,9 @@ def _oscillation(
     amplitudes = amplitude * weights / weights.sum()
     frequencies = tempo_hz * np.asarray(harmonics) * rng.uniform(0.9, 1.1, size=len(harmonics))
     phases = rng.uniform(0.0, 2.0 * np.pi, size=len(harmonics))
-    return Oscillation(float(base), tuple(amplitudes.tolist()), tuple(frequencies.tolist()), tuple(phases.tolist()),
-                       low, high)  # fmt: skip
+    return Oscillation(
+        float(base), tuple(amplitudes.tolist()), tuple(frequencies.tolist()), tuple(phases.tolist()), low, high
+    )
 
 
 def _pair(
@@ -145,9 +146,11 @@ def sample_motion(proportions: BodyProportions, rng: np.random.Generator, size: 
     height, width = size
     tempo = float(rng.uniform(0.2, 0.4))
     # Full height from the frame height, capped so that the torso and most arm poses fit the frame width.
-    px_per_unit = min(rng.uniform(0.62, 0.8) * height / proportions.standing_height,
-                      0.9 * width / (0.75 * proportions.arm_span),
-                      0.6 * width / (2.0 * proportions.torso_half_width))  # fmt: skip
+    px_per_unit = min(
+        rng.uniform(0.62, 0.8) * height / proportions.standing_height,
+        0.9 * width / (0.75 * proportions.arm_span),
+        0.6 * width / (2.0 * proportions.torso_half_width),
+    )
     rest = proportions.arm_rest_abduction
     shoulder = _oscillation(rng, tempo, rest + rng.uniform(0.0, 0.5), rng.uniform(0.6, 1.4), -0.3, 2.9)
     elbow = _oscillation(rng, tempo, rng.uniform(0.2, 0.9), rng.uniform(0.4, 1.0), 0.0, 2.3)
@@ -226,8 +229,11 @@ def _hand_points(wrist: np.ndarray, angle: np.ndarray, curl: np.ndarray, side: f
     """
     along = _direction(angle)[:, None, :]  # (t, 1, 2)
     thumb_side = side * np.stack([along[..., 1], -along[..., 0]], axis=-1)
-    bases = (wrist[:, None, :] + _FINGER_ALONG[None, :, None] * p.palm_length * along
-             + _FINGER_ACROSS[None, :, None] * p.hand_half_width * thumb_side)  # fmt: skip
+    bases = (
+        wrist[:, None, :]
+        + _FINGER_ALONG[None, :, None] * p.palm_length * along
+        + _FINGER_ACROSS[None, :, None] * p.hand_half_width * thumb_side
+    )
     fan = _FINGER_FAN[None, :] - np.outer(curl, [0.8, 0.0, 0.0, 0.0, 0.0])  # (t, 5)
     finger_dir = _direction(angle[:, None] + side * fan)  # (t, 5, 2)
     lengths = (p.finger_length * _FINGER_SCALE[None, :] * (1.0 - 0.6 * curl[:, None]))[..., None]  # (t, 5, 1)
@@ -258,8 +264,7 @@ def pose_character(p: BodyProportions, motion: DanceMotion, num_frames: int, fps
     yaw = motion.head_yaw(times)
 
     def on_head(across: np.ndarray, up: float) -> np.ndarray:
-        return (head_centre + (across * p.head_half_width)[:, None] * head_across
-                + up * p.head_half_height * head_up)  # fmt: skip
+        return head_centre + (across * p.head_half_width)[:, None] * head_across + up * p.head_half_height * head_up
 
     body[:, BODY["nose"]] = on_head(0.45 * yaw, -0.25)
     hands, feet = np.zeros((n, 2, NUM_HAND_POINTS, 2)), np.zeros((n, 2, 2))
@@ -278,8 +283,14 @@ def pose_character(p: BodyProportions, motion: DanceMotion, num_frames: int, fps
         knee = hip + p.thigh_length * _direction(side * (spread + bend))
         ankle = knee + p.shin_length * _direction(side * (spread - bend))
         feet[:, index] = ankle + p.foot_length * _direction(np.full(n, side * 0.95))
-        for joint, point in (("shoulder", shoulder), ("elbow", elbow), ("wrist", wrist), ("hip", hip),
-                             ("knee", knee), ("ankle", ankle)):  # fmt: skip
+        for joint, point in (
+            ("shoulder", shoulder),
+            ("elbow", elbow),
+            ("wrist", wrist),
+            ("hip", hip),
+            ("knee", knee),
+            ("ankle", ankle),
+        ):
             body[:, BODY[f"{name}_{joint}"]] = point
     # Tail: five points from the back of the pelvis, curling up on the character's right and wagging.
     wag = motion.tail_wag(times)[:, None]
@@ -290,16 +301,28 @@ def pose_character(p: BodyProportions, motion: DanceMotion, num_frames: int, fps
     # Stand on the floor: the lowest point of either foot (ankle or toes, plus the foot's thickness).
     lowest = np.maximum(body[:, [BODY["left_ankle"], BODY["right_ankle"]], 1].max(axis=1), feet[..., 1].max(axis=1))
     scale = motion.px_per_unit
-    origin = np.stack([motion.centre_x_px + motion.drift_px(times),
-                       motion.floor_y_px - scale * (lowest + p.foot_radius + motion.hop(times))], axis=-1)  # fmt: skip
+    origin = np.stack(
+        [
+            motion.centre_x_px + motion.drift_px(times),
+            motion.floor_y_px - scale * (lowest + p.foot_radius + motion.hop(times)),
+        ],
+        axis=-1,
+    )
 
     def to_px(points: np.ndarray) -> np.ndarray:
         shape = (n,) + (1,) * (points.ndim - 2) + (2,)
         return np.round((origin.reshape(shape) + scale * points) * _GRID_PX) / _GRID_PX
 
     return PosedCharacter(
-        body=to_px(body), feet=to_px(feet), hands=to_px(hands), hip_centre=to_px(hip_centre),
-        head_centre=to_px(head_centre), head_up=head_up, head_yaw=yaw,
-        ear_occluded=np.stack([yaw > 0.55, yaw < -0.55], axis=-1), tail=to_px(tail),
-        px_per_unit=float(scale), floor_y_px=motion.floor_y_px,
-    )  # fmt: skip
+        body=to_px(body),
+        feet=to_px(feet),
+        hands=to_px(hands),
+        hip_centre=to_px(hip_centre),
+        head_centre=to_px(head_centre),
+        head_up=head_up,
+        head_yaw=yaw,
+        ear_occluded=np.stack([yaw > 0.55, yaw < -0.55], axis=-1),
+        tail=to_px(tail),
+        px_per_unit=float(scale),
+        floor_y_px=motion.floor_y_px,
+    )

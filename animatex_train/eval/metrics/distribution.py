@@ -66,8 +66,9 @@ class ClipFeatureStream:
         batch_size: windows per forward (DisCo uses 1; batching changes only float rounding).
     """
 
-    def __init__(self, network: nn.Module, kind: Literal["fid_vid", "fvd"], clip_mode: ClipMode = "sliding",
-                 batch_size: int = 4) -> None:
+    def __init__(
+        self, network: nn.Module, kind: Literal["fid_vid", "fvd"], clip_mode: ClipMode = "sliding", batch_size: int = 4
+    ) -> None:
         if clip_mode not in ("sliding", "whole"):
             raise ValueError(f"clip_mode: expected 'sliding' or 'whole', got {clip_mode!r}")
         self.network, self.kind, self.clip_mode, self.batch_size = network, kind, clip_mode, batch_size
@@ -111,7 +112,8 @@ class ClipFeatureStream:
             feature = self._features([self.normalise(np.stack(frames))])
         else:  # 16-frame segments, features averaged to one vector per video (DisCo metric_center.py:470-482)
             segments = [self.normalise(segment) for segment in whole_clip_segments(frames, WINDOW_FRAMES)]
-            feature = torch.cat([self._features(segments[i:i + self.batch_size])
-                                 for i in range(0, len(segments), self.batch_size)]).mean(0, keepdim=True)
+            feature = torch.cat(
+                [self._features(segments[i : i + self.batch_size]) for i in range(0, len(segments), self.batch_size)]
+            ).mean(0, keepdim=True)
         self.stats[side].update(feature)
         return 1

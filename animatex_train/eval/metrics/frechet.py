@@ -1,5 +1,5 @@
 """Feature statistics accumulated in a stream (and merged across ranks) and the Fréchet distance between two of
-them: the statistic behind FID, FID-VID and FVD (EVALUATION.md section 1.8)."""
+them: the statistic behind FID, FID-VID and FVD (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -94,8 +94,9 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     return float(np.sqrt(np.clip(inner, 0.0, None)).sum())
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
-                     method: FrechetMethod = "sqrtm") -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, method: FrechetMethod = "sqrtm"
+) -> float:
     """``|mu1 - mu2|^2 + Tr(sigma1 + sigma2 - 2 sqrtm(sigma1 sigma2))`` (Dowson & Landau; Heusel et al. 2017).
 
     ``method="sqrtm"`` is pytorch-fid's ``calculate_frechet_distance`` step for step (DisCo's ``frechet_distance``
@@ -110,8 +111,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError(f"Fréchet distance: statistics of different sizes: {mu1.shape} vs {mu2.shape}")
     diff = mu1 - mu2
     if method == "eigh":
-        return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2)
-                     - 2 * _trace_sqrt_product_eigh(sigma1, sigma2))
+        return float(
+            diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * _trace_sqrt_product_eigh(sigma1, sigma2)
+        )
     if method != "sqrtm":
         raise ValueError(f"frechet_method: expected 'sqrtm' (pytorch-fid/DisCo) or 'eigh', got {method!r}")
     covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
@@ -133,5 +135,6 @@ def frechet_from_stats(first: FeatureStats, second: FeatureStats, method: Freche
 def frechet_from_features(first: np.ndarray, second: np.ndarray, method: FrechetMethod = "sqrtm") -> float:
     """Fréchet distance between two feature matrices ``(n, d)`` (rows = samples), via ``np.mean``/``np.cov`` as
     DisCo's ``fid_from_feats``."""
-    return frechet_distance(first.mean(axis=0), np.cov(first, rowvar=False),
-                            second.mean(axis=0), np.cov(second, rowvar=False), method)
+    return frechet_distance(
+        first.mean(axis=0), np.cov(first, rowvar=False), second.mean(axis=0), np.cov(second, rowvar=False), method
+    )

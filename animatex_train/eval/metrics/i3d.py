@@ -1,7 +1,7 @@
 """Inception-I3D (Carreira & Zisserman 2017, "Quo Vadis, Action Recognition?") as DisCo's FVD runs it: the PyTorch
 port whose state-dict names ``i3d_pretrained_400.pt`` uses, returning the 400 Kinetics logits averaged over time.
 
-Written here because no maintained package ships this network (EVALUATION.md section 3); the layer names, the
+Written here because no maintained package ships this network (docs/evaluation.md); the layer names, the
 TensorFlow "SAME" padding and the ``[1, 7, 7]`` average pool follow DisCo tool/metrics/inception3d.py so that the
 published weight file loads strictly and gives DisCo's features.
 """
@@ -30,8 +30,14 @@ class Unit3D(nn.Module):
     """Conv3d (SAME padding) -> BatchNorm3d (eps 1e-3, as the TF original) -> ReLU; the logits unit has a bias and
     neither norm nor activation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: tuple[int, int, int] = (1, 1, 1),
-                 stride: tuple[int, int, int] = (1, 1, 1), norm_and_relu: bool = True) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: tuple[int, int, int] = (1, 1, 1),
+        stride: tuple[int, int, int] = (1, 1, 1),
+        norm_and_relu: bool = True,
+    ) -> None:
         super().__init__()
         self.kernel, self.stride, self.norm_and_relu = kernel, stride, norm_and_relu
         self.conv3d = nn.Conv3d(in_channels, out_channels, kernel, stride, bias=not norm_and_relu)

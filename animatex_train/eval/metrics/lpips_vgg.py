@@ -56,9 +56,11 @@ class DiscoLPIPS(nn.Module):
     def forward(self, gen: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
         """``(b, H, W, 3)`` uint8 RGB frame pairs of one size -> ``(b,)`` distances (float32)."""
         if gen.shape != gt.shape:
-            raise ValueError(f"LPIPS: generated frames are {tuple(gen.shape[1:3])} but GT frames are "
-                             f"{tuple(gt.shape[1:3])}; DisCo's LPIPS fails on this too. Evaluate at one resolution "
-                             f"(recipe key resolution_px) so generated and GT frames match")
+            raise ValueError(
+                f"LPIPS: generated frames are {tuple(gen.shape[1:3])} but GT frames are "
+                f"{tuple(gt.shape[1:3])}; DisCo's LPIPS fails on this too. Evaluate at one resolution "
+                f"(recipe key resolution_px) so generated and GT frames match"
+            )
         device = next(self.parameters()).device
         images = [x.to(device).permute(0, 3, 1, 2).float() / 255.0 for x in (gen, gt)]  # = torchvision ToTensor
         if self.input_range == "signed":

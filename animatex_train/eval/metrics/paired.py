@@ -4,7 +4,7 @@ PSNR* (float64), the legacy overflowing PSNR, SSIM (grayscale, 7x7 uniform windo
 Every function takes one generated and one ground-truth frame, ``(H, W, 3)`` uint8 RGB. DisCo reads BGR with
 cv2; each of these metrics is either channel-symmetric or converts to gray with the matching coefficients, so
 RGB input gives the same numbers. A frame whose size differs from the GT is first resized to the GT size with
-``cv2.resize`` (bilinear), as DisCo does for PSNR/SSIM/L1 (never for LPIPS). See EVALUATION.md section 1.
+``cv2.resize`` (bilinear), as DisCo does for PSNR/SSIM/L1 (never for LPIPS). See docs/evaluation.md
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ PSNR_IDENTICAL_DB = 100.0  # DisCo's value for mse == 0
 def _check(gen: np.ndarray, gt: np.ndarray) -> None:
     for name, frame in (("generated", gen), ("ground-truth", gt)):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"paired metrics: the {name} frame must be (H, W, 3) uint8 RGB, got "
-                             f"{frame.shape} {frame.dtype}; decode frames to uint8 first")
+            raise ValueError(
+                f"paired metrics: the {name} frame must be (H, W, 3) uint8 RGB, got "
+                f"{frame.shape} {frame.dtype}; decode frames to uint8 first"
+            )
 
 
 def resize_to_gt(gen: np.ndarray, gt: np.ndarray) -> np.ndarray:

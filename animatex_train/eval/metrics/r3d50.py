@@ -31,8 +31,9 @@ class Bottleneck3D(nn.Module):
         self.bn3 = nn.BatchNorm3d(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:  # shortcut type B: a strided 1x1x1 convolution + BN
-            self.downsample = nn.Sequential(nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                            nn.BatchNorm3d(out_channels))
+            self.downsample = nn.Sequential(
+                nn.Conv3d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm3d(out_channels)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -64,8 +65,10 @@ class ResNet3D50(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[2:]) != (CLIP_FRAMES, CLIP_SIZE_PX, CLIP_SIZE_PX):
-            raise ValueError(f"3D ResNet-50: expected clips (b, 3, {CLIP_FRAMES}, {CLIP_SIZE_PX}, {CLIP_SIZE_PX}), "
-                             f"got {tuple(x.shape)}; the Kinetics weights were trained on 16x112x112 clips")
+            raise ValueError(
+                f"3D ResNet-50: expected clips (b, 3, {CLIP_FRAMES}, {CLIP_SIZE_PX}, {CLIP_SIZE_PX}), "
+                f"got {tuple(x.shape)}; the Kinetics weights were trained on 16x112x112 clips"
+            )
         x = F.max_pool3d(F.relu(self.bn1(self.conv1(x))), kernel_size=3, stride=2, padding=1)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         # kenshohara's AvgPool3d((ceil(16/16), ceil(112/32), ceil(112/32)), stride=1) covers the whole 1x4x4 map.

@@ -44,7 +44,7 @@ class WeightPaths:
 
 @dataclass
 class MetricsConfig:
-    """Which metrics and how (defaults reproduce DisCo, EVALUATION.md section 1).
+    """Which metrics and how (defaults reproduce DisCo, docs/evaluation.md).
 
     Attributes:
         metrics: names from ``psnr_star, ssim, l1, lpips, fid, fid_vid, fvd, psnr_legacy_uint8``.
@@ -74,8 +74,10 @@ class MetricsConfig:
         if unknown:
             raise ValueError(f"metrics: unknown {unknown}; expected names from {list(ALL_METRICS)}")
         if self.fvd_flavour != "disco":
-            raise ValueError(f"fvd_flavour: only 'disco' is implemented (PIL bicubic stretch to 224, Inception-I3D "
-                             f"logits), got {self.fvd_flavour!r}")
+            raise ValueError(
+                f"fvd_flavour: only 'disco' is implemented (PIL bicubic stretch to 224, Inception-I3D "
+                f"logits), got {self.fvd_flavour!r}"
+            )
         if self.frechet_method not in ("sqrtm", "eigh"):
             raise ValueError(f"frechet_method: expected 'sqrtm' or 'eigh', got {self.frechet_method!r}")
         if self.lpips_input_range not in ("unit", "signed"):
@@ -139,8 +141,11 @@ class MetricSuite:
         config, networks = self.config, self.networks
         self.paired = PairedScores()
         self.frames = FrameFeatureStream(networks["fid"], config.fid_batch_size) if "fid" in networks else None
-        self.clips = {m: ClipFeatureStream(networks[m], m, config.clip_mode, config.clip_batch_size)
-                      for m in ("fid_vid", "fvd") if m in networks}  # fmt: skip
+        self.clips = {
+            m: ClipFeatureStream(networks[m], m, config.clip_mode, config.clip_batch_size)
+            for m in ("fid_vid", "fvd")
+            if m in networks
+        }
         self.num_videos = {"gen": 0, "real": 0}
 
     def add_pair(self, video: str, gen: np.ndarray, gt: np.ndarray) -> dict[str, float]:
@@ -190,5 +195,10 @@ class MetricSuite:
             gen, real = (stream.stats[s].all_gather() for s in ("gen", "real"))
             counts[f"{name}_clips"] = {"gen": gen.count, "real": real.count}
             metrics[name] = _frechet_or_none(gen, real, self.config.frechet_method)
-        return {"metrics": metrics, "per_video": paired.per_video(), "counts": counts,
-                "config": asdict(self.config), "weights": self.weight_files}
+        return {
+            "metrics": metrics,
+            "per_video": paired.per_video(),
+            "counts": counts,
+            "config": asdict(self.config),
+            "weights": self.weight_files,
+        }

@@ -63,8 +63,14 @@ def resize_bicubic_float(frame: np.ndarray, size_px: int) -> np.ndarray:
     """``(H, W, 3)`` uint8 -> ``(size, size, 3)`` float32: each channel as a PIL float ("F") image, bicubic
     (antialiased when shrinking), no clipping or rounding: DisCo's ``make_resizer("PIL", False, "bicubic")``.
     PIL itself rather than torch's antialiased bicubic, which differs by up to ~2e-3 on 0-255 values."""
-    channels = [np.asarray(Image.fromarray(np.ascontiguousarray(frame[..., c], dtype=np.float32))
-                           .resize((size_px, size_px), Image.Resampling.BICUBIC)) for c in range(3)]
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(frame[..., c], dtype=np.float32)).resize(
+                (size_px, size_px), Image.Resampling.BICUBIC
+            )
+        )
+        for c in range(3)
+    ]
     return np.stack(channels, axis=-1)
 
 

@@ -12,7 +12,7 @@ import torch
 
 @dataclass(frozen=True)
 class WeightFile:
-    """One pretrained file a metric needs (EVALUATION.md section 2).
+    """One pretrained file a metric needs (docs/evaluation.md).
 
     Attributes:
         key: the ``--weights.<key>`` flag (and ``weights:`` recipe key) that points at it.
@@ -29,19 +29,29 @@ class WeightFile:
 
 WEIGHT_FILES: dict[str, WeightFile] = {
     "fid_inception": WeightFile(
-        "fid_inception", "pt_inception-2015-12-05-6726825d.pth",
+        "fid_inception",
+        "pt_inception-2015-12-05-6726825d.pth",
         "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-        "FID (pytorch-fid's FID-InceptionV3)"),
+        "FID (pytorch-fid's FID-InceptionV3)",
+    ),
     "vgg16": WeightFile(
-        "vgg16", "vgg16-397923af.pth", "https://download.pytorch.org/models/vgg16-397923af.pth",
-        "LPIPS (VGG16 trunk; the linear heads ship inside the lpips wheel)"),
+        "vgg16",
+        "vgg16-397923af.pth",
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        "LPIPS (VGG16 trunk; the linear heads ship inside the lpips wheel)",
+    ),
     "i3d": WeightFile(
-        "i3d", "i3d_pretrained_400.pt", "https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt",
-        "FVD (Inception-I3D, Kinetics-400)"),
+        "i3d",
+        "i3d_pretrained_400.pt",
+        "https://github.com/songweige/TATS/raw/main/tats/fvd/i3d_pretrained_400.pt",
+        "FVD (Inception-I3D, Kinetics-400)",
+    ),
     "r3d50": WeightFile(
-        "r3d50", "resnet-50-kinetics.pth",
+        "r3d50",
+        "resnet-50-kinetics.pth",
         "https://github.com/yjh0410/YOWOF/releases/download/yowof-weight/resnet-50-kinetics.pth",
-        "FID-VID (3D ResNet-50, Kinetics-400)"),
+        "FID-VID (3D ResNet-50, Kinetics-400)",
+    ),
 }
 
 
@@ -88,7 +98,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict (a mapping of tensors), got {type(state).__name__}")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
 def state_dict_content_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -97,6 +107,13 @@ def state_dict_content_sha256(state: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for key, tensor in state.items():
         tensor = tensor.detach().cpu().contiguous()
-        digest.update(key.encode() + b"|" + str(tensor.dtype).encode() + b"|" + str(tuple(tensor.shape)).encode()
-                      + b"|" + tensor.numpy().tobytes())
+        digest.update(
+            key.encode()
+            + b"|"
+            + str(tensor.dtype).encode()
+            + b"|"
+            + str(tuple(tensor.shape)).encode()
+            + b"|"
+            + tensor.numpy().tobytes()
+        )
     return digest.hexdigest()

@@ -132,8 +132,9 @@ class _PerceiverAttention(nn.Module):
 
 
 def _feed_forward(dim: int, mult: int) -> nn.Sequential:
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(),
-                         nn.Linear(dim * mult, dim, bias=False))  # fmt: skip
+    return nn.Sequential(
+        nn.LayerNorm(dim), nn.Linear(dim, dim * mult, bias=False), nn.GELU(), nn.Linear(dim * mult, dim, bias=False)
+    )
 
 
 class MotionExtractor(nn.Module):
@@ -155,7 +156,7 @@ class MotionExtractor(nn.Module):
                     _PerceiverAttention(width, config.extractor_heads, config.extractor_head_dim),
                     _feed_forward(width, config.extractor_ff_mult),
                 ]
-            )  # fmt: skip
+            )
             for _ in range(config.extractor_depth)
         )
 
@@ -213,8 +214,9 @@ class ImplicitPoseIndicator(nn.Module):
         self.keypoint_encoder = KeypointEncoder(config) if needs_keypoints else None
         self.extractor = MotionExtractor(config, output_dim, learnable_query)
 
-    def forward(self, keypoints: torch.Tensor | None, driving_clip: torch.Tensor | None, batch_size: int,
-                num_frames: int) -> torch.Tensor:  # fmt: skip
+    def forward(
+        self, keypoints: torch.Tensor | None, driving_clip: torch.Tensor | None, batch_size: int, num_frames: int
+    ) -> torch.Tensor:
         dtype = self.extractor.proj_in.weight.dtype
         device = self.extractor.proj_in.weight.device
         if keypoints is None:

@@ -8,9 +8,14 @@ from animatex_train.preprocess.pose.base import PoseEstimator, PoseImporter, Sou
 from animatex_train.preprocess.pose.importers import OfficialPklImporter, SidecarImporter
 
 __all__ = [
-    "OfficialPklImporter", "PoseEstimator", "PoseImporter", "SidecarImporter", "SourcePoses", "build_pose_provider",
+    "OfficialPklImporter",
+    "PoseEstimator",
+    "PoseImporter",
+    "SidecarImporter",
+    "SourcePoses",
+    "build_pose_provider",
     "person_frames",
-]  # fmt: skip
+]
 
 
 def build_pose_provider(
@@ -33,9 +38,13 @@ def build_pose_provider(
         if det_model is None or pose_model is None:
             raise ValueError("pose.method=dwpose needs pose.det_model and pose.pose_model")
         return DWPoseEstimator(
-            Path(det_model).expanduser(), Path(pose_model).expanduser(), device=device, batch_size=batch_size,
-            keep_face=keep_face, num_threads=num_threads,
-        )  # fmt: skip
+            Path(det_model).expanduser(),
+            Path(pose_model).expanduser(),
+            device=device,
+            batch_size=batch_size,
+            keep_face=keep_face,
+            num_threads=num_threads,
+        )
     if method == "mediapipe":
         from animatex_train.preprocess.pose.blazepose import MediaPipePoseEstimator
 

@@ -110,8 +110,12 @@ class DWPoseEstimator:
         self.simcc_names = ["simcc_x", "simcc_y"] if set(outputs) == {"simcc_x", "simcc_y"} else outputs
         log.info(
             "DWPose on %s: detector %s batch %d, pose %s batch %d",
-            self.det.get_providers()[0], self.det_size, self.det_batch, self.pose_size, self.pose_batch,
-        )  # fmt: skip
+            self.det.get_providers()[0],
+            self.det_size,
+            self.det_batch,
+            self.pose_size,
+            self.pose_batch,
+        )
 
     def _run_batched(
         self, session: ort.InferenceSession, name: str, inputs: np.ndarray, batch: int, outputs: list[str] | None = None

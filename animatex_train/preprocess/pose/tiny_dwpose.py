@@ -31,12 +31,30 @@ _ANCHORS = (
 )
 # COCO-17 body + 6 feet in pose-input pixels (x, y) and scores; the subject faces the camera.
 _BODY = (
-    (144, 60, 0.9), (152, 52, 0.9), (136, 52, 0.9), (162, 58, 0.9), (126, 58, 0.2),  # nose, eyes, ears (r ear low)
-    (180, 100, 0.9), (108, 100, 0.9), (196, 150, 0.9), (92, 150, 0.9), (204, 196, 0.8), (84, 196, 0.8),
-    (166, 200, 0.9), (122, 200, 0.9), (170, 270, 0.9), (118, 270, 0.9), (172, 335, 0.9), (116, 335, 0.9),
-    (182, 350, 0.9), (176, 352, 0.25), (168, 345, 0.9),  # left big toe, small toe (low), heel
-    (106, 350, 0.9), (112, 352, 0.9), (120, 345, 0.9),  # right big toe, small toe, heel
-)  # fmt: skip
+    (144, 60, 0.9),
+    (152, 52, 0.9),
+    (136, 52, 0.9),
+    (162, 58, 0.9),
+    (126, 58, 0.2),  # nose, eyes, ears (r ear low)
+    (180, 100, 0.9),
+    (108, 100, 0.9),
+    (196, 150, 0.9),
+    (92, 150, 0.9),
+    (204, 196, 0.8),
+    (84, 196, 0.8),
+    (166, 200, 0.9),
+    (122, 200, 0.9),
+    (170, 270, 0.9),
+    (118, 270, 0.9),
+    (172, 335, 0.9),
+    (116, 335, 0.9),
+    (182, 350, 0.9),
+    (176, 352, 0.25),
+    (168, 345, 0.9),  # left big toe, small toe (low), heel
+    (106, 350, 0.9),
+    (112, 352, 0.9),
+    (120, 345, 0.9),  # right big toe, small toe, heel
+)
 
 
 def tiny_pose_keypoints() -> tuple[np.ndarray, np.ndarray]:
@@ -88,8 +106,9 @@ def _blank_gate(input_name: str, input_shape: list) -> tuple[list, list]:
     return nodes, initializers
 
 
-def _constant_graph(input_name: str, input_shape: list, outputs: dict[str, np.ndarray],
-                    blank_means_nobody: bool = False) -> onnx.ModelProto:  # fmt: skip
+def _constant_graph(
+    input_name: str, input_shape: list, outputs: dict[str, np.ndarray], blank_means_nobody: bool = False
+) -> onnx.ModelProto:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -171,8 +190,9 @@ def write_tiny_dwpose(folder: Path, dynamic_batch: bool = False, blank_means_nob
     batch = "batch" if dynamic_batch else 1
     det = _constant_graph("images", [batch, 3, *DET_INPUT], {"output": detector_output()})
     simcc_x, simcc_y = pose_outputs()
-    pose = _constant_graph("input", [batch, 3, *POSE_INPUT], {"simcc_x": simcc_x, "simcc_y": simcc_y},
-                           blank_means_nobody)  # fmt: skip
+    pose = _constant_graph(
+        "input", [batch, 3, *POSE_INPUT], {"simcc_x": simcc_x, "simcc_y": simcc_y}, blank_means_nobody
+    )
     det_path, pose_path = folder / "yolox_l.onnx", folder / "dw-ll_ucoco_384.onnx"
     onnx.save(det, str(det_path))
     onnx.save(pose, str(pose_path))

@@ -3,12 +3,12 @@
 The metrics are computed as DisCo computes them (docs/evaluation.md).
 
     animatex-train evaluate --recipe recipes/eval/self_driven.yaml --checkpoint run/checkpoints \\
-        --vae ... --clip ... --test-set tests.jsonl -o eval_out \\
+        --vae ... --clip ... --test_set tests.jsonl -o eval_out \\
         --weights.fid_inception pt_inception-2015-12-05-6726825d.pth --weights.vgg16 vgg16-397923af.pth \\
         --weights.i3d i3d_pretrained_400.pt --weights.r3d50 resnet-50-kinetics.pth
 
-Several processes (``torchrun --nproc_per_node N -m animatex_train.eval.cli ...``) split the videos and give the
-numbers of one. ``--gen-dir/--gt-dir`` score two existing frame folders instead (DisCo's ``gen_eval.sh``).
+Several processes (``torchrun --nproc_per_node N -m animatex_train.cli.evaluate ...``) split the videos and give the
+numbers of one. ``--gen_dir/--gt_dir`` score two existing frame folders instead (DisCo's ``gen_eval.sh``).
 """
 
 from __future__ import annotations
@@ -21,31 +21,36 @@ from pathlib import Path
 
 import yaml
 
+from animatex_train.cli.arguments import CommandParser
 from animatex_train.eval.metrics.suite import ALL_METRICS, WeightPaths
 from animatex_train.eval.metrics.weights import WEIGHT_FILES
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="animatex-train evaluate", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser() -> CommandParser:
+    p = CommandParser("evaluate", __doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--recipe", help="recipes/eval/<protocol>.yaml")
-    p.add_argument("--test-set", help="test manifest (.jsonl) or synth folder; overrides the recipe's test_set")
+    p.add_argument("--test_set", help="test manifest (.jsonl) or synth folder; overrides the recipe's test_set")
     p.add_argument("-o", "--output", default="eval_out", help="report folder")
-    p.add_argument("--max-videos", type=int, help="evaluate the first N videos only")
+    p.add_argument("--max_videos", type=int, help="evaluate the first N videos only")
     p.add_argument("--metrics", help=f"comma-separated subset of {','.join(ALL_METRICS)}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a recipe key (num_frames=32, metrics.clip_mode=whole, animate.inputs.size=[256,256]); "
-                        "YAML values; repeatable")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a recipe key (num_frames=32, metrics.clip_mode=whole, animate.inputs.size=[256,256]); "
+        "YAML values; repeatable",
+    )
     g = p.add_argument_group("generation weights (as `animate`; nothing is downloaded)")
     g.add_argument("--checkpoint", help="animate-x.pth, our .safetensors export, or a training checkpoint folder")
     g.add_argument("--weights", choices=("ema", "raw"), default="ema", help="of a training checkpoint")
-    g.add_argument("--model-config", help="YAML/JSON {denoiser: ...} for files without one")
+    g.add_argument("--model_config", help="YAML/JSON {denoiser: ...} for files without one")
     g.add_argument("--vae", help="SD 2.1 VAE")
     g.add_argument("--clip", help="OpenCLIP ViT-H-14")
-    g.add_argument("--dwpose-det", help="yolox_l.onnx (test videos without keypoints)")
-    g.add_argument("--dwpose-pose", help="dw-ll_ucoco_384.onnx")
+    g.add_argument("--dwpose_det", help="yolox_l.onnx (test videos without keypoints)")
+    g.add_argument("--dwpose_pose", help="dw-ll_ucoco_384.onnx")
     g.add_argument("--tiny", action="store_true", help="tiny random VAE/CLIP: smoke tests only")
-    g.add_argument("--trust-checkpoint", action="store_true", help="unrestricted unpickling (your own runs only)")
+    g.add_argument("--trust_checkpoint", action="store_true", help="unrestricted unpickling (your own runs only)")
     g.add_argument("--steps", type=int, help="DDIM steps (default: the recipe's, else 30)")
     g.add_argument("--seed", type=int, help="sampling seed")
     g.add_argument("--device", help="cuda, cuda:N or cpu")
@@ -53,9 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     for key, spec in WEIGHT_FILES.items():
         m.add_argument(f"--weights.{key}", dest=f"weights_{key}", help=f"{spec.filename}: {spec.metric}")
     f = p.add_argument_group("score existing frame folders (no generation)")
-    f.add_argument("--gen-dir", help="generated frames (PNG/JPG, DisCo names e.g. TiktokDance_<vid>_<idx>.png)")
-    f.add_argument("--gt-dir", help="ground-truth frames with the same names")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    f.add_argument("--gen_dir", help="generated frames (PNG/JPG, DisCo names e.g. TiktokDance_<vid>_<idx>.png)")
+    f.add_argument("--gt_dir", help="ground-truth frames with the same names")
+    p.add_argument("--no_progress", dest="progress", action="store_false")
     return p
 
 
@@ -96,15 +101,23 @@ def _load(args: argparse.Namespace):
 def _settings(args: argparse.Namespace):
     from animatex_train.inference.settings import AnimateSettings, WeightsSettings
 
-    weights = WeightsSettings(checkpoint=args.checkpoint, weights=args.weights, model_config=args.model_config,
-                              vae=args.vae, clip=args.clip, dwpose_det=args.dwpose_det, dwpose_pose=args.dwpose_pose,
-                              tiny=args.tiny, trust_checkpoint=args.trust_checkpoint)
+    weights = WeightsSettings(
+        checkpoint=args.checkpoint,
+        weights=args.weights,
+        model_config=args.model_config,
+        vae=args.vae,
+        clip=args.clip,
+        dwpose_det=args.dwpose_det,
+        dwpose_pose=args.dwpose_pose,
+        tiny=args.tiny,
+        trust_checkpoint=args.trust_checkpoint,
+    )
     settings = AnimateSettings(weights=weights)
     dotted = {"sampling.sampler.num_steps": args.steps, "sampling.seed": args.seed, "sampling.device": args.device}
     return settings.with_overrides({k: v for k, v in dotted.items() if v is not None})
 
 
-def evaluate_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of ``animatex-train evaluate``."""
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -114,10 +127,10 @@ def evaluate_main(argv: list[str] | None = None) -> int:
         if args.gen_dir or args.gt_dir:
             return _score_folders(args, weights)
         if not args.recipe:
-            parser.error("--recipe is required (or --gen-dir/--gt-dir to score frame folders)")
+            parser.error("--recipe is required (or --gen_dir/--gt_dir to score frame folders)")
         recipe = _load(args)
         if recipe.test_set is None:
-            parser.error("no test set: give --test-set (a .jsonl manifest or a synth folder) or test_set in the recipe")
+            parser.error("no test set: give --test_set (a .jsonl manifest or a synth folder) or test_set in the recipe")
         from animatex_train.eval.evaluate import init_distributed_from_env, run_evaluation
 
         init_distributed_from_env()
@@ -129,8 +142,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
     if rank_and_world()[0] == 0:
         print((Path(args.output) / "metrics.md").read_text())
-        print(f"evaluate: {report['counts']['videos']} videos in {report['seconds']:.0f} s -> "
-              f"{args.output}/metrics.json")
+        print(
+            f"evaluate: {report['counts']['videos']} videos in {report['seconds']:.0f} s -> {args.output}/metrics.json"
+        )
     return 0
 
 
@@ -140,10 +154,15 @@ def _score_folders(args: argparse.Namespace, weights: WeightPaths) -> int:
     from animatex_train.eval.report import markdown_table
 
     if not (args.gen_dir and args.gt_dir):
-        raise ValueError("--gen-dir and --gt-dir go together")
+        raise ValueError("--gen_dir and --gt_dir go together")
     recipe = _load(args) if args.recipe else None
-    config = recipe.metrics if recipe else MetricsConfig(
-        metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else list(ALL_METRICS[:7]))
+    config = (
+        recipe.metrics
+        if recipe
+        else MetricsConfig(
+            metrics=[m.strip() for m in args.metrics.split(",")] if args.metrics else list(ALL_METRICS[:7])
+        )
+    )
     suite = MetricSuite(config, weights)
     score_folders(suite, args.gen_dir, args.gt_dir, progress=args.progress)
     result = suite.compute()
@@ -155,4 +174,4 @@ def _score_folders(args: argparse.Namespace, weights: WeightPaths) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(evaluate_main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -21,21 +20,27 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from animatex_train.cli.arguments import CommandParser
 from animatex_train.embedded_dataset import build_embedded_dataset, embedded_dataset_overrides, repo_file
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="animatex-train demo", description=__doc__.splitlines()[0])
+def build_parser() -> CommandParser:
+    parser = CommandParser("demo", __doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_run", help="output folder (default: demo_run)")
-    parser.add_argument("--max-steps", type=int, default=40, help="training steps (default: 40)")
+    parser.add_argument("--max_steps", type=int, default=40, help="training steps (default: 40)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--wandb", choices=("offline", "disabled"), default="offline",
-                        help="W&B mode when no API key is set (offline writes the run locally)")  # fmt: skip
+    parser.add_argument(
+        "--wandb",
+        choices=("offline", "disabled"),
+        default="offline",
+        help="W&B mode when no API key is set (offline writes the run locally)",
+    )
     return parser
 
 
-def demo_main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    """Run the five stages and print a summary; 0 on success."""
+    args = build_parser().parse_args(argv)
     # One handler for our warnings; Lightning prints its own messages through its own handler.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("lightning").propagate = False
@@ -44,21 +49,21 @@ def demo_main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
 
     data_dir = out / "data"
-    code = build_embedded_dataset(out / "videos", data_dir, seed=args.seed, console=console, timings=timings,
-                                  num_stages=5)  # fmt: skip
-    if code:
-        return code
+    build_embedded_dataset(out / "videos", data_dir, seed=args.seed, console=console, timings=timings, num_stages=5)
 
     start = time.perf_counter()
     console.rule("[bold]4/5 train (tiny denoiser, CPU)")
     run_dir = out / "train"
     recipe = repo_file("recipes/debug/tiny_cpu.yaml")
     overrides = [
-        f"--trainer.default_root_dir={run_dir}", f"--trainer.max_steps={args.max_steps}",
-        f"--trainer.val_check_interval={args.max_steps}", f"--seed_everything={args.seed}",
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.max_steps={args.max_steps}",
+        f"--trainer.val_check_interval={args.max_steps}",
+        f"--seed_everything={args.seed}",
         *embedded_dataset_overrides(data_dir),
-        "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger", f"--tracking.mode={args.wandb}",
-    ]  # fmt: skip
+        "--trainer.callbacks+=animatex_train.training.ledger.SampleLedger",
+        f"--tracking.mode={args.wandb}",
+    ]
     from animatex_train.cli.lightning import AnimateXCLI
 
     # The fit's arguments are given here, not on the command line (which says `demo`): Lightning warns when it sees
@@ -89,8 +94,11 @@ def _sample_from_checkpoint(cli, checkpoint: Path, out: Path) -> tuple[Path, Pat
     from animatex_train.system import AnimateXSystem
 
     config = cli.model.config
-    system = AnimateXSystem(**{name: getattr(config, name) for name in vars(config)}, seed=cli.model.seed,
-                            empty_prompt_cache=cli.model.empty_prompt_cache)  # fmt: skip
+    system = AnimateXSystem(
+        **{name: getattr(config, name) for name in vars(config)},
+        seed=cli.model.seed,
+        empty_prompt_cache=cli.model.empty_prompt_cache,
+    )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     system.load_state_dict(state)
     system.setup("predict")
@@ -121,3 +129,7 @@ def _summary(console: Console, out: Path, run_dir: Path, checkpoint: Path, mp4: 
     for stage, seconds in timings.items():
         table.add_row(f"time: {stage}", f"{seconds:.1f} s")
     console.print(table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
