@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 from animatex_train.cli.arguments import CommandParser
+from animatex_train.cli.errors import full_key_paths
 from animatex_train.diffusion.sampling import FINAL_ALPHAS, TIMESTEP_SPACINGS, SamplerConfig
 from animatex_train.inference import settings as S
 
@@ -225,6 +227,13 @@ def settings_from_args(args: argparse.Namespace) -> S.AnimateSettings:
     return S.settings_from_dict(data)
 
 
+def _as_flags(message: str) -> str:
+    """Sampler keys in ``message`` (``sampler.num_steps``) as the flags that set them (``--steps``)."""
+    flags = {dotted: f"--{dest}" for dest, dotted in ALIASES.items()}
+    message = full_key_paths(message, "animate")
+    return re.sub(r"(?<![\w.-])sampling\.sampler\.\w+", lambda m: flags.get(m.group(0), m.group(0)), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``animatex-train animate`` (see the module doc)."""
     parser = build_parser()
@@ -255,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         result = animate(args.ref, args.video, settings, output=args.output)
     except (ValueError, FileNotFoundError) as error:
-        print(f"animatex-train animate: error: {error}", file=sys.stderr)
+        print(f"animatex-train animate: error: {_as_flags(str(error))}", file=sys.stderr)
         return 2
     for message in result.meta["warnings"]:
         print(f"warning: {message}", file=sys.stderr)

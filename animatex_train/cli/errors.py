@@ -38,6 +38,29 @@ RUNTIME_ERROR_NAMES = frozenset(
 )
 
 
+# Config classes read in more than one place name their keys from their own section (``sampler.num_steps``); the
+# subcommand that read them knows where the user wrote that section.
+SECTION_PATHS: dict[str, dict[str, str]] = {
+    "fit": {"sampler": "model.sampler", "diffusion": "model.diffusion", "clip": "model.clip", "vae": "model.vae"},
+    "prepare": {"clip": "encoders.clip", "vae": "encoders.vae"},
+    "animate": {"sampler": "sampling.sampler"},
+    "evaluate": {"sampler": "animate.sampling.sampler"},
+}
+SECTION_PATHS["validate"] = SECTION_PATHS["fit"]
+
+
+def full_key_paths(message: str, subcommand: str) -> str:
+    """``message`` with section-relative keys spelled as ``subcommand``'s user writes them.
+
+    ``fit``: ``sampler.num_steps must be >= 1`` -> ``model.sampler.num_steps must be >= 1``.
+    """
+    sections = SECTION_PATHS.get(subcommand)
+    if not sections:
+        return message
+    pattern = re.compile(r"(?<![\w./`-])(" + "|".join(sections) + r")\.(?=[a-z_])")
+    return pattern.sub(lambda match: sections[match.group(1)] + ".", message)
+
+
 def debug_requested(argv: list[str]) -> tuple[bool, list[str]]:
     """(debug?, argv without a leading ``--debug``); ``--debug`` also sets ``ANIMATEX_DEBUG`` for child ranks."""
     if argv[:1] == ["--debug"]:
@@ -98,6 +121,11 @@ def _os_message(error: OSError) -> str:
 
 def user_error(error: BaseException, argv: list[str]) -> tuple[str, int] | None:
     """(message, exit code) for an expected error; None for a bug (the caller re-raises it)."""
+    handled = _classify(error, argv)
+    return None if handled is None else (full_key_paths(handled[0], argv[0] if argv else ""), handled[1])
+
+
+def _classify(error: BaseException, argv: list[str]) -> tuple[str, int] | None:
     names = {cls.__name__ for cls in type(error).__mro__}
     stalled = [note for note in getattr(error, "__notes__", []) if note.startswith("stalled:")]
     if stalled:  # a collective timed out and training/hang_watch.py named the rank that fell behind

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from animatex_train.cli.arguments import CommandParser
+from animatex_train.cli.errors import full_key_paths
 from animatex_train.eval.metrics.suite import ALL_METRICS, WeightPaths
 from animatex_train.eval.metrics.weights import WEIGHT_FILES
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         init_distributed_from_env()
         report = run_evaluation(recipe, _settings(args), weights, args.output, progress=args.progress)
     except (ValueError, FileNotFoundError) as error:
-        print(f"animatex-train evaluate: error: {error}", file=sys.stderr)
+        print(f"animatex-train evaluate: error: {full_key_paths(str(error), 'evaluate')}", file=sys.stderr)
         return 2
     from animatex_train.eval.evaluate import rank_and_world
 

@@ -21,6 +21,7 @@ import logging
 import sys
 
 from animatex_train.cli.arguments import normalise_flags
+from animatex_train.cli.errors import full_key_paths
 from animatex_train.preprocess.inputs import InputError
 from animatex_train.preprocess.journal import JournalError
 from animatex_train.preprocess.merge import MergeError
@@ -42,12 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_prepare_config(normalise_flags(list(sys.argv[1:] if argv is None else argv)))
     except (ValueError, TypeError, InputError) as error:  # jsonargparse errors and our __post_init__ checks
-        print(f"animatex-train prepare: error: {error}", file=sys.stderr)
+        print(f"animatex-train prepare: error: {full_key_paths(str(error), 'prepare')}", file=sys.stderr)
         return 2
     try:
         prepare_dataset(config)
     except InputError as error:
-        print(f"animatex-train prepare: error: {error}", file=sys.stderr)
+        print(f"animatex-train prepare: error: {full_key_paths(str(error), 'prepare')}", file=sys.stderr)
         return 2
     except (JournalError, MergeError) as error:
         print(f"animatex-train prepare: {error}", file=sys.stderr)

@@ -111,7 +111,7 @@ class PixelConditionEncoder(nn.Module):
             raise ValueError(
                 f"condition features land on a {tuple(features.shape[-2:])} grid but the latents are "
                 f"{tuple(latent_size)}; "
-                "model.condition_pool_size must be 4x the latent size (or null to derive it)"
+                "model.denoiser.condition_pool_size must be 4x the latent size (or null to derive it)"
             )
         return _adapt_over_frames(self.time_adapter, features, b)
 

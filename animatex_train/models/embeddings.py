@@ -51,7 +51,7 @@ def check_position_capacity(num_positions: int, capacity: int) -> None:
     """Raise a clear error when a clip is longer than the keypoint encoder's position table."""
     if num_positions > capacity:
         raise ValueError(
-            f"the implicit pose indicator's position table has {capacity} rows (model.ipi.max_frames) but the clip "
-            f"has {num_positions} frames (frames + 1 reference); set model.ipi.max_frames >= {num_positions} "
-            "(the official code calls it seq_len = frames + 1)"
+            f"the implicit pose indicator's position table has {capacity} rows (model.denoiser.ipi.max_frames) but "
+            f"the clip has {num_positions} frames (frames + 1 reference); set model.denoiser.ipi.max_frames >= "
+            f"{num_positions} (the official code calls it seq_len = frames + 1)"
         )

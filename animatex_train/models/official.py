@@ -320,7 +320,7 @@ def load_official_state_dict(
         raise ValueError(
             f"load_official_state_dict: {len(hard_missing)} missing key(s) {hard_missing[:5]} and "
             f"{len(unexpected)} unexpected key(s) {unexpected[:5]}; is this checkpoint for another configuration "
-            "(e.g. model.ipi.enabled, attn_scales, num_res_blocks)?"
+            "(e.g. model.denoiser.ipi.enabled, attn_scales, num_res_blocks)?"
         )
     model.load_state_dict(native, strict=False)
     if POSITION_TABLE_KEY in missing and POSITION_TABLE_KEY in own:

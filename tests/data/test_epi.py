@@ -129,7 +129,7 @@ def test_ablations_are_config_values(clip, anchors):
         assert not any(op in p.rescale.ops for p in plans[f"wo_{op}"]), op
     with pytest.raises(ValueError, match="unknown setting 'enable_bs'"):
         EPIConfig.from_overrides({"enable_bs": False})
-    with pytest.raises(ValueError, match="EPIConfig.rescale: unknown setting 'lambda'"):
+    with pytest.raises(ValueError, match="data.epi.rescale: unknown setting 'lambda'"):
         EPIConfig.from_overrides({"rescale": {"lambda": 1}})
     assert EPIConfig.from_overrides({"rescale": {"arm_length_range": [0.9, 1.1]}}).rescale.arm_length_range == (
         0.9,

@@ -244,9 +244,9 @@ class RealignConfig:
 
     def __post_init__(self) -> None:
         if not self.max_bone_ratio >= 1.0:
-            raise ValueError(f"RealignConfig.max_bone_ratio must be >= 1, got {self.max_bone_ratio}")
+            raise ValueError(f"data.epi.realign.max_bone_ratio must be >= 1, got {self.max_bone_ratio}")
         if not self.min_bone_length_px > 0.0:
-            raise ValueError(f"RealignConfig.min_bone_length_px must be > 0, got {self.min_bone_length_px}")
+            raise ValueError(f"data.epi.realign.min_bone_length_px must be > 0, got {self.min_bone_length_px}")
 
 
 def realign_to_anchor(

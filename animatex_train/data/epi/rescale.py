@@ -137,17 +137,21 @@ class RescaleConfig:
         for op in OPS:
             prob = getattr(self, f"{op}_prob")
             if not 0.0 <= prob <= 1.0:
-                raise ValueError(f"RescaleConfig.{op}_prob must be in [0, 1], got {prob}")
+                raise ValueError(f"data.epi.rescale.{op}_prob must be in [0, 1], got {prob}")
         for range_name in ("body_length", "shoulder_width", "neck_length", "face_scale", "arm_length", "leg_length"):
             low, high = getattr(self, f"{range_name}_range")
             if not 0.0 < low <= high:
-                raise ValueError(f"RescaleConfig.{range_name}_range must satisfy 0 < low <= high, got ({low}, {high})")
+                raise ValueError(
+                    f"data.epi.rescale.{range_name}_range must satisfy 0 < low <= high, got ({low}, {high})"
+                )
         for kind in ("add", "drop"):
             unknown = sorted(set(getattr(self, f"{kind}_parts")) - set(PARTS))
             if unknown:
-                raise ValueError(f"RescaleConfig.{kind}_parts: unknown part(s) {unknown}; known parts: {list(PARTS)}")
+                raise ValueError(
+                    f"data.epi.rescale.{kind}_parts: unknown part(s) {unknown}; known parts: {list(PARTS)}"
+                )
             if getattr(self, f"max_{kind}_parts") < 1:
-                raise ValueError(f"RescaleConfig.max_{kind}_parts must be >= 1")
+                raise ValueError(f"data.epi.rescale.max_{kind}_parts must be >= 1")
 
     @property
     def enabled_ops(self) -> tuple[str, ...]:

@@ -64,13 +64,16 @@ class EPIConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.apply_prob <= 1.0:
-            raise ValueError(f"EPIConfig.apply_prob (lambda) must be in [0, 1], got {self.apply_prob}")
+            raise ValueError(f"data.epi.apply_prob (lambda) must be in [0, 1], got {self.apply_prob}")
         if self.apply_prob > 0 and not (self.enable_realign or self.enable_rescale):
             warnings.warn(
-                "EPIConfig: apply_prob > 0 has no effect with realign and rescale both disabled", stacklevel=2
+                "data.epi.apply_prob > 0 has no effect with data.epi.enable_realign and enable_rescale both false",
+                stacklevel=2,
             )
         if self.apply_prob > 0 and self.enable_rescale and not self.rescale.enabled_ops:
-            warnings.warn("EPIConfig: enable_rescale has no effect: every rescale op is disabled", stacklevel=2)
+            warnings.warn(
+                "data.epi.enable_rescale has no effect: every data.epi.rescale.enable_* op is false", stacklevel=2
+            )
 
     @property
     def does_anything(self) -> bool:
@@ -85,7 +88,7 @@ class EPIConfig:
     def from_overrides(cls, overrides: Mapping[str, Any]) -> EPIConfig:
         """The default config with ``overrides`` applied; nested ``realign`` / ``rescale`` take dicts, and lists
         are accepted for tuple fields (YAML has no tuples). Unknown keys raise ``ValueError``."""
-        return _replace(cls(), overrides, "EPIConfig")
+        return _replace(cls(), overrides, "data.epi")
 
     @classmethod
     def from_recipe(cls, path: str | Path) -> EPIConfig:

@@ -103,7 +103,7 @@ class VideoDataModule(pl.LightningDataModule):
         frame_stride: int = 1,
         shuffle_buffer: int = 16,
         seed: int = 0,
-        epi: EPIConfig | None = None,
+        epi: EPIConfig = EPIConfig(),  # noqa: B008 - frozen, so one shared default is safe
         anchor_pool: str | None = None,
         val_batch_size: int = 1,
         allow_remote_urls: bool = False,
@@ -112,7 +112,7 @@ class VideoDataModule(pl.LightningDataModule):
         verify_shard_hashes: bool = False,
     ):
         super().__init__()
-        if epi is None:
+        if epi is None:  # the Python API's "default"
             epi = EPIConfig()
         elif isinstance(epi, dict):
             epi = EPIConfig.from_overrides(epi)
