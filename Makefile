@@ -22,9 +22,12 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
 demo: $(STAMP)
 	$(BIN)/animatex-train demo
 
-# Every CPU test, the slow ones included (a plain `pytest` deselects them, see setup.cfg).
+# Every CPU test, the slow ones included (a plain `pytest` deselects them, see setup.cfg), on TEST_WORKERS processes
+# (pytest-xdist; 2 takes the suite from 25 to 16 minutes on a 2-core machine). Many tests start 2-rank fits, so more
+# workers than cores only adds load. The Slurm tests share one private cluster: one worker runs them (xdist_group).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not parity_loop and not gpu and not fault_sweep" tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not parity_loop and not gpu and not fault_sweep" tests
 
 # The whole official sampling loop on the parity fixture (62 forwards at 768x512: 6-18 min on 2 cores); `make test`
 # checks the same loop at its first, second, middle and last steps.

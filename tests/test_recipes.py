@@ -27,7 +27,7 @@ def test_recipe_parses(recipe):
         args += ["--model.init.checkpoint=null"]
     cli = AnimateXCLI(args=args, run=False)
     resolved = _flatten(cli.config.as_dict())
-    written = _flatten(yaml.safe_load(recipe.read_text()) or {})
+    written = _with_includes(_flatten(yaml.safe_load(recipe.read_text()) or {}), recipe.parent)
     if "train" in recipe.parts:
         written.pop("model.init.checkpoint", None)  # replaced on the command line above
     differ = {
@@ -37,6 +37,17 @@ def test_recipe_parses(recipe):
     }
     assert not differ, f"values of {recipe.name} that did not reach the resolved config: {differ}"
     assert cli.trainer.max_steps == resolved["trainer.max_steps"]  # the trainer is built from the resolved values
+
+
+def _with_includes(written: dict, folder: Path) -> dict:
+    """A section given as a YAML file (``model.denoiser: ../x.yaml``, relative to the recipe) as its values."""
+    out = {}
+    for key, value in written.items():
+        if isinstance(value, str) and value.endswith(".yaml"):
+            out.update(_flatten(yaml.safe_load((folder / value).read_text()), f"{key}."))
+        else:
+            out[key] = value
+    return out
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

@@ -15,7 +15,10 @@ behaviour for parity. Ablations of the paper's Tables 4-5 are values of ``Implic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, get_args
+
+import yaml
 
 GROUP_NORM_GROUPS = 32  # every GroupNorm in the network has 32 groups, as in SD 2.1
 
@@ -234,31 +237,16 @@ class DenoiserConfig:
         return 2 ** (len(self.channel_mult) - 1)
 
 
-def tiny_denoiser_config(**overrides) -> DenoiserConfig:
-    """A tiny configuration for tests and the CPU demo (a few hundred thousand parameters).
+TINY_DENOISER_FILE = Path(__file__).with_name("tiny_denoiser.yaml")
 
-    Same structure as the paper model (all branches, IPI, temporal blocks), narrow widths.
+
+def tiny_denoiser_config(**overrides) -> DenoiserConfig:
+    """The tiny configuration of the tests, the CPU demo and ``animate --tiny`` (a few hundred thousand parameters).
+
+    Same structure as the paper model (all branches, IPI, temporal blocks), narrow widths. The values are
+    ``models/tiny_denoiser.yaml``, which ``recipes/debug/tiny_cpu.yaml`` includes as ``model.denoiser``.
     """
-    ipi = ImplicitPoseIndicatorConfig(
-        width=64,
-        keypoint_heads=4,
-        keypoint_layers=1,
-        keypoint_ff_dim=128,
-        extractor_depth=1,
-        extractor_heads=4,
-        extractor_head_dim=16,
-        clip_dim=64,
-        max_frames=33,
-    )
-    values: dict = dict(
-        base_channels=32,
-        channel_mult=[1, 2],
-        num_res_blocks=1,
-        head_dim=16,
-        first_temporal_heads=2,
-        attn_scales=[1.0, 0.5],
-        context_dim=64,
-        ipi=ipi,
-    )
+    values = yaml.safe_load(TINY_DENOISER_FILE.read_text())
+    values["ipi"] = ImplicitPoseIndicatorConfig(**values["ipi"])
     values.update(overrides)
     return DenoiserConfig(**values)

@@ -23,6 +23,7 @@ from slurm.harness import HERE, fit_overrides, offline_runs, probe_events, run_e
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.xdist_group("slurm"),  # one worker runs them all, on one private cluster
     pytest.mark.skipif(
         bool(missing_binaries()),
         reason=f"Slurm not installed ({', '.join(missing_binaries())} missing); to run these tests: {INSTALL}",

@@ -27,7 +27,7 @@ DS_ZERO2 = [
 ]
 FSDP = [
     "--trainer.strategy",
-    "animatex_train.training.strategy.AnimateXFSDPStrategy",  # an init arg makes it a class
+    "animatex_train.training.strategy_fsdp.AnimateXFSDPStrategy",  # an init arg makes it a class
     "--trainer.strategy.sharding_strategy",
     "FULL_SHARD",
     "--model.ema.enabled",

@@ -222,7 +222,8 @@ def test_precision_plugins_leave_the_batch_as_the_loader_made_it(precision):
     """Lightning's DeepSpeed and FSDP precisions would cast the whole batch to their input dtype (DDP's never does):
     posterior, CLIP features and keypoints would then differ by strategy. Ours pass a ``Batch`` through unchanged."""
     from animatex_train.data.loading.batch import allocate_batch
-    from animatex_train.training.strategy import _DeepSpeedBatchAsLoaded, _FSDPNormClipping
+    from animatex_train.training.strategy import _DeepSpeedBatchAsLoaded
+    from animatex_train.training.strategy_fsdp import _FSDPNormClipping
 
     batch = allocate_batch(2, 3, (16, 16), clip_dim=8)
     dtypes = {name: getattr(batch, name).dtype for name in ("latent_mean", "latent_std", "ref_clip", "ipi_keypoints")}
