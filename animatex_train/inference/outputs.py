@@ -17,7 +17,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from animatex_train.data.format.video import side_by_side
+from animatex_train.data.format.video import side_by_side, write_mp4
 
 log = logging.getLogger(__name__)
 AUDIO_RATE_TOLERANCE = 1e-3  # relative: output fps this close to source fps / stride keeps the audio in sync
@@ -86,42 +86,10 @@ def write_video(
     audio_range: tuple[float, float] | None = None,
     crf: int = 18,
 ) -> Path:
-    """``(n, H, W, 3)`` uint8 -> H.264 mp4 at ``fps`` (even size, yuv420p), with the AAC audio of ``audio_from``
-    in ``audio_range`` seconds when given. Written to a temporary name, then renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial" + path.suffix)
-    n, h, w, _ = frames.shape
-    padded = np.zeros((n, h + h % 2, w + w % 2, 3), dtype=np.uint8)
-    padded[:, :h, :w] = frames
+    """``(n, H, W, 3)`` uint8 -> H.264 mp4 at ``fps`` (``data/format/video.py``'s one writer), with the AAC audio
+    of ``audio_from`` in ``audio_range`` seconds when given. Written to a temporary name, then renamed."""
     audio = _audio_samples(audio_from, *audio_range) if audio_from is not None and audio_range else None
-    with av.open(str(tmp), mode="w", format="mp4") as container:
-        video = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(100000))
-        video.width, video.height, video.pix_fmt = padded.shape[2], padded.shape[1], "yuv420p"
-        video.options = {"crf": str(crf), "preset": "fast"}
-        sound = None
-        if audio is not None and audio[0].shape[1] > 0:
-            samples, rate, layout = audio
-            sound = container.add_stream("aac", rate=rate)
-            sound.layout = layout
-        for frame in padded:
-            for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        if sound is not None:
-            step = sound.codec_context.frame_size or 1024
-            for offset in range(0, samples.shape[1], step):
-                chunk = av.AudioFrame.from_ndarray(
-                    np.ascontiguousarray(samples[:, offset : offset + step]), format="fltp", layout=layout
-                )
-                chunk.sample_rate, chunk.pts = rate, offset
-                for packet in sound.encode(chunk):
-                    container.mux(packet)
-            for packet in sound.encode():
-                container.mux(packet)
-    os.replace(tmp, path)
-    return path
+    return write_mp4(path, frames, fps, crf, audio=audio)
 
 
 def write_frames(folder: str | Path, frames: np.ndarray) -> Path:

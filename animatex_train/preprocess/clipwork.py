@@ -10,10 +10,11 @@ import numpy as np
 
 from animatex_train.data.format.keypoints import PoseSequence
 from animatex_train.data.format.schema import ClipMeta, ClipRecord, encode_clip
+from animatex_train.data.format.video import encode_mp4
 from animatex_train.preprocess import rejects
 from animatex_train.preprocess.clipstream import iter_clips
 from animatex_train.preprocess.config import PrepareConfig
-from animatex_train.preprocess.encode import ClipEncoder, jpeg_bytes, mp4_bytes
+from animatex_train.preprocess.encode import ClipEncoder, jpeg_bytes
 from animatex_train.preprocess.inputs import VideoSource
 from animatex_train.preprocess.journal import VideoOutcome
 from animatex_train.preprocess.pose.base import PoseEstimator, PoseImporter, SourcePoses, person_frames
@@ -133,7 +134,7 @@ def process_video(
             clip_embeds=clip_embeds,
             pose=pose,
             ref_jpegs=[jpeg_bytes(frames[r], config.shards.jpeg_quality) for r in refs],
-            frames_mp4=mp4_bytes(frames, plan.fps, config.shards.mp4_crf) if config.shards.write_frames_mp4 else None,
+            frames_mp4=encode_mp4(frames, plan.fps, config.shards.mp4_crf) if config.shards.write_frames_mp4 else None,
         )
         staging.add(encode_clip(record), len(indices), plan.resolution)
         num_clips += 1

@@ -7,10 +7,6 @@ settings and FFmpeg's ``bitexact`` flags (no encoder version or timestamps in th
 
 from __future__ import annotations
 
-import io
-from fractions import Fraction
-
-import av
 import cv2
 import numpy as np
 import torch
@@ -72,27 +68,3 @@ def jpeg_bytes(frame: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return data.tobytes()
-
-
-def mp4_bytes(frames: np.ndarray, fps: Fraction, crf: int) -> bytes:
-    """H.264 mp4 of ``(t, h, w, 3)`` uint8 RGB frames, byte-identical for identical input.
-
-    One x264 thread (frame threading is deterministic in x264, but one thread removes the question and the
-    clips are short), fixed preset and CRF, yuv420p, and ``+bitexact`` on the muxer and codec so FFmpeg's
-    version string is not written.
-    """
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
-        stream = container.add_stream(
-            "libx264",
-            rate=Fraction(fps).limit_denominator(100_000),
-            options={"crf": str(crf), "preset": "medium", "threads": "1"},
-        )
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.codec_context.flags |= av.codec.context.Flags.bitexact
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buffer.getvalue()

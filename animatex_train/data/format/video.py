@@ -1,12 +1,15 @@
 """Video files: the one H.264 mp4 writer (reproducible bytes) and the layouts sample clips are written in.
 
-The synthetic dataset, validation sample clips and the demo all write through ``write_mp4``: it converts RGB to
-yuv420p itself and runs x264 single-threaded, so the same frames give the same file on every machine.
+The synthetic dataset, prepared shards (``frames.mp4``), validation sample clips, the demo and ``animate`` all encode
+through ``encode_mp4``: it converts RGB to yuv420p itself and runs x264 single-threaded without the instructions
+that read uninitialised memory, so the same frames give the same file on every machine.
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -53,33 +56,73 @@ def _x264_params() -> str:
     return params
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:
-    """Encode ``(t, h, w, 3)`` uint8 RGB frames as H.264 yuv420p in an MP4, reproducibly; returns ``path``.
+def encode_mp4(
+    frames: np.ndarray, fps: float | Fraction = 8.0, crf: int = 18, audio: tuple[np.ndarray, int, str] | None = None
+) -> bytes:
+    """``(t, h, w, 3)`` uint8 RGB frames as H.264 yuv420p in an MP4, byte-identical for identical frames.
 
-    Odd sizes are padded with black to even ones (yuv420p needs them); the parent folder is created.
+    Odd sizes are padded with black to even ones (yuv420p needs them). ``+bitexact`` keeps FFmpeg's version string
+    out of the file, so the bytes do not change with the FFmpeg build either.
+
+    Args:
+        audio: optional ``(samples, rate, layout)``: float32 ``(channels, n)`` planar samples, muxed as AAC.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     num_frames, height, width, _ = frames.shape
     if height % 2 or width % 2:
         padded = np.zeros((num_frames, height + height % 2, width + width % 2, 3), dtype=np.uint8)
         padded[:, :height, :width] = frames
         frames, height, width = padded, height + height % 2, width + width % 2
-    rate = Fraction(fps).limit_denominator(1000)
-    with av.open(str(path), mode="w", format="mp4") as container:
+    rate = Fraction(fps).limit_denominator(100_000)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream("libx264", rate=rate)
         context = stream.codec_context
         context.width, context.height, context.pix_fmt = width, height, "yuv420p"
         context.time_base = 1 / rate
         context.thread_count = 1
+        context.flags |= av.codec.context.Flags.bitexact
         context.options = {"crf": str(crf), "preset": "medium", "x264-params": _x264_params()}
         context.color_range, context.colorspace = 1, 6  # limited range, BT.601 (SMPTE 170M): what we convert to
         context.color_primaries, context.color_trc = 6, 6
+        sound = None
+        if audio is not None and audio[0].shape[1] > 0:
+            sound = container.add_stream("aac", rate=audio[1])
+            sound.layout = audio[2]
         for index in range(num_frames):
             frame = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frames[index]), format="yuv420p")
             frame.pts, frame.time_base = index, 1 / rate
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if sound is not None:
+            _mux_audio(container, sound, *audio)
+    return buffer.getvalue()
+
+
+def _mux_audio(container, sound, samples: np.ndarray, rate: int, layout: str) -> None:
+    step = sound.codec_context.frame_size or 1024
+    for offset in range(0, samples.shape[1], step):
+        chunk = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples[:, offset : offset + step]), format="fltp", layout=layout
+        )
+        chunk.sample_rate, chunk.pts = rate, offset
+        container.mux(sound.encode(chunk))
+    container.mux(sound.encode(None))
+
+
+def write_mp4(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float | Fraction = 8.0,
+    crf: int = 18,
+    audio: tuple[np.ndarray, int, str] | None = None,
+) -> Path:
+    """``encode_mp4`` into ``path`` through a temporary name, so a crash never leaves a truncated file; returns
+    ``path`` (its parent folder is created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".partial" + path.suffix)
+    tmp.write_bytes(encode_mp4(frames, fps, crf, audio))
+    os.replace(tmp, path)
     return path
 
 
