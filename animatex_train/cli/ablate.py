@@ -32,7 +32,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from animatex_train.cli.arguments import CommandParser
+from animatex_train.cli.arguments import CommandParser, split_passthrough
+from animatex_train.cli.submit import add_slurm_resource_flags
+from animatex_train.cli.submit import main as submit_main
 from animatex_train.launch.campaign import (
     Ablation,
     CampaignError,
@@ -91,10 +93,9 @@ def build_parser() -> CommandParser:
         help="an argument for every evaluation, e.g. --eval_arg=--tiny --eval_arg=--test_set=t.jsonl (repeatable)",
     )
     slurm = parser.add_argument_group("Slurm (without --local; see animatex-train submit)")
-    for flag in ("--nodes", "--gpus_per_node", "--ntasks_per_node", "--cpus_per_task"):
-        slurm.add_argument(flag, type=int)
-    for flag in ("--time", "--partition", "--account", "--qos", "--command", "--sbatch"):
-        slurm.add_argument(flag)
+    add_slurm_resource_flags(slurm)
+    slurm.add_argument("--command", help="the command the jobs run as animatex-train (see submit)")
+    slurm.add_argument("--sbatch", help="the sbatch executable")
     slurm.add_argument("--sbatch_arg", action="append", default=[], metavar="OPTION")
     slurm.add_argument("--log_dir", default="slurm-logs")
     slurm.add_argument("--dry_run", action="store_true", help="print the sbatch commands instead of submitting")
@@ -104,9 +105,8 @@ def build_parser() -> CommandParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``animatex-train ablate``; returns 0 when every selected ablation finished (or was submitted)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own, passthrough = split_passthrough(argv)
+    args = build_parser().parse_args(own)
     console = Console()
     try:
         ablations = select(args.only)
@@ -195,8 +195,6 @@ def submit_slurm(
     Finished ablations (and, without ``--resubmit``, already submitted ones, which may still be queued) are
     skipped, so two jobs never share a run directory.
     """
-    from animatex_train.cli.submit import main as submit_main
-
     resources = []
     for flag in (
         "nodes",

@@ -22,7 +22,7 @@ import re
 import sys
 from pathlib import Path
 
-from animatex_train.cli.arguments import CommandParser
+from animatex_train.cli.arguments import CommandParser, add_generation_weight_flags
 from animatex_train.cli.errors import full_key_paths
 from animatex_train.diffusion.sampling import FINAL_ALPHAS, TIMESTEP_SPACINGS, SamplerConfig
 from animatex_train.inference import settings as S
@@ -132,15 +132,7 @@ def build_parser() -> CommandParser:
     io.add_argument("--manifest", help="jobs.jsonl: one {ref, video, seed?, id?, <flag>: value...} per line")
     io.add_argument("--mode", choices=S.MODES, default="default", help="official = the released pipeline exactly")
     w = p.add_argument_group("weights (local files; nothing is downloaded)")
-    w.add_argument("--checkpoint", help="animate-x.pth, our .safetensors export, or a training checkpoint folder")
-    w.add_argument("--weights", choices=("ema", "raw"), default="ema", help="of a training checkpoint")
-    w.add_argument("--model_config", help="YAML/JSON {denoiser: ...} or {official: ...} for files without one")
-    w.add_argument("--vae", help="v2-1_512-ema-pruned.ckpt/.safetensors or a diffusers VAE folder")
-    w.add_argument("--clip", help="open_clip_pytorch_model.bin (ViT-H-14)")
-    w.add_argument("--dwpose_det", help="yolox_l.onnx")
-    w.add_argument("--dwpose_pose", help="dw-ll_ucoco_384.onnx")
-    w.add_argument("--tiny", action="store_true", help="tiny random VAE/CLIP (and denoiser): smoke tests only")
-    w.add_argument("--trust_checkpoint", action="store_true", help="unrestricted unpickling (your own runs only)")
+    add_generation_weight_flags(w)
     i = p.add_argument_group("input handling")
     i.add_argument(
         "--size",

@@ -46,3 +46,24 @@ class CommandParser(argparse.ArgumentParser):
                     )
         argv = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(normalise_flags(argv), namespace)
+
+
+def split_passthrough(argv: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """``(own arguments, arguments after --)``; None reads the process's command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" not in argv:
+        return argv, []
+    return argv[: argv.index("--")], argv[argv.index("--") + 1 :]
+
+
+def add_generation_weight_flags(group: argparse._ArgumentGroup) -> None:
+    """The weight files of a generation (``animate``, and ``evaluate``, which generates through it)."""
+    group.add_argument("--checkpoint", help="animate-x.pth, our .safetensors export, or a training checkpoint folder")
+    group.add_argument("--weights", choices=("ema", "raw"), default="ema", help="of a training checkpoint")
+    group.add_argument("--model_config", help="YAML/JSON {denoiser: ...} or {official: ...} for files without one")
+    group.add_argument("--vae", help="v2-1_512-ema-pruned.ckpt/.safetensors or a diffusers VAE folder")
+    group.add_argument("--clip", help="open_clip_pytorch_model.bin (ViT-H-14)")
+    group.add_argument("--dwpose_det", help="yolox_l.onnx (driving videos without keypoints)")
+    group.add_argument("--dwpose_pose", help="dw-ll_ucoco_384.onnx")
+    group.add_argument("--tiny", action="store_true", help="tiny random VAE/CLIP (and denoiser): smoke tests only")
+    group.add_argument("--trust_checkpoint", action="store_true", help="unrestricted unpickling (your own runs only)")

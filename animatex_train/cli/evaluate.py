@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from animatex_train.cli.arguments import CommandParser
+from animatex_train.cli.arguments import CommandParser, add_generation_weight_flags
 from animatex_train.cli.errors import full_key_paths
 from animatex_train.eval.metrics.suite import ALL_METRICS, WeightPaths
 from animatex_train.eval.metrics.weights import WEIGHT_FILES
@@ -43,15 +43,7 @@ def build_parser() -> CommandParser:
         "YAML values; repeatable",
     )
     g = p.add_argument_group("generation weights (as `animate`; nothing is downloaded)")
-    g.add_argument("--checkpoint", help="animate-x.pth, our .safetensors export, or a training checkpoint folder")
-    g.add_argument("--weights", choices=("ema", "raw"), default="ema", help="of a training checkpoint")
-    g.add_argument("--model_config", help="YAML/JSON {denoiser: ...} for files without one")
-    g.add_argument("--vae", help="SD 2.1 VAE")
-    g.add_argument("--clip", help="OpenCLIP ViT-H-14")
-    g.add_argument("--dwpose_det", help="yolox_l.onnx (test videos without keypoints)")
-    g.add_argument("--dwpose_pose", help="dw-ll_ucoco_384.onnx")
-    g.add_argument("--tiny", action="store_true", help="tiny random VAE/CLIP: smoke tests only")
-    g.add_argument("--trust_checkpoint", action="store_true", help="unrestricted unpickling (your own runs only)")
+    add_generation_weight_flags(g)
     g.add_argument("--steps", type=int, help="DDIM steps (default: the recipe's, else 30)")
     g.add_argument("--seed", type=int, help="sampling seed")
     g.add_argument("--device", help="cuda, cuda:N or cpu")

@@ -16,6 +16,7 @@ never through a shell; every value that reaches it is checked first.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -23,8 +24,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from animatex_train.cli.arguments import CommandParser
+from animatex_train.cli.arguments import CommandParser, split_passthrough
 from animatex_train.launch.submit import JOB_ID, SCRIPTS, SubmitError, build_commands
+
+
+def add_slurm_resource_flags(group: argparse._ArgumentGroup) -> None:
+    """The job resources ``submit`` passes to sbatch (``ablate`` takes them too, for every job it submits)."""
+    group.add_argument("--nodes", type=int, help="nodes (train/eval)")
+    group.add_argument("--gpus_per_node", type=int, help="GPUs per node; 0 for a CPU-only run")
+    group.add_argument("--ntasks_per_node", type=int, help="ranks per node (default: = --gpus_per_node for train/eval)")
+    group.add_argument("--cpus_per_task", type=int)
+    group.add_argument("--time", help="time limit: M, H:M:S, D-H, D-H:M:S")
+    group.add_argument("--partition")
+    group.add_argument("--account")
+    group.add_argument("--qos")
 
 
 def build_parser() -> CommandParser:
@@ -33,14 +46,7 @@ def build_parser() -> CommandParser:
     )
     parser.add_argument("job", choices=sorted(SCRIPTS), help="which slurm/*.sbatch to submit")
     res = parser.add_argument_group("resources (default: the script's #SBATCH lines)")
-    res.add_argument("--nodes", type=int, help="nodes (train/eval)")
-    res.add_argument("--gpus_per_node", type=int, help="GPUs per node; 0 for a CPU-only run")
-    res.add_argument("--ntasks_per_node", type=int, help="ranks per node (default: = --gpus_per_node for train/eval)")
-    res.add_argument("--cpus_per_task", type=int)
-    res.add_argument("--time", help="time limit: M, H:M:S, D-H, D-H:M:S")
-    res.add_argument("--partition")
-    res.add_argument("--account")
-    res.add_argument("--qos")
+    add_slurm_resource_flags(res)
     res.add_argument("--job_name")
     res.add_argument("--signal_lead", type=int, help="train: seconds before the limit at which SIGUSR1 is sent")
     res.add_argument(
@@ -70,9 +76,8 @@ def build_parser() -> CommandParser:
 
 def main(argv: list[str] | None = None) -> int:
     """``animatex-train submit``; prints one ``submitted <job>: <id>`` line per job (or the commands)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    passthrough = argv[argv.index("--") + 1 :] if "--" in argv else []
-    args = build_parser().parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own, passthrough = split_passthrough(argv)
+    args = build_parser().parse_args(own)
     try:
         commands = build_commands(args, passthrough)
     except SubmitError as error:
